@@ -1,0 +1,10 @@
+"""The one exception hessviz raises for misuse."""
+
+
+class HessvizError(ValueError):
+    """Raised for every misuse of the public API.
+
+    The message names the function and argument, what was received, and how to fix it. When the
+    problem was raised by the user's own function, the original exception is chained
+    (``raise HessvizError(...) from err``), so ``err.__cause__`` holds it.
+    """
