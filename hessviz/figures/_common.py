@@ -1,0 +1,267 @@
+"""Shared building blocks of the figures: colour scales, subplot grids, matrix axes, formats.
+
+Figures are assembled from plain dicts and turned into a ``go.Figure`` once at the end: that is
+about ten times faster than ``make_subplots`` + ``add_trace`` (which validates every property on
+the way), and it keeps the explorer within its latency budget.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+#: Diverging scale for signed second derivatives: blue < 0 < red, white at 0.
+DIVERGING = "RdBu_r"
+#: Sequential scale for (log) errors.
+ERRORS = "Viridis"
+#: Colours for signs and series (plotly 7 accepts only 0–255 rgb or hex colours).
+POSITIVE = "#c0392b"
+NEGATIVE = "#2c6fbb"
+NEUTRAL = "#7f7f7f"
+SERIES = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
+#: Font for values printed inside heatmap cells.
+CELL_FONT = {"size": 11}
+#: Up to this many inputs, heatmaps print their values in the cells.
+MAX_N_WITH_VALUES = 6
+
+
+def as_array(values, ndim: int, name: str) -> np.ndarray:
+    """``values`` as a float64 numpy array with ``ndim`` dimensions (no torch needed here).
+
+    Raises:
+        ValueError: if the shape has the wrong number of dimensions.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {array.shape}.")
+    return array
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    """A short human number: ``0.0123`` → ``'0.0123'``, ``1.2e-09`` → ``'1.2e-09'``."""
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    if value == 0:
+        return "0"
+    return f"{value:.{digits}g}"
+
+
+def axis_key(k: int, letter: str = "x") -> str:
+    """Layout key of the k-th axis (1-based): ``'xaxis'``, ``'xaxis2'``, …"""
+    return f"{letter}axis" if k == 1 else f"{letter}axis{k}"
+
+
+def axis_ref(k: int, letter: str = "x") -> str:
+    """Trace reference of the k-th axis (1-based): ``'x'``, ``'x2'``, …"""
+    return letter if k == 1 else f"{letter}{k}"
+
+
+def grid_domains(
+    n_cols: int,
+    n_rows: int = 1,
+    *,
+    hgap: float = 0.06,
+    vgap: float = 0.12,
+    right: float = 1.0,
+    top: float = 1.0,
+) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """Paper domains ``(x_domain, y_domain)`` of a row-major grid of equal cells.
+
+    Returns:
+        ``n_rows * n_cols`` pairs, the first cell at the top left.
+    """
+    width = (right - hgap * (n_cols - 1)) / n_cols
+    height = (top - vgap * (n_rows - 1)) / n_rows
+    cells = []
+    for r in range(n_rows):
+        y1 = top - r * (height + vgap)
+        for c in range(n_cols):
+            x0 = c * (width + hgap)
+            cells.append(((x0, x0 + width), (max(y1 - height, 0.0), y1)))
+    return cells
+
+
+def matrix_axes(
+    k: int,
+    domain: tuple[tuple[float, float], tuple[float, float]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    *,
+    show_row_labels: bool = True,
+) -> dict:
+    """Layout entries for subplot ``k`` drawn like a matrix: row 0 on top, square cells.
+
+    Heatmaps on these axes use integer coordinates: ``x`` = column index, ``y`` = row index, so a
+    hover template can print ``%{y}`` and ``%{x}`` as indices.
+    """
+    x_domain, y_domain = domain
+    return {
+        axis_key(k, "x"): {
+            "domain": list(x_domain),
+            "anchor": axis_ref(k, "y"),
+            "tickmode": "array",
+            "tickvals": list(range(len(col_labels))),
+            "ticktext": list(col_labels),
+            "side": "top",
+            "showgrid": False,
+            "zeroline": False,
+            "constrain": "domain",
+        },
+        axis_key(k, "y"): {
+            "domain": list(y_domain),
+            "anchor": axis_ref(k, "x"),
+            "autorange": "reversed",
+            "tickmode": "array",
+            "tickvals": list(range(len(row_labels))),
+            "ticktext": list(row_labels) if show_row_labels else [""] * len(row_labels),
+            "showgrid": False,
+            "zeroline": False,
+            "scaleanchor": axis_ref(k, "x"),
+            "scaleratio": 1,
+            "constrain": "domain",
+        },
+    }
+
+
+def subplot_title(text: str, domain, *, y_pad: float = 0.0) -> dict:
+    """An annotation centred above a subplot, as ``make_subplots(subplot_titles=…)`` makes."""
+    (x0, x1), (_, y1) = domain
+    return {
+        "text": text,
+        "x": (x0 + x1) / 2,
+        "y": y1 + y_pad,
+        "xref": "paper",
+        "yref": "paper",
+        "xanchor": "center",
+        "yanchor": "bottom",
+        "showarrow": False,
+        "font": {"size": 13},
+        "yshift": 22,
+    }
+
+
+def wrap(text: str, width: int = 120) -> str:
+    """Break a sentence into lines for a plotly annotation (which never wraps by itself)."""
+    return "<br>".join(textwrap.wrap(text, width)) if text else ""
+
+
+def note_annotation(text: str, *, y: float = -0.08, size: int = 12, width: int = 120) -> dict:
+    """A left-aligned sentence under the plots, wrapped at ``width`` characters."""
+    return {
+        "text": wrap(text, width),
+        "x": 0,
+        "y": y,
+        "xref": "paper",
+        "yref": "paper",
+        "xanchor": "left",
+        "yanchor": "top",
+        "align": "left",
+        "showarrow": False,
+        "font": {"size": size},
+    }
+
+
+def symmetric_range(*arrays: np.ndarray) -> float:
+    """Half-width ``a`` of a colour range ``[-a, a]`` centred at 0 that covers every array.
+
+    Never 0 (an all-zero matrix gets ``a = 1`` so that it shows as white, not as an error).
+    """
+    finite = [np.abs(a[np.isfinite(a)]) for a in arrays if a.size]
+    top = max((float(f.max()) for f in finite if f.size), default=0.0)
+    return top if top > 0 else 1.0
+
+
+def diverging_coloraxis(half_range: float, *, colorbar_x: float, title: str = "") -> dict:
+    """A shared diverging colour axis on ``[-half_range, half_range]`` (centred at 0)."""
+    return {
+        "colorscale": DIVERGING,
+        "cmin": -half_range,
+        "cmax": half_range,
+        "colorbar": {"x": colorbar_x, "thickness": 12, "len": 0.9, "title": {"text": title}},
+    }
+
+
+def log_error_grid(errors: np.ndarray) -> tuple[np.ndarray, float, float, dict]:
+    """Map absolute errors to ``log10`` for a log colour scale.
+
+    Exact zeros cannot be shown on a log scale: they are drawn at the bottom of the scale (one
+    decade below the smallest non-zero error, or at 1e-16 when everything is zero).
+
+    Returns:
+        ``(log10_errors, zmin, zmax, colorbar)``; ``colorbar`` labels the ticks as powers of ten.
+    """
+    errors = np.abs(errors)
+    positive = errors[(errors > 0) & np.isfinite(errors)]
+    if positive.size:
+        low = math.floor(math.log10(float(positive.min()))) - 1
+        high = max(math.ceil(math.log10(float(positive.max()))), low + 1)
+    else:
+        low, high = -16, -15
+    safe = np.where((errors > 0) & np.isfinite(errors), errors, 10.0**low)
+    logs = np.log10(safe)
+    ticks = list(range(low, high + 1, max(1, (high - low) // 6)))
+    colorbar = {
+        "thickness": 12,
+        "len": 0.9,
+        "tickmode": "array",
+        "tickvals": ticks,
+        "ticktext": [f"1e{t}" for t in ticks],
+    }
+    return logs, float(low), float(high), colorbar
+
+
+def cell_text(values: np.ndarray, show: bool, digits: int = 3) -> list[list[str]] | None:
+    """Per-cell labels (``None`` when the matrix is too big to print its values)."""
+    if not show:
+        return None
+    return [[fmt(float(v), digits) for v in row] for row in values]
+
+
+def heatmap(
+    k: int,
+    z: np.ndarray,
+    *,
+    name: str,
+    hover: str,
+    coloraxis: str | None = None,
+    text: list[list[str]] | None = None,
+    customdata: np.ndarray | None = None,
+    **extra,
+) -> dict:
+    """A heatmap trace dict on subplot ``k`` with integer cell coordinates (``x`` = column)."""
+    trace = {
+        "type": "heatmap",
+        "name": name,
+        "z": z,
+        "x": np.arange(z.shape[1]),
+        "y": np.arange(z.shape[0]),
+        "xaxis": axis_ref(k, "x"),
+        "yaxis": axis_ref(k, "y"),
+        "hovertemplate": hover,
+        "text": text,
+        "texttemplate": "%{text}" if text is not None else None,
+        "textfont": CELL_FONT,
+        "customdata": customdata,
+        "xgap": 1,
+        "ygap": 1,
+    }
+    if coloraxis is not None:
+        trace["coloraxis"] = coloraxis
+    trace.update(extra)
+    return trace
+
+
+def figure(data: list[dict], layout: dict) -> go.Figure:
+    """The final ``go.Figure`` (``None`` entries dropped, a clean white template)."""
+    clean = [{key: value for key, value in trace.items() if value is not None} for trace in data]
+    base = {
+        "template": "plotly_white",
+        "margin": {"l": 50, "r": 30, "t": 80, "b": 40},
+        "showlegend": False,
+    }
+    base.update(layout)
+    return go.Figure(data=clean, layout=base)

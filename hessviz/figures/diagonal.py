@@ -1,0 +1,138 @@
+"""Panel 2: the second-order Jacobian (all outputs' Hessian diagonals): exact, FD and Hutchinson."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from ._common import (
+    ERRORS,
+    MAX_N_WITH_VALUES,
+    as_array,
+    cell_text,
+    diverging_coloraxis,
+    figure,
+    fmt,
+    grid_domains,
+    heatmap,
+    log_error_grid,
+    matrix_axes,
+    subplot_title,
+    symmetric_range,
+)
+
+
+def relative_error(estimate: np.ndarray, reference: np.ndarray) -> float:
+    """``max|estimate − reference| / max|reference|`` (the absolute error when the reference is 0).
+
+    Example:
+        >>> round(relative_error(np.array([1.1, 2.0]), np.array([1.0, 2.0])), 12)  # 0.1 / 2
+        0.05
+    """
+    top = float(np.abs(reference).max()) if reference.size else 0.0
+    gap = float(np.abs(estimate - reference).max()) if reference.size else 0.0
+    return gap / top if top > 0 else gap
+
+
+def second_order_jacobian_figure(
+    exact,
+    fd,
+    hutchinson,
+    *,
+    samples: int,
+    show_values: bool | None = None,
+) -> go.Figure:
+    """Exact | FD | Hutchinson | |Hutchinson − exact| heatmaps of the second-order Jacobian.
+
+    Entry ``(i, j)`` is ∂²y_i/∂x_j², the diagonal of output ``i``'s Hessian. The first three panels
+    share one diverging colour axis centred at 0; the last shows Hutchinson's error on a log scale
+    (its title gives the relative error, which shrinks like 1/√samples).
+
+    Args:
+        exact: ``(m, n)`` exact diagonals (the ``m × n`` second-order Jacobian).
+        fd: ``(m, n)`` finite-difference diagonals.
+        hutchinson: ``(m, n)`` Hutchinson estimates ``mean_s v_s ⊙ (H v_s)``.
+        samples: number of probe vectors used by the estimator.
+        show_values: print values in cells; default when ``n ≤ 6``.
+
+    Returns:
+        A figure with 4 heatmap traces: exact, FD, Hutchinson, Hutchinson error.
+
+    Example:
+        >>> d = np.array([[1.0, -2.0]])
+        >>> fig = second_order_jacobian_figure(d, d, d * 1.1, samples=8)
+        >>> [t.name for t in fig.data]
+        ['exact', 'FD', 'Hutchinson', '|Hutchinson − exact|']
+    """
+    exact = as_array(exact, 2, "exact")
+    fd = as_array(fd, 2, "fd")
+    hutchinson = as_array(hutchinson, 2, "hutchinson")
+    m, n = exact.shape
+    if show_values is None:
+        show_values = n <= MAX_N_WITH_VALUES
+    rows = [f"y{i}" for i in range(m)]
+    cols = [f"x{j}" for j in range(n)]
+    gap = np.abs(hutchinson - exact)
+    logs, low, high, colorbar = log_error_grid(gap)
+    half = symmetric_range(exact, fd, hutchinson)
+    domains = grid_domains(4, hgap=0.085, right=0.94)
+    hover = "∂²y_%{{y}}/∂x_%{{x}}² = %{{z:.6g}}<extra>{}</extra>"
+    data = [
+        heatmap(
+            1,
+            exact,
+            name="exact",
+            hover=hover.format("exact"),
+            coloraxis="coloraxis",
+            text=cell_text(exact, show_values),
+        ),
+        heatmap(
+            2,
+            fd,
+            name="FD",
+            hover=hover.format("finite differences"),
+            coloraxis="coloraxis",
+            text=cell_text(fd, show_values),
+        ),
+        heatmap(
+            3,
+            hutchinson,
+            name="Hutchinson",
+            hover=hover.format(f"Hutchinson, {samples} samples"),
+            coloraxis="coloraxis",
+            text=cell_text(hutchinson, show_values),
+        ),
+        heatmap(
+            4,
+            logs,
+            name="|Hutchinson − exact|",
+            hover="|Hutchinson − exact| at (y_%{y}, x_%{x}) = %{customdata:.3g}<extra></extra>",
+            coloraxis="coloraxis2",
+            text=cell_text(gap, show_values, digits=1),
+            customdata=gap,
+        ),
+    ]
+    fd_error = relative_error(fd, exact)
+    hutchinson_error = relative_error(hutchinson, exact)
+    layout: dict = {
+        "height": 170 + 34 * m,
+        "margin": {"l": 50, "r": 30, "t": 90, "b": 20},
+        "coloraxis": diverging_coloraxis(half, colorbar_x=domains[2][0][1] + 0.005),
+        "coloraxis2": {
+            "colorscale": ERRORS,
+            "cmin": low,
+            "cmax": high,
+            "colorbar": {**colorbar, "x": domains[3][0][1] + 0.005},
+        },
+        "annotations": [
+            subplot_title("exact diag(∂²y_i/∂x²)", domains[0]),
+            subplot_title(f"finite differences (rel. err {fmt(fd_error, 2)})", domains[1]),
+            subplot_title(f"Hutchinson, {samples} samples", domains[2]),
+            subplot_title(
+                f"|Hutchinson − exact| (rel. err {fmt(hutchinson_error, 2)})", domains[3]
+            ),
+        ],
+    }
+    for k, domain in enumerate(domains, start=1):
+        layout.update(matrix_axes(k, domain, rows, cols, show_row_labels=k == 1))
+    return figure(data, layout)

@@ -1,0 +1,117 @@
+"""Panel 1: the exact Hessian of one output beside its finite-difference estimate and their gap."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from ._common import (
+    ERRORS,
+    MAX_N_WITH_VALUES,
+    as_array,
+    cell_text,
+    diverging_coloraxis,
+    figure,
+    fmt,
+    grid_domains,
+    heatmap,
+    log_error_grid,
+    matrix_axes,
+    subplot_title,
+    symmetric_range,
+)
+
+
+def hessian_hover(output: int, source: str) -> str:
+    """Hover text of a Hessian cell: ``∂²y_i/∂x_j∂x_k = value`` (``j`` = row, ``k`` = column)."""
+    return f"∂²y_{output}/∂x_%{{y}}∂x_%{{x}} = %{{z:.6g}}<extra>{source}</extra>"
+
+
+def hessian_figure(
+    exact,
+    fd,
+    *,
+    output: int = 0,
+    step: float | None = None,
+    show_values: bool | None = None,
+) -> go.Figure:
+    """Exact | finite-difference | |exact − FD| heatmaps of one output's Hessian.
+
+    The first two panels share one diverging colour axis centred at 0 (``coloraxis``); the third
+    shows the absolute gap on a log colour axis (``coloraxis2``; its hover prints the raw value).
+    Rows are drawn top-down like a matrix and cells are square.
+
+    Args:
+        exact: ``(n, n)`` exact Hessian ∂²y_i/∂x_j∂x_k of output ``i = output``.
+        fd: ``(n, n)`` finite-difference estimate of the same matrix.
+        output: index ``i`` of the output, used in titles and hover text.
+        step: the finite-difference step, shown in the FD title.
+        show_values: print values in the cells; default: when ``n ≤ 6``.
+
+    Returns:
+        A figure with 3 heatmap traces (exact, FD, error) in that order.
+
+    Example:
+        >>> fig = hessian_figure(np.eye(2), np.eye(2) + 1e-9)
+        >>> [t.name for t in fig.data], fig.data[0].z.shape
+        (['exact', 'FD', '|exact − FD|'], (2, 2))
+    """
+    exact = as_array(exact, 2, "exact")
+    fd = as_array(fd, 2, "fd")
+    n = exact.shape[0]
+    if show_values is None:
+        show_values = n <= MAX_N_WITH_VALUES
+    labels = [f"x{j}" for j in range(n)]
+    gap = np.abs(exact - fd)
+    logs, low, high, colorbar = log_error_grid(gap)
+    half = symmetric_range(exact, fd)
+    domains = grid_domains(3, hgap=0.11, right=0.93)
+    step_text = f" (h = {fmt(step, 2)})" if step is not None else ""
+    data = [
+        heatmap(
+            1,
+            exact,
+            name="exact",
+            hover=hessian_hover(output, "exact"),
+            coloraxis="coloraxis",
+            text=cell_text(exact, show_values),
+        ),
+        heatmap(
+            2,
+            fd,
+            name="FD",
+            hover=hessian_hover(output, "finite differences"),
+            coloraxis="coloraxis",
+            text=cell_text(fd, show_values),
+        ),
+        heatmap(
+            3,
+            logs,
+            name="|exact − FD|",
+            hover=(
+                f"|exact − FD| of ∂²y_{output}/∂x_%{{y}}∂x_%{{x}} = %{{customdata:.3g}}"
+                "<extra></extra>"
+            ),
+            coloraxis="coloraxis2",
+            text=cell_text(gap, show_values, digits=1),
+            customdata=gap,
+        ),
+    ]
+    layout: dict = {
+        "height": 340,
+        "coloraxis": diverging_coloraxis(half, colorbar_x=domains[1][0][1] + 0.01),
+        "coloraxis2": {
+            "colorscale": ERRORS,
+            "cmin": low,
+            "cmax": high,
+            "colorbar": {**colorbar, "x": domains[2][0][1] + 0.01},
+        },
+        "annotations": [
+            subplot_title(f"exact ∂²y_{output}/∂x²", domains[0]),
+            subplot_title(f"finite differences{step_text}", domains[1]),
+            subplot_title(f"|exact − FD| (max {fmt(float(gap.max()), 2)})", domains[2]),
+        ],
+    }
+    for k, domain in enumerate(domains, start=1):
+        layout.update(matrix_axes(k, domain, labels, labels))
+    return figure(data, layout)
