@@ -1,0 +1,94 @@
+"""Serve the hessviz dashboard (``notebooks/dashboard.ipynb``) with Voila on localhost.
+
+``python -m hessviz.serve [--port N] [--notebook PATH] [voila options...]`` is what
+``./dev dashboard`` runs. The Voila options live in ``voila.json`` at the top of the checkout
+(code cells hidden, no tracebacks sent to the page, no file serving); Voila reads it from the
+working directory, so this module runs Voila from there. Only the one notebook is served: there is
+no file tree. Options this module does not know are passed on to Voila unchanged (e.g.
+``--show_tracebacks=True`` to debug).
+
+Jupyter's runtime and data directories default to a fresh temporary folder, so connection files
+and kernel state do not land in the home directory (set ``JUPYTER_RUNTIME_DIR`` /
+``JUPYTER_DATA_DIR`` yourself to override). Kernel specs are still found in the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+DASHBOARD = Path("notebooks") / "dashboard.ipynb"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def find_checkout(start: Path | None = None) -> Path:
+    """The folder holding ``notebooks/dashboard.ipynb`` and ``voila.json``: cwd or this checkout."""
+    candidates = [Path.cwd() if start is None else start, Path(__file__).resolve().parents[1]]
+    for root in candidates:
+        if (root / DASHBOARD).is_file():
+            return root
+    raise SystemExit(
+        f"hessviz.serve: cannot find {DASHBOARD} in {candidates[0]} or {candidates[1]}; run it "
+        "from a hessviz checkout (./dev dashboard) or pass --notebook PATH."
+    )
+
+
+def private_jupyter_dirs() -> Path | None:
+    """Point unset JUPYTER_RUNTIME_DIR / JUPYTER_DATA_DIR at a temp folder removed at exit."""
+    missing = [k for k in ("JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR") if not os.environ.get(k)]
+    if not missing:
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix="hessviz-jupyter-"))
+    for key in missing:
+        folder = tmp / key.split("_")[1].lower()  # runtime, data
+        folder.mkdir()
+        os.environ[key] = str(folder)
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return tmp
+
+
+def voila_argv(notebook: Path, port: int, extra: list[str]) -> list[str]:
+    """Command-line arguments for ``voila``; everything else comes from ``voila.json``."""
+    return [str(notebook), f"--port={port}", "--no-browser", *extra]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m hessviz.serve",
+        description="Serve the hessviz Voila dashboard on localhost and print its URL.",
+        epilog="Unknown options are passed to Voila (e.g. --show_tracebacks=True).",
+    )
+    parser.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    parser.add_argument("--notebook", type=Path, default=None, help="notebook to serve")
+    args, extra = parser.parse_known_args(argv)
+
+    root = find_checkout() if args.notebook is None else args.notebook.resolve().parents[1]
+    notebook = (root / DASHBOARD) if args.notebook is None else args.notebook.resolve()
+    port = args.port if args.port is not None else free_port()
+    if not 0 < port < 65536:
+        parser.error(f"--port must be between 1 and 65535, got {port}")
+
+    os.chdir(root)  # Voila reads voila.json from the working directory
+    private_jupyter_dirs()
+    print(f"hessviz dashboard: http://127.0.0.1:{port}/  (Ctrl+C to stop)", flush=True)
+
+    from voila.app import Voila
+
+    sys.argv = ["voila"]
+    Voila.launch_instance(argv=voila_argv(notebook.relative_to(root), port, extra))
+
+
+if __name__ == "__main__":
+    main()
