@@ -87,7 +87,7 @@ def _work(op: str, name: str, p: Problem, y: torch.Tensor) -> tuple[float, float
         if op == "hessian":
             return c.work_elems_per_sample, c.work_elems_per_output
         return 2.0 * c.work_elems_per_sample, 4.0 * n  # Jacobians and their squares
-    if op == "hvp":
+    if op == "hvp" or name == "taylor":  # taylor chunks its basis directions itself
         return 4.0 * (n + M), 8.0 * n
     return 4.0 * n * (n + M), 4.0 * n * (n + M)
 
@@ -169,10 +169,11 @@ def _run(fname, op, name, p, y, V) -> torch.Tensor:
     R = p.X.new_empty(p.B, p.m, *per)
     for bs, ms in _chunks(fname, op, name, p, y):
         sel = p.sel[ms]
+        # Results are plain tensors: no autograd history through the model's parameters.
         if op == "hvp":
-            R[bs, ms] = kernel(p, p.X[bs], V[bs], sel)
+            R[bs, ms] = kernel(p, p.X[bs], V[bs], sel).detach()
         else:
-            R[bs, ms] = kernel(p, p.X[bs], sel)
+            R[bs, ms] = kernel(p, p.X[bs], sel).detach()
     return R
 
 

@@ -58,7 +58,8 @@ def mlp(
         sizes: ``[n_in, hidden_1, …, n_out]``, at least two positive ints.
         activation: one of :data:`ACTIVATIONS`; ``"linear"`` inserts no activation.
         seed: weights are drawn from this seed; the global random state is left untouched.
-        dtype: floating dtype of the parameters.
+        dtype: floating dtype of the parameters. The weights are drawn in float64 and cast, so
+            the float32 and float64 models of one seed are the same network up to rounding.
 
     Returns:
         ``nn.Sequential`` mapping ``(..., n_in)`` to ``(..., n_out)``.
@@ -94,7 +95,7 @@ def mlp(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(nn.Linear(fan_in, fan_out, dtype=dtype))
+            layers.append(nn.Linear(fan_in, fan_out, dtype=torch.float64))
             if act is not None and i < len(sizes) - 2:
                 layers.append(act())
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers).to(dtype)

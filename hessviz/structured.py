@@ -309,6 +309,18 @@ def _model_sample_shape(p: Problem) -> torch.Size:
     return p.sample_shape  # a batch dimension of 1 is added: (5,) → (1, 5)
 
 
+def _stem_jacobian(stem: list, S: torch.Size, X: torch.Tensor) -> torch.Tensor:
+    """``(n, K_1)``: the stem's linear part applied to every basis vector of the input."""
+    n = X.shape[1]
+    if stem and isinstance(stem[0], _Linear) and len(S) == 1:
+        T, rest = stem[0].module.weight.T, stem[1:]  # no n × n identity for a Linear first layer
+    else:
+        T, rest = torch.eye(n, dtype=X.dtype, device=X.device).reshape(n, *S), stem
+    for lay in rest:
+        T = lay.linear(T)
+    return T.reshape(n, -1)
+
+
 def _forward(
     layers: list, p: Problem, X: torch.Tensor, *, jacobian: bool, V: torch.Tensor | None = None
 ) -> _Pass:
@@ -327,10 +339,7 @@ def _forward(
     stem_shapes.append(a.shape[1:])
     G, P = None, None
     if jacobian and body:
-        T = torch.eye(n, dtype=X.dtype, device=X.device).reshape(n, *S)
-        for lay in stem:
-            T = lay.linear(T)
-        A_T = T.reshape(n, -1)  # (n, K1): the stem's Jacobian, shared by every sample
+        A_T = _stem_jacobian(stem, S, X)  # (n, K1): the stem's Jacobian, shared by every sample
         if A_T.shape[1] < n:
             P = A_T  # carry Jacobians w.r.t. z_1 (identity there) and map back once
         else:
