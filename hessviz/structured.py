@@ -383,7 +383,7 @@ def _reverse(fw: _Pass, sel: tuple[int, ...], *, tangents: bool = False):
     B, M = fw.y.shape
     m = len(sel)
     d = fw.y.new_zeros(m, B, M)
-    d[torch.arange(m), :, torch.tensor(sel)] = 1.0
+    d[torch.arange(m, device=d.device), :, torch.tensor(sel, device=d.device)] = 1.0
     q = torch.zeros_like(d) if tangents else None
     cs: list[torch.Tensor] = [None] * len(fw.acts)  # type: ignore[list-item]
     ai = len(fw.acts) - 1

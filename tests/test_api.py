@@ -257,3 +257,16 @@ def test_auto_picks_structured_for_small_mlps_and_generic_otherwise(model, X):
     assert hv.auto_method(model, X, batched=True, op="diagonal") == "structured"
     assert hv.auto_method(lambda x: x.sin().sum(), X[0]) == "func"
     assert hv.auto_method(lambda x: x.sin().sum(), X[0], op="laplacian") == "taylor"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("method", ["auto", "loop", "autograd", "func", "structured"])
+def test_cuda_results_stay_on_the_device_and_match_cpu(method):
+    model, X = hv.mlp([3, 8, 2], "tanh", seed=0), torch.randn(4, 3, dtype=F64)
+    expected = hv.hessian(model, X, batched=True, method=method)
+    got = hv.hessian(model.cuda(), X.cuda(), batched=True, method=method)
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), expected, **TOL)
+    for fn in (hv.hessian_diagonal, hv.laplacian, hv.fd_diagonal, hv.hutchinson_diagonal):
+        assert fn(model, X.cuda(), batched=True).device.type == "cuda"
+    assert hv.hvp(model, X.cuda(), X.cuda(), batched=True).device.type == "cuda"
