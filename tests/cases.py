@@ -159,6 +159,7 @@ CASES: list[Case] = [
         "linear-4-1",
         lambda: (nn.Linear(4, 1).double(), torch.ones(4, dtype=F64), False),
         closed_form=lambda x: torch.zeros(1, 4, 4, dtype=F64),
+        structured=True,  # a lone affine layer: no activation, exact zeros
     ),
     Case("nll-logsoftmax-mlp", _nll_mlp),
     Case("conv1d-gelu-batched", _conv1d, structured=True),
