@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import plotly.graph_objects as go
 
 from ._common import (
     ERRORS,
@@ -11,12 +10,13 @@ from ._common import (
     as_array,
     cell_text,
     diverging_coloraxis,
-    figure,
+    figure_function,
     fmt,
     grid_domains,
     heatmap,
     log_error_grid,
     matrix_axes,
+    spec,
     subplot_title,
     symmetric_range,
 )
@@ -34,14 +34,14 @@ def relative_error(estimate: np.ndarray, reference: np.ndarray) -> float:
     return gap / top if top > 0 else gap
 
 
-def second_order_jacobian_figure(
+def second_order_jacobian_spec(
     exact,
     fd,
     hutchinson,
     *,
     samples: int,
     show_values: bool | None = None,
-) -> go.Figure:
+) -> dict:
     """Exact | FD | Hutchinson | |Hutchinson − exact| heatmaps of the second-order Jacobian.
 
     Entry ``(i, j)`` is ∂²y_i/∂x_j², the diagonal of output ``i``'s Hessian. The first three panels
@@ -56,7 +56,8 @@ def second_order_jacobian_figure(
         show_values: print values in cells; default when ``n ≤ 6``.
 
     Returns:
-        A figure with 4 heatmap traces: exact, FD, Hutchinson, Hutchinson error.
+        Spec dict (``*_figure``: ``go.Figure``) with 4 heatmap traces: exact, FD, Hutchinson,
+        Hutchinson error.
 
     Example:
         >>> d = np.array([[1.0, -2.0]])
@@ -135,4 +136,7 @@ def second_order_jacobian_figure(
     }
     for k, domain in enumerate(domains, start=1):
         layout.update(matrix_axes(k, domain, rows, cols, show_row_labels=k == 1))
-    return figure(data, layout)
+    return spec(data, layout)
+
+
+second_order_jacobian_figure = figure_function(second_order_jacobian_spec)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import plotly.graph_objects as go
 
-from ._common import SERIES, as_array, figure, fmt, note_annotation
+from ._common import GRID, SERIES, as_array, figure_function, fmt, note_annotation, spec
 
 #: The one-sentence explanation of the V shape printed under the plot.
 V_SHAPE_EXPLANATION = (
@@ -17,14 +16,14 @@ V_SHAPE_EXPLANATION = (
 )
 
 
-def fd_error_figure(
+def fd_error_spec(
     steps,
     errors: Mapping[str, np.ndarray],
     *,
     chosen_step: float,
     best_steps: Mapping[str, float] | None = None,
     output: int = 0,
-) -> go.Figure:
+) -> dict:
     """Log-log curves of ``max|FD(h) − exact|`` against the step ``h``, one per precision.
 
     Args:
@@ -36,8 +35,9 @@ def fd_error_figure(
         output: output index ``i`` (for the axis title).
 
     Returns:
-        A figure with one ``lines+markers`` trace per precision (named by the label), one marker
-        trace per best step, and a dashed vertical line trace at the chosen step (last).
+        Spec dict (``*_figure``: ``go.Figure``) with one ``lines+markers`` trace per precision
+        (named by the label), one marker trace per best step, and a dashed vertical line trace at
+        the chosen step (last).
 
     Example:
         >>> h = np.logspace(-8, 0, 5)
@@ -115,8 +115,14 @@ def fd_error_figure(
         "showlegend": True,
         "legend": {"x": 1.01, "y": 1.0},
         "title": {"text": f"Finite-difference error of ∂²y_{output}/∂x² vs step", "x": 0.0},
-        "xaxis": {"type": "log", "title": {"text": "step h"}, "exponentformat": "power"},
+        "xaxis": {
+            "gridcolor": GRID,
+            "type": "log",
+            "title": {"text": "step h"},
+            "exponentformat": "power",
+        },
         "yaxis": {
+            "gridcolor": GRID,
             "type": "log",
             "title": {"text": "max |FD − exact|"},
             "range": [low, high],
@@ -127,4 +133,7 @@ def fd_error_figure(
         ],
         "margin": {"l": 60, "r": 30, "t": 60, "b": 110},
     }
-    return figure(data, layout)
+    return spec(data, layout)
+
+
+fd_error_figure = figure_function(fd_error_spec)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import plotly.graph_objects as go
 
 from ._common import (
     ERRORS,
@@ -11,12 +10,13 @@ from ._common import (
     as_array,
     cell_text,
     diverging_coloraxis,
-    figure,
+    figure_function,
     fmt,
     grid_domains,
     heatmap,
     log_error_grid,
     matrix_axes,
+    spec,
     subplot_title,
     symmetric_range,
 )
@@ -27,14 +27,14 @@ def hessian_hover(output: int, source: str) -> str:
     return f"∂²y_{output}/∂x_%{{y}}∂x_%{{x}} = %{{z:.6g}}<extra>{source}</extra>"
 
 
-def hessian_figure(
+def hessian_spec(
     exact,
     fd,
     *,
     output: int = 0,
     step: float | None = None,
     show_values: bool | None = None,
-) -> go.Figure:
+) -> dict:
     """Exact | finite-difference | |exact − FD| heatmaps of one output's Hessian.
 
     The first two panels share one diverging colour axis centred at 0 (``coloraxis``); the third
@@ -49,7 +49,8 @@ def hessian_figure(
         show_values: print values in the cells; default: when ``n ≤ 6``.
 
     Returns:
-        A figure with 3 heatmap traces (exact, FD, error) in that order.
+        Spec dict (``*_figure``: ``go.Figure``) with 3 heatmap traces (exact, FD, error) in that
+        order.
 
     Example:
         >>> fig = hessian_figure(np.eye(2), np.eye(2) + 1e-9)
@@ -114,4 +115,7 @@ def hessian_figure(
     }
     for k, domain in enumerate(domains, start=1):
         layout.update(matrix_axes(k, domain, labels, labels))
-    return figure(data, layout)
+    return spec(data, layout)
+
+
+hessian_figure = figure_function(hessian_spec)

@@ -9,9 +9,18 @@ it. For one input, the same story as curves.
 from __future__ import annotations
 
 import numpy as np
-import plotly.graph_objects as go
 
-from ._common import NEGATIVE, NEUTRAL, POSITIVE, as_array, figure, fmt, subplot_title
+from ._common import (
+    GRID,
+    NEGATIVE,
+    NEUTRAL,
+    POSITIVE,
+    as_array,
+    figure_function,
+    fmt,
+    spec,
+    subplot_title,
+)
 from .curvature import sorted_eigh, zero_tolerance
 
 _DOMAINS = (((0.0, 0.44), (0.0, 1.0)), ((0.52, 0.96), (0.0, 1.0)))
@@ -39,7 +48,7 @@ def _arrow(start: np.ndarray, end: np.ndarray, k: int, text: str) -> dict:
     }
 
 
-def landscape_figure(
+def landscape_spec(
     u,
     v,
     values,
@@ -50,7 +59,7 @@ def landscape_figure(
     hessian,
     axes: tuple[int, int] = (0, 1),
     output: int = 0,
-) -> go.Figure:
+) -> dict:
     """Contours of the function (left) and of its second-order Taylor model (right) in one plane.
 
     Args:
@@ -65,7 +74,8 @@ def landscape_figure(
         output: output index ``i``.
 
     Returns:
-        A figure with, per subplot: a contour, the point, and one line per principal direction.
+        Spec dict (``*_figure``: ``go.Figure``) with, per subplot: a contour, the point, and one
+        line per principal direction.
 
     Example:
         >>> g = np.linspace(-1, 1, 5)
@@ -183,12 +193,12 @@ def landscape_figure(
             "scaleratio": 1,
             "constrain": "domain",
         }
-    return figure(data, layout)
+    return spec(data, layout)
 
 
-def profile_figure(
+def profile_spec(
     t, values, taylor, *, point: float, gradient: float, curvature: float, output: int = 0
-) -> go.Figure:
+) -> dict:
     """One input: ``y_i(x₀)`` along the line beside the Taylor parabola, with the point marked.
 
     Args:
@@ -201,7 +211,7 @@ def profile_figure(
         output: output index ``i``.
 
     Returns:
-        A figure with three traces: function, Taylor model, point.
+        Spec dict (``*_figure``: ``go.Figure``) with three traces: function, Taylor model, point.
 
     Example:
         >>> t = np.linspace(-1, 1, 5)
@@ -250,8 +260,18 @@ def profile_figure(
             "x": 0.0,
             "xanchor": "left",
         },
-        "xaxis": {"title": {"text": "x0"}},
-        "yaxis": {"title": {"text": f"y_{output}"}, "range": [low - pad, high + pad]},
+        "xaxis": {"gridcolor": GRID, "title": {"text": "x0"}},
+        "yaxis": {
+            "gridcolor": GRID,
+            "title": {"text": f"y_{output}"},
+            "range": [low - pad, high + pad],
+        },
         "margin": {"l": 60, "r": 30, "t": 60, "b": 50},
     }
-    return figure(data, layout)
+    return spec(data, layout)
+
+
+landscape_figure = figure_function(landscape_spec)
+
+
+profile_figure = figure_function(profile_spec)

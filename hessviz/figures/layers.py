@@ -13,19 +13,19 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import plotly.graph_objects as go
 
 from ._common import (
     MAX_N_WITH_VALUES,
     as_array,
     cell_text,
     diverging_coloraxis,
-    figure,
+    figure_function,
     fmt,
     grid_domains,
     heatmap,
     matrix_axes,
     note_annotation,
+    spec,
     subplot_title,
     symmetric_range,
 )
@@ -61,14 +61,14 @@ def vanishing_explanation(activation: str, hidden_layers: int) -> str | None:
     return _PIECEWISE_LINEAR.get(activation)
 
 
-def layer_terms_figure(
+def layer_terms_spec(
     terms: Sequence[tuple[str, np.ndarray]],
     total,
     *,
     output: int = 0,
     note: str | None = None,
     show_values: bool | None = None,
-) -> go.Figure:
+) -> dict:
     """One small heatmap per layer term, then their sum, then the full Hessian.
 
     All panels share one diverging colour axis centred at 0. The title states the decomposition and
@@ -82,8 +82,8 @@ def layer_terms_figure(
         show_values: print values in cells; default when ``n ≤ 4`` (the panels are small).
 
     Returns:
-        A figure with ``len(terms) + 2`` heatmap traces (terms…, ``Σ terms``, ``H``); with no
-        terms, one heatmap (``H``).
+        Spec dict (``*_figure``: ``go.Figure``) with ``len(terms) + 2`` heatmap traces (terms…, ``Σ
+        terms``, ``H``); with no terms, one heatmap (``H``).
 
     Example:
         >>> h1, h2 = np.eye(2), -np.eye(2) / 2
@@ -142,4 +142,7 @@ def layer_terms_figure(
             "annotations": annotations,
         }
     )
-    return figure(data, layout)
+    return spec(data, layout)
+
+
+layer_terms_figure = figure_function(layer_terms_spec)

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import plotly.graph_objects as go
 
-from ._common import SERIES, figure, fmt, note_annotation
+from ._common import GRID, SERIES, figure_function, fmt, note_annotation, spec
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class RaceEntry:
     note: str = ""
 
 
-def race_figure(entries: Sequence[RaceEntry], *, subtitle: str = "") -> go.Figure:
+def race_spec(entries: Sequence[RaceEntry], *, subtitle: str = "") -> dict:
     """Horizontal bars of milliseconds per call, one group per operation, fastest marked.
 
     Args:
@@ -36,7 +35,8 @@ def race_figure(entries: Sequence[RaceEntry], *, subtitle: str = "") -> go.Figur
         subtitle: a sentence under the plot (problem size, repetitions).
 
     Returns:
-        A figure with one bar trace per operation, in first-seen order.
+        Spec dict (``*_figure``: ``go.Figure``) with one bar trace per operation, in first-seen
+        order.
 
     Example:
         >>> entries = [RaceEntry("func", "hessian", 2e-3), RaceEntry("loop", "hessian", 9e-3)]
@@ -75,9 +75,12 @@ def race_figure(entries: Sequence[RaceEntry], *, subtitle: str = "") -> go.Figur
         "showlegend": True,
         "barmode": "group",
         "title": {"text": "Method race: milliseconds per call (median)", "x": 0.0},
-        "xaxis": {"title": {"text": "ms per call"}, "rangemode": "tozero"},
+        "xaxis": {"gridcolor": GRID, "title": {"text": "ms per call"}, "rangemode": "tozero"},
         "yaxis": {"autorange": "reversed"},
         "margin": {"l": 100, "r": 30, "t": 60, "b": 80},
         "annotations": [note_annotation(subtitle, y=-0.25)] if subtitle else [],
     }
-    return figure(data, layout)
+    return spec(data, layout)
+
+
+race_figure = figure_function(race_spec)

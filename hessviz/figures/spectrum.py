@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import plotly.graph_objects as go
 
 from ._common import (
     MAX_N_WITH_VALUES,
@@ -14,16 +13,17 @@ from ._common import (
     axis_key,
     cell_text,
     diverging_coloraxis,
-    figure,
+    figure_function,
     fmt,
     heatmap,
     matrix_axes,
+    spec,
     subplot_title,
 )
 from .curvature import zero_tolerance
 
 
-def spectrum_figure(
+def spectrum_spec(
     eigenvalues,
     eigenvectors,
     *,
@@ -31,7 +31,7 @@ def spectrum_figure(
     description: str = "",
     output: int = 0,
     tolerance: float | None = None,
-) -> go.Figure:
+) -> dict:
     """Bar chart of the eigenvalues (coloured by sign) beside a heatmap of the eigenvectors.
 
     Args:
@@ -44,7 +44,8 @@ def spectrum_figure(
             :func:`~hessviz.figures.curvature.zero_tolerance`.
 
     Returns:
-        A figure with a bar trace (``eigenvalues``) and a heatmap trace (``eigenvectors``).
+        Spec dict (``*_figure``: ``go.Figure``) with a bar trace (``eigenvalues``) and a heatmap
+        trace (``eigenvectors``).
 
     Example:
         >>> fig = spectrum_figure([-1.0, 2.0], np.eye(2), verdict="saddle")
@@ -105,4 +106,7 @@ def spectrum_figure(
         ],
     }
     layout.update(matrix_axes(2, vectors_domain, [f"x{j}" for j in range(n)], names))
-    return figure([bars, grid], layout)
+    return spec([bars, grid], layout)
+
+
+spectrum_figure = figure_function(spectrum_spec)
