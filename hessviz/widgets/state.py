@@ -141,7 +141,7 @@ class ExplorerState:
             "x": ",".join(_number(v) for v in self.x),
             "out": str(self.out),
             "dtype": self.dtype,
-            "step": "auto" if self.step is None else _number(self.step, 4),
+            "step": "auto" if self.step is None else repr(float(self.step)),
             "method": self.method,
             "samples": str(self.samples),
             "plane": f"{self.plane[0]},{self.plane[1]}",
@@ -210,6 +210,12 @@ class ExplorerState:
             parsed["x"] = default.x[: parsed["n"]] if isinstance(parsed["n"], int) else default.x
         state = dataclasses.replace(default, **parsed)
         state, repairs = state.normalized()
+        for key in ("out", "plane"):  # clamped quietly for controls, but a link should say so
+            if key in parsed and getattr(state, key) != parsed[key]:
+                shown = ",".join(map(str, state.plane)) if key == "plane" else str(state.out)
+                repairs.append(
+                    f"changed {key}={echo(raw[key])} to {shown}: out of range for this network"
+                )
         if "x" in parsed and isinstance(state.n, int) and len(parsed["x"]) != state.n:
             repairs.append(
                 f"x had {len(parsed['x'])} value(s) for n = {state.n} inputs; "
@@ -230,7 +236,7 @@ def echo(value: object, limit: int = 24) -> str:
 
     Example:
         >>> echo("<script>alert(1)</script>")
-        "'?script?alert?1??/scrip…'"
+        "'?script?alert?1???script…'"
     """
     text = _SAFE.sub("?", str(value))
     if len(text) > limit:

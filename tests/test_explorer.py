@@ -1,0 +1,409 @@
+"""The explorer, headless: its figures show exactly what the engine computes for the same model
+and point; controls, errors and query strings behave. No browser, no timing assertions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hessviz as hv
+from hessviz.widgets import ExplorerState, HessianExplorer
+from hessviz.widgets.display import same_values
+from hessviz.widgets.state import QUERY_KEYS, hessian_methods
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def app() -> HessianExplorer:
+    """One explorer for the module (construction is the slow part); tests reset its state."""
+    return HessianExplorer()
+
+
+@pytest.fixture
+def fresh(app) -> HessianExplorer:
+    assert app.set_state(ExplorerState())
+    return app
+
+
+def engine_model(state: ExplorerState) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The model and point of ``state``, built directly from the engine."""
+    model = hv.mlp(state.sizes, state.act, seed=state.seed, dtype=torch.float64)
+    dtype = {"float64": torch.float64, "float32": torch.float32}[state.dtype]
+    return model.to(dtype), torch.tensor(state.x, dtype=dtype)
+
+
+def close(shown, expected, dtype: str = "float64") -> None:
+    expected = np.asarray(expected.detach() if torch.is_tensor(expected) else expected)
+    tol = {"float64": 1e-12, "float32": 1e-6}[dtype]
+    np.testing.assert_allclose(np.asarray(shown), expected, rtol=tol, atol=tol)
+
+
+def assert_figures_match_engine(app: HessianExplorer) -> None:
+    """Every panel against a fresh engine computation for the same model and point."""
+    s = app.state
+    model, x = engine_model(s)
+    out, figs = s.out, app.figures
+    H = hv.hessian(model, x, outputs=out, method=s.method)
+    FD = hv.fd_hessian(model, x, step=s.step, outputs=out)
+    close(figs["hessian"].data[0].z, H, s.dtype)
+    close(figs["hessian"].data[1].z, FD, s.dtype)
+    close(figs["hessian"].data[2].customdata, (H - FD).abs(), s.dtype)
+    diag = figs["diagonal"].data
+    close(diag[0].z, hv.hessian_diagonal(model, x, flat=True, method=s.method), s.dtype)
+    close(diag[1].z, hv.fd_diagonal(model, x, step=s.step, flat=True), s.dtype)
+    close(diag[2].z, hv.hutchinson_diagonal(model, x, samples=s.samples, flat=True), s.dtype)
+    H64 = H.detach().to(torch.float64).numpy()
+    close(figs["spectrum"].data[0].y, np.linalg.eigvalsh(H64), s.dtype)
+    terms = hv.layer_terms(model, x, outputs=out)
+    layer_traces = figs["layers"].data
+    if terms:
+        assert len(layer_traces) == len(terms) + 2
+        for trace, term in zip(layer_traces, terms):
+            close(trace.z, term.hessian, s.dtype)
+        close(layer_traces[-2].z, sum(t.hessian for t in terms), s.dtype)  # Σ terms
+        close(layer_traces[-1].z, H, s.dtype)
+        close(layer_traces[-2].z, layer_traces[-1].z, s.dtype)  # the sum check itself
+    else:
+        assert [t.name for t in layer_traces] == ["H"]
+
+
+# -- the figures show the engine's numbers --------------------------------------------------------
+
+VIEWS = {
+    "default-tanh": {},
+    "sigmoid-n3-out1": dict(act="sigmoid", n=3, x=(0.5, -0.25, 1.0), out=1),
+    "softplus-float32-step": dict(act="softplus", dtype="float32", step=1e-2),
+    "gelu-loop-one-layer": dict(act="gelu", layers=(5,), method="loop", samples=16),
+    "sin-n1-m3": dict(act="sin", n=1, m=3, x=(0.7,), out=2),
+    "square-deep-seed3": dict(act="square", n=4, layers=(4, 4, 4), x=(0.1, 0.2, -0.3, 1), seed=3),
+    "silu-func-n8": dict(act="silu", n=8, layers=(16, 16), x=(0.1,) * 8, method="func"),
+}
+
+
+@pytest.mark.parametrize("changes", VIEWS.values(), ids=VIEWS.keys())
+def test_figures_equal_engine_results(fresh, changes):
+    assert fresh.set_state(**changes), fresh.last_error
+    assert_figures_match_engine(fresh)
+
+
+def test_controls_drive_the_state_and_the_figures(fresh):
+    c = fresh.controls
+    c["act"].value = "sigmoid"
+    c["x0"].value = 1.25
+    c["layers"].value = 3
+    c["width2"].value = 5
+    c["m"].value = 3
+    c["out"].value = 2
+    c["samples"].value = 32
+    c["method"].value = "autograd"
+    c["dtype"].value = "float32"
+    c["step"].value = 1e-2
+    s = fresh.state
+    assert (s.act, s.x, s.layers, s.m, s.out, s.samples) == (
+        "sigmoid",
+        (1.25, -1.0),
+        (8, 8, 5),
+        3,
+        2,
+        32,
+    )
+    assert (s.method, s.dtype, s.step) == ("autograd", "float32", 0.01)
+    assert fresh.last_error is None
+    assert_figures_match_engine(fresh)
+    c["step_auto"].value = True
+    assert fresh.state.step is None
+    assert fresh.controls["step"].value == pytest.approx(hv.default_fd_step(torch.float32, 1.25))
+
+
+def test_controls_follow_the_architecture(fresh):
+    c = fresh.controls
+    c["n"].value = 3  # the new coordinate takes its (hidden) slider's value
+    assert fresh.state.x == (0.3, -1.0, c["x2"].value)
+    assert [c[f"x{k}"].layout.display for k in range(4)] == [None, None, None, "none"]
+    assert fresh._plane_box.layout.display is None  # the plane is a choice from n = 3 on
+    c["plane_b"].value = 2
+    assert fresh.state.plane == (0, 2)
+    assert fresh.figures["landscape"].layout.yaxis.title.text == "x2"
+    c["layers"].value = 1
+    assert [c[f"width{k}"].layout.display for k in range(3)] == [None, "none", "none"]
+    c["m"].value = 1
+    assert list(c["out"].options) == [("y0", 0)]
+
+
+def test_point_changes_reuse_the_model_and_architecture_changes_rebuild_it(fresh):
+    model = fresh.model
+    fresh.controls["x1"].value = 0.75
+    assert fresh.model is model
+    fresh.controls["seed"].value = 7
+    assert fresh.model is not model
+    close(fresh.model[0].weight, hv.mlp([2, 8, 8, 2], seed=7)[0].weight)
+
+
+def test_slider_echoes_do_not_trigger_updates(fresh):
+    updates = fresh.updates
+    fresh.controls["x0"].value = 0.2999999999999998  # the browser sends back its rounded value
+    fresh.controls["step"].value = fresh.controls["step"].value * (1 + 1e-9)
+    assert fresh.updates == updates
+    assert fresh.state.step is None  # still "auto"
+
+
+def test_landscape_and_taylor_model_use_the_point_and_the_hessian(fresh):
+    s = fresh.state
+    model, x = engine_model(s)
+    traces = fresh.figures["landscape"].data
+    function, taylor = traces[0], traces[4]
+    mid = len(function.x) // 2
+    f0 = model(x)[s.out].item()
+    assert function.z[mid][mid] == pytest.approx(f0)
+    assert taylor.z[mid][mid] == pytest.approx(f0)
+    H = hv.hessian(model, x, outputs=s.out).detach().numpy()
+    du = function.x[1] - function.x[0]
+    second_difference = taylor.z[mid][mid + 1] - 2 * taylor.z[mid][mid] + taylor.z[mid][mid - 1]
+    assert second_difference / du**2 == pytest.approx(H[0, 0], rel=1e-6)
+    assert list(traces[1].x) == [s.x[0]] and list(traces[1].y) == [s.x[1]]
+    fresh.set_state(n=1, x=(0.5,))
+    assert [t.name for t in fresh.figures["landscape"].data] == ["y_0", "Taylor model", "the point"]
+
+
+def test_fd_step_panel(fresh):
+    fig = fresh.figures["fdstep"]
+    names = [t.name for t in fig.data]
+    assert names[:2] == ["float32", "float64"]
+    step = hv.default_fd_step(torch.float64, 1.0)
+    assert list(fig.data[-1].x) == pytest.approx([step, step])
+    assert np.nanmin(fig.data[1].y) < 1e-6 < np.nanmin(fig.data[0].y)  # float64 beats float32
+    fresh.controls["step"].value = 1e-3
+    assert list(fresh.figures["fdstep"].data[-1].x) == pytest.approx([1e-3, 1e-3])
+
+
+def test_status_line_reports_what_was_computed(fresh):
+    text = fresh.status.value
+    assert "exact Hessians (2×2×2, auto → structured)" in text
+    assert "max|exact − FD| = " in text and text.endswith("ms.")
+
+
+# -- piecewise-linear networks --------------------------------------------------------------------
+
+ZERO_CASES = {
+    "relu": dict(act="relu"),
+    "linear": dict(act="linear"),
+    "no-hidden-layer": dict(layers=()),
+    "relu-float32-n5": dict(act="relu", dtype="float32", n=5, x=(0.5, 1, -1, 2, 0)),
+}
+
+
+@pytest.mark.parametrize("changes", ZERO_CASES.values(), ids=ZERO_CASES.keys())
+def test_relu_and_linear_networks_give_exact_zeros(fresh, changes):
+    assert fresh.set_state(**changes)
+    figs = fresh.figures
+    assert not np.asarray(figs["hessian"].data[0].z).any()
+    assert not np.asarray(figs["diagonal"].data[0].z).any()
+    for trace in figs["layers"].data:
+        assert not np.asarray(trace.z).any()
+    explanation = " ".join(a.text for a in figs["layers"].layout.annotations)
+    assert ("ReLU" in explanation) or ("affine" in explanation)
+    assert "flat" in figs["spectrum"].layout.title.text
+    assert_figures_match_engine(fresh)
+
+
+# -- errors never reach the user as a traceback ---------------------------------------------------
+
+
+def test_invalid_values_are_repaired_with_a_note(fresh):
+    assert fresh.set_state(n=0, act="nope", layers=(8, 1000))
+    assert fresh.state == ExplorerState()
+    notes = [label.value for label in fresh.notes.children]
+    assert len(notes) == 3 and all(note.startswith("Note: ignored") for note in notes)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [lambda a: a.set_state(bogus=1), lambda a: a.set_state("not a state")],
+    ids=["unknown-field", "wrong-type"],
+)
+def test_bad_state_shows_a_message_and_keeps_the_figures(fresh, call):
+    before = np.array(fresh.figures["hessian"].data[0].z)
+    assert call(fresh) is False
+    assert fresh.message.value.startswith("Could not finish")
+    assert fresh.last_error == fresh.message.value
+    np.testing.assert_array_equal(fresh.figures["hessian"].data[0].z, before)
+
+
+def test_engine_failure_shows_a_message_and_keeps_the_last_good_figures(fresh, monkeypatch):
+    before = np.array(fresh.figures["hessian"].data[0].z)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(hv, "hessian", broken)
+    fresh.controls["x0"].value = 1.5  # raises nothing
+    assert "RuntimeError: boom" in fresh.message.value
+    assert "second line" not in fresh.message.value
+    np.testing.assert_array_equal(fresh.figures["hessian"].data[0].z, before)
+    monkeypatch.undo()
+    assert fresh.set_state(x=(1.5, -1.0))  # the same state again: recomputed now
+    assert fresh.message.value == "" and fresh.last_error is None
+    assert_figures_match_engine(fresh)
+
+
+# -- state ⇄ query string -------------------------------------------------------------------------
+
+
+@st.composite
+def states(draw) -> ExplorerState:
+    n = draw(st.integers(1, 8))
+    m = draw(st.integers(1, 4))
+    return ExplorerState(
+        n=n,
+        m=m,
+        layers=tuple(draw(st.lists(st.integers(1, 64), max_size=6))),
+        act=draw(st.sampled_from(hv.ACTIVATIONS)),
+        seed=draw(st.integers(0, 2**31 - 1)),
+        x=tuple(draw(st.integers(-300, 300)) / 100 for _ in range(n)),
+        out=draw(st.integers(0, m - 1)),
+        dtype=draw(st.sampled_from(["float32", "float64"])),
+        step=draw(st.none() | st.floats(1e-8, 1.0)),
+        method=draw(st.sampled_from(hessian_methods())),
+        samples=draw(st.integers(1, 1024)),
+        plane=(0, 1) if n > 1 else (0, 0),
+    )
+
+
+@given(states())
+@settings(max_examples=200, deadline=None)
+def test_query_round_trip_preserves_the_state(state):
+    assert state.normalized() == (state, [])
+    assert ExplorerState.from_query(state.to_query()) == (state, [])
+    assert ExplorerState.from_query("?" + state.to_query()) == (state, [])
+
+
+def test_explorer_link_reproduces_the_view(fresh):
+    fresh.set_state(act="elu", n=3, x=(1, 2, -3), layers=(4, 6), out=1, step=3e-3, plane=(2, 0))
+    copy = HessianExplorer.from_query(fresh.link().split("?", 1)[1])
+    assert copy.state == fresh.state
+    assert copy.link() == fresh.link() == "?" + fresh.query
+    assert fresh.controls["link"].value == fresh.link()
+    np.testing.assert_array_equal(
+        copy.figures["hessian"].data[0].z, fresh.figures["hessian"].data[0].z
+    )
+
+
+HOSTILE = {
+    "huge-n": "n=999999999999",
+    "negative-n": "n=-3",
+    "absurd-width": "layers=100000,8",
+    "too-many-layers": "layers=" + ",".join(["8"] * 50),
+    "non-numeric": "x=abc,def&seed=xyz&samples=many",
+    "script": "act=<script>alert(1)</script>&method=<img src=x onerror=alert(1)>",
+    "python": "method=__import__('os').system('ls')",
+    "nan-inf": "x=nan,inf&step=nan",
+    "negative-step": "step=-1e-3",
+    "huge-step": "step=1e300",
+    "bad-dtype": "dtype=float16",
+    "out-of-range-out": "out=7&m=2",
+    "zero-samples": "samples=0",
+    "plane": "plane=9,-9",
+    "bytes": "%00%ff%fe=%c3%28&n=%00",
+    "very-long": "act=" + "a" * 5000,
+    "long-value": "x=" + ",".join(["1"] * 300),
+    "unknown-keys": "foo=1&bar=<b>2</b>",
+    "repeated": "n=3&n=4&n=5",
+    "many-fields": "&".join(f"k{i}=1" for i in range(200)),
+}
+
+
+@pytest.mark.parametrize("query", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_queries_fall_back_with_plain_notes(query):
+    state, notes = ExplorerState.from_query(query)
+    assert state.normalized() == (state, [])
+    assert notes, "every hostile query deserves a note"
+    for note in notes:
+        assert isinstance(note, str) and len(note) < 300
+        assert not set('<>&"`$') & set(note), note
+
+
+def test_hostile_query_in_the_explorer_shows_notes_and_no_error():
+    app = HessianExplorer.from_query(HOSTILE["script"] + "&n=99")
+    notes = [label.value for label in app.notes.children]
+    assert any("act" in note for note in notes) and any("n (inputs)" in note for note in notes)
+    assert app.last_error is None and app.state.act == "tanh"
+
+
+@given(st.text(max_size=400))
+@settings(max_examples=150, deadline=None)
+def test_any_text_parses_without_raising(query):
+    state, notes = ExplorerState.from_query(query)
+    assert state.normalized()[0] == state
+    assert all(isinstance(note, str) for note in notes)
+
+
+@given(st.dictionaries(st.sampled_from(QUERY_KEYS), st.text(max_size=40), max_size=12))
+@settings(max_examples=150, deadline=None)
+def test_any_values_of_known_keys_parse_without_raising(values):
+    state, _ = ExplorerState.from_query(urlencode(values))
+    assert state.normalized()[0] == state
+
+
+# -- display, race, layering ----------------------------------------------------------------------
+
+
+def test_figure_widgets_are_synced_when_the_root_widget_is_handed_out(fresh):
+    fresh.set_state(x=(1.0, 1.0))
+    fw = fresh.figures["hessian"]
+    # plotly does not copy in-place changes into the synced traits by itself: a page that shows
+    # the widget later would get stale (or empty) plots. If this assertion fails, plotly syncs
+    # FigureWidgets on its own now and hessviz.widgets.display.sync_for_display can go.
+    assert not same_values(fw._widget_data, fw._data)
+    root = fresh.widget
+    assert same_values(fw._widget_data, fw._data)
+    assert same_values(fw._widget_layout, fw._layout)
+    assert root is fresh.root
+
+
+def test_stable_css_classes(fresh):
+    for name, widget in fresh.controls.items():
+        assert HessianExplorer.CSS_CLASSES[name] in widget._dom_classes, name
+    assert "hv-activation" in fresh.controls["act"]._dom_classes
+    assert "hv-x0" in fresh.controls["x0"]._dom_classes
+    for name, panel in fresh.panels.items():
+        assert f"hv-fig-{name}" in panel.box._dom_classes
+        assert panel.box.children == (panel.figure,)
+    for widget, css in [(fresh.status, "hv-status"), (fresh.message, "hv-message")]:
+        assert css in widget._dom_classes
+    assert "hv-app" in fresh.root._dom_classes
+
+
+def test_method_race(fresh):
+    entries = fresh.run_race(seconds_per_method=0.0)
+    computes_hessian = [k for k, m in hv.METHODS.items() if "hessian" in m.computes]
+    assert [e.method for e in entries if e.operation == "hessian"] == computes_hessian
+    assert all(e.seconds is not None and e.seconds > 0 for e in entries), entries
+    assert fresh.race_progress.value == fresh.race_progress.max == len(entries)
+    bars = fresh.figures["race"].data
+    assert all(np.isfinite(bar.x).all() for bar in bars)
+    assert fresh.race_status.value.startswith("done: fastest is")
+    assert not fresh.controls["race"].disabled
+    fresh.controls["x0"].value = -2.0  # a new point invalidates the timings
+    assert all(np.isnan(bar.x).all() for bar in fresh.figures["race"].data)
+
+
+def test_importing_hessviz_loads_no_plotting_or_widgets():
+    code = (
+        "import sys, hessviz; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'plotly', 'ipywidgets', 'anywidget', 'hessviz.figures', 'hessviz.widgets'} "
+        "or m.startswith(('hessviz.figures', 'hessviz.widgets'))); "
+        "assert not bad, bad; "
+        "import hessviz.figures; "
+        "assert 'ipywidgets' not in sys.modules and 'anywidget' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

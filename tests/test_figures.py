@@ -1,0 +1,266 @@
+"""The figure functions: pure numpy → plotly, checked on closed forms (no widgets, no engine)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import plotly.io as pio
+import pytest
+
+from hessviz import figures as F
+
+FIGURES_DIR = Path(F.__file__).parent
+
+SYMMETRIC = np.array([[2.0, -1.0, 0.5], [-1.0, -3.0, 0.0], [0.5, 0.0, 1.0]])
+
+
+def test_figures_import_only_numpy_and_plotly():
+    """Layering: the figures package never imports torch, ipywidgets or the engine."""
+    for path in FIGURES_DIR.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            for name in names:
+                root = name.split(".")[0]
+                assert root not in {"torch", "ipywidgets", "anywidget", "hessviz"}, (path, name)
+
+
+# -- panel 1: exact | FD | gap --------------------------------------------------------------------
+
+
+def test_hessian_figure_draws_matrices_like_matrices():
+    fd = SYMMETRIC + 1e-7 * np.arange(9).reshape(3, 3)
+    fig = F.hessian_figure(SYMMETRIC, fd, output=1, step=1e-4)
+    exact_trace, fd_trace, gap_trace = fig.data
+    np.testing.assert_array_equal(exact_trace.z, SYMMETRIC)
+    np.testing.assert_array_equal(fd_trace.z, fd)
+    np.testing.assert_allclose(gap_trace.customdata, np.abs(SYMMETRIC - fd))
+    gap = np.abs(SYMMETRIC - fd)
+    np.testing.assert_allclose(gap_trace.z[gap > 0], np.log10(gap[gap > 0]))
+    assert gap_trace.z[0, 0] == fig.layout.coloraxis2.cmin < gap_trace.z[gap > 0].min()
+    # one diverging scale centred at 0 shared by exact and FD
+    assert exact_trace.coloraxis == fd_trace.coloraxis == "coloraxis"
+    assert gap_trace.coloraxis == "coloraxis2"
+    half = np.abs(np.concatenate([SYMMETRIC, fd])).max()
+    assert fig.layout.coloraxis.cmin == -half and fig.layout.coloraxis.cmax == half
+    # row 0 on top, square cells
+    for k in ("", "2", "3"):
+        yaxis = fig.layout[f"yaxis{k}"]
+        assert yaxis.autorange == "reversed"
+        assert yaxis.scaleanchor == f"x{k}" and yaxis.scaleratio == 1
+    assert exact_trace.hovertemplate.startswith("∂²y_1/∂x_%{y}∂x_%{x} = %{z")
+    assert exact_trace.texttemplate == "%{text}"  # n = 3: values printed in cells
+    assert "h = 0.0001" in fig.layout.annotations[1].text
+
+
+def test_hessian_figure_hides_cell_values_for_large_n_and_survives_exact_zeros():
+    big = np.zeros((8, 8))
+    fig = F.hessian_figure(big, big)
+    assert fig.data[0].texttemplate is None and fig.data[0].text is None
+    assert np.isfinite(fig.data[2].z).all()  # zeros sit at the bottom of the log scale
+    assert fig.layout.coloraxis.cmax == 1.0  # an all-zero matrix is white, not an error
+
+
+# -- panel 2: second-order Jacobian ---------------------------------------------------------------
+
+
+def test_second_order_jacobian_figure():
+    exact = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+    hutchinson = exact + 0.1
+    fig = F.second_order_jacobian_figure(exact, exact, hutchinson, samples=16)
+    assert [t.name for t in fig.data] == ["exact", "FD", "Hutchinson", "|Hutchinson − exact|"]
+    assert fig.data[0].z.shape == (2, 3)
+    np.testing.assert_allclose(fig.data[3].customdata, np.full((2, 3), 0.1))
+    assert "16 samples" in fig.layout.annotations[2].text
+    assert "rel. err 0.033" in fig.layout.annotations[3].text  # 0.1 / 3
+    assert fig.data[0].hovertemplate.startswith("∂²y_%{y}/∂x_%{x}²")
+
+
+def test_relative_error_of_zero_reference_is_absolute():
+    assert F.relative_error(np.array([1e-3]), np.zeros(1)) == pytest.approx(1e-3)
+
+
+# -- panel 3: spectrum and verdict ----------------------------------------------------------------
+
+VERDICT_CASES = {
+    "definite-up": ([1.0, 2.0], "minimum"),
+    "definite-down": ([-1.0, -2.0], "maximum"),
+    "both-signs": ([-1.0, 0.5], "saddle"),
+    "all-zero": ([0.0, 0.0, 0.0], "flat"),
+    "semidefinite": ([0.0, 4.0], "minimum"),
+    "roundoff-is-zero": ([1e-17, -1e-17, 2.0], "minimum"),
+}
+
+
+@pytest.mark.parametrize("eigenvalues, kind", VERDICT_CASES.values(), ids=VERDICT_CASES.keys())
+def test_curvature_verdict(eigenvalues, kind):
+    verdict = F.curvature_verdict(eigenvalues)
+    assert verdict.kind == kind
+    assert verdict.positive + verdict.negative + verdict.zero == len(eigenvalues)
+    assert verdict.description.startswith(kind if kind != "minimum" else "minimum-like")
+
+
+def test_sorted_eigh_reconstructs_and_fixes_signs():
+    values, vectors = F.sorted_eigh(SYMMETRIC)
+    assert np.all(np.diff(values) >= 0)
+    np.testing.assert_allclose(vectors @ np.diag(values) @ vectors.T, SYMMETRIC, atol=1e-12)
+    pivots = np.abs(vectors).argmax(axis=0)
+    assert np.all(vectors[pivots, range(3)] > 0)
+
+
+def test_spectrum_figure():
+    values, vectors = F.sorted_eigh(SYMMETRIC)
+    verdict = F.curvature_verdict(values)
+    fig = F.spectrum_figure(values, vectors, verdict=verdict.kind, description=verdict.description)
+    np.testing.assert_array_equal(fig.data[0].y, values)
+    np.testing.assert_array_equal(fig.data[1].z, vectors)
+    assert "saddle" in fig.layout.title.text
+    colours = fig.data[0].marker.color
+    assert colours[0] != colours[-1]  # negative and positive eigenvalues differ in colour
+
+
+# -- panel 4: layer terms -------------------------------------------------------------------------
+
+
+def test_layer_terms_figure_sums_and_checks():
+    terms = [("layer 1: Tanh", SYMMETRIC), ("layer 3: Tanh", -0.5 * SYMMETRIC)]
+    fig = F.layer_terms_figure(terms, 0.5 * SYMMETRIC, output=0)
+    assert [t.name for t in fig.data] == ["layer 1: Tanh", "layer 3: Tanh", "Σ terms", "H"]
+    np.testing.assert_allclose(fig.data[2].z, 0.5 * SYMMETRIC)
+    assert "sum check: max|Σ_l H_l − H| = 0" in fig.layout.title.text
+    assert {t.coloraxis for t in fig.data} == {"coloraxis"}
+
+
+def test_layer_terms_figure_without_terms_explains_why():
+    note = F.vanishing_explanation("linear", 2)
+    fig = F.layer_terms_figure([], np.zeros((2, 2)), note=note)
+    assert [t.name for t in fig.data] == ["H"]
+    assert any("affine" in a.text for a in fig.layout.annotations)
+    assert F.vanishing_explanation("relu", 3).startswith("ReLU")
+    assert F.vanishing_explanation("tanh", 0).startswith("With no hidden layer")
+    assert F.vanishing_explanation("softplus", 2) is None
+
+
+# -- panel 5: landscape ---------------------------------------------------------------------------
+
+
+def test_taylor_model_is_exact_for_a_quadratic():
+    hessian = np.array([[2.0, 1.0], [1.0, -4.0]])
+    gradient = np.array([0.5, -1.0])
+    d = np.random.default_rng(0).normal(size=(10, 2))
+    truth = 3.0 + d @ gradient + 0.5 * np.einsum("ij,jk,ik->i", d, hessian, d)
+    np.testing.assert_allclose(F.taylor_model(d, 3.0, gradient, hessian), truth)
+
+
+def test_plane_points_vary_only_the_chosen_coordinates():
+    u, v, inputs = F.plane_points([1.0, 2.0, 3.0], 2, 0, radius=0.5, points=5)
+    np.testing.assert_allclose(inputs[..., 1], 2.0)
+    np.testing.assert_allclose(inputs[0, :, 2], u)
+    np.testing.assert_allclose(inputs[:, 0, 0], v)
+
+
+def test_landscape_figure():
+    g = np.linspace(-1, 1, 11)
+    f = g[None, :] ** 2 - g[:, None] ** 2
+    fig = F.landscape_figure(
+        g, g, f, f, point=[0, 0], gradient=[1.0, 0.0], hessian=np.diag([2.0, -2.0]), axes=(0, 2)
+    )
+    contours = [t for t in fig.data if t.type == "contour"]
+    assert len(contours) == 2
+    assert contours[0].contours.to_plotly_json() == contours[1].contours.to_plotly_json()
+    assert fig.layout.xaxis.title.text == "x0" and fig.layout.yaxis.title.text == "x2"
+    arrows = [a for a in fig.layout.annotations if a.showarrow]
+    assert len(arrows) == 2 and arrows[0].x == pytest.approx(0.6)  # 0.6 · radius along ∇
+    directions = [t for t in fig.data if t.name and t.name.startswith("principal")]
+    assert {t.line.color for t in directions} == {F._common.POSITIVE, F._common.NEGATIVE}
+    flat = F.landscape_figure(
+        g, g, f, f, point=[0, 0], gradient=[0.0, 0.0], hessian=np.diag([2.0, -2.0])
+    )
+    assert not [a for a in flat.layout.annotations if a.showarrow]  # no arrow for ∇ = 0
+
+
+def test_profile_figure():
+    t = np.linspace(-1, 1, 5)
+    fig = F.profile_figure(t, t**2, t**2, point=0.5, gradient=1.0, curvature=2.0)
+    assert [d.name for d in fig.data] == ["y_0", "Taylor model", "the point"]
+    assert fig.data[2].y[0] == pytest.approx(0.25)
+
+
+# -- panel 6: FD error vs step --------------------------------------------------------------------
+
+
+def test_fd_error_figure():
+    steps = np.logspace(-8, 0, 9)
+    errors = {"float32": 1e-7 / steps**2 + steps**2, "float64": np.r_[0.0, 1e-16 / steps[1:] ** 2]}
+    fig = F.fd_error_figure(
+        steps, errors, chosen_step=1e-4, best_steps={"float32": 2e-2, "float64": 1e-4}
+    )
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+    assert [t.name for t in fig.data[:2]] == ["float32", "float64"]
+    assert np.isnan(fig.data[1].y[0])  # an exact zero is a gap on a log axis
+    assert list(fig.data[-1].x) == [1e-4, 1e-4]  # the chosen step
+    assert any(F.V_SHAPE_EXPLANATION[:30] in a.text for a in fig.layout.annotations)
+
+
+def test_fd_error_figure_all_zero():
+    fig = F.fd_error_figure(np.logspace(-3, 0, 4), {"float64": np.zeros(4)}, chosen_step=1e-2)
+    assert any("exact here" in a.text for a in fig.layout.annotations)
+
+
+# -- panel 7: race --------------------------------------------------------------------------------
+
+
+def test_race_figure():
+    entries = [
+        F.RaceEntry("loop", "hessian", 4e-3),
+        F.RaceEntry("structured", "hessian", 1e-3),
+        F.RaceEntry("taylor", "diagonal", None, "n/a: not supported"),
+    ]
+    fig = F.race_figure(entries, subtitle="test")
+    assert [t.name for t in fig.data] == ["hessian", "diagonal"]
+    np.testing.assert_allclose(fig.data[0].x, [4.0, 1.0])
+    assert "(fastest)" in fig.data[0].text[1]
+    assert np.isnan(fig.data[1].x[0]) and fig.data[1].text[0].startswith("n/a")
+
+
+# -- all panels -----------------------------------------------------------------------------------
+
+
+def _all_figures():
+    values, vectors = F.sorted_eigh(SYMMETRIC)
+    g = np.linspace(-1, 1, 5)
+    return {
+        "hessian": F.hessian_figure(SYMMETRIC, SYMMETRIC),
+        "diagonal": F.second_order_jacobian_figure(
+            SYMMETRIC[:2], SYMMETRIC[:2], SYMMETRIC[:2], samples=4
+        ),
+        "spectrum": F.spectrum_figure(values, vectors, verdict="saddle"),
+        "layers": F.layer_terms_figure([("a", SYMMETRIC)] * 5, 5 * SYMMETRIC),
+        "landscape": F.landscape_figure(
+            g, g, np.outer(g, g), np.outer(g, g), point=[0, 0], gradient=[1, 1], hessian=np.eye(2)
+        ),
+        "profile": F.profile_figure(g, g, g, point=0.0, gradient=1.0, curvature=0.0),
+        "fdstep": F.fd_error_figure(g + 2, {"float64": g + 2}, chosen_step=2.0),
+        "race": F.race_figure([F.RaceEntry("func", "hessian", 1e-3)]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_all_figures()))
+def test_every_figure_serialises_and_matches_its_spec(name):
+    fig = _all_figures()[name]
+    assert pio.to_json(fig)  # plotly accepted every property (plotly 7 is strict about colours)
+    assert fig.layout.template is not None
+
+
+def test_spec_and_figure_agree():
+    spec = F.hessian_spec(SYMMETRIC, SYMMETRIC)
+    fig = F.hessian_figure(SYMMETRIC, SYMMETRIC)
+    assert [t["type"] for t in spec["data"]] == [t.type for t in fig.data]
+    np.testing.assert_array_equal(spec["data"][0]["z"], fig.data[0].z)
+    assert F.to_figure(spec).layout.coloraxis.cmax == fig.layout.coloraxis.cmax
