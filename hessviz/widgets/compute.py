@@ -90,6 +90,21 @@ def build_models(state: ExplorerState) -> dict[str, torch.nn.Sequential]:
     return {"float64": model, "float32": copy.deepcopy(model).to(torch.float32)}
 
 
+def fd_hessian(model: torch.nn.Module, x: torch.Tensor, step: float | None) -> torch.Tensor:
+    """``hv.fd_hessian`` of a model at one point, ``(m, n, n)``.
+
+    Evaluated as a batch of one (``batched=True``): the model then sees all perturbed points as
+    one batch instead of through ``vmap``, about 30% faster for these small models. (The last bits
+    may differ from the unbatched call: FD amplifies round-off by 1/h².)
+    """
+    return hv.fd_hessian(model, x[None], step=step, batched=True, flat=True)[0]
+
+
+def fd_diagonal(model: torch.nn.Module, x: torch.Tensor, step: float | None) -> torch.Tensor:
+    """``hv.fd_diagonal`` of a model at one point, ``(m, n)`` (as a batch of one, see above)."""
+    return hv.fd_diagonal(model, x[None], step=step, batched=True, flat=True)[0]
+
+
 def value_and_jacobian(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """``f(x)`` and ``∂f/∂x`` of a model mapping ``(n,)`` to ``(m,)``.
 
@@ -255,8 +270,8 @@ class Pipeline:
             "fd",
             (at, state.step),
             lambda: (
-                numpy(hv.fd_hessian(model, x, step=state.step, flat=True)),
-                numpy(hv.fd_diagonal(model, x, step=state.step, flat=True)),
+                numpy(fd_hessian(model, x, step=state.step)),
+                numpy(fd_diagonal(model, x, step=state.step)),
             ),
         )
         diagonals = self._stage(
@@ -385,7 +400,7 @@ class Pipeline:
             x = self.point(state, name)
             rows = []
             for h in SWEEP_STEPS:
-                fd = numpy(hv.fd_hessian(models[name], x, step=float(h), flat=True))
+                fd = numpy(fd_hessian(models[name], x, step=float(h)))
                 rows.append(np.abs(fd - reference).max(axis=(1, 2)))
             errors[name] = np.stack(rows, axis=1)
         return errors

@@ -251,9 +251,7 @@ class HessianExplorer:
             options=["float64", "float32"], description="precision", style=_DESCRIPTION
         )
         c["method"] = widgets.Dropdown(
-            options=[(self._method_label(name), name) for name in hessian_methods()],
-            description="method",
-            style=_DESCRIPTION,
+            options=list(hessian_methods()), description="method", style=_DESCRIPTION
         )
         c["step"] = widgets.FloatLogSlider(
             base=10,
@@ -272,7 +270,9 @@ class HessianExplorer:
             options=[("x0", 0)], description="plane", style=_DESCRIPTION
         )
         c["plane_b"] = widgets.Dropdown(options=[("x1", 1)], description="", style=_DESCRIPTION)
-        c["link"] = widgets.Text(description="share view", style=_DESCRIPTION)
+        c["link"] = widgets.Text(
+            description="share view", continuous_update=False, style=_DESCRIPTION
+        )
         c["race"] = widgets.Button(description="Run the method race", icon="play")
         for name, widget in c.items():
             widget.add_class(self.CSS_CLASSES[name])
@@ -283,6 +283,9 @@ class HessianExplorer:
             if name not in ("race", "link"):
                 widget.observe(functools.partial(self._control_changed, name), names="value")
         c["race"].on_click(lambda _button: self.run_race())
+        c["link"].observe(self._link_edited, names="value")
+        self.method_info = widgets.Label(value="", layout=widgets.Layout(width="100%"))
+        self.method_info.add_class("hv-method-info")
         self.controls = c
         self.race_progress = widgets.IntProgress(value=0, min=0, max=1, description="race")
         self.race_progress.add_class("hv-race-progress")
@@ -290,8 +293,10 @@ class HessianExplorer:
         self.race_status.add_class("hv-race-status")
 
     @staticmethod
-    def _method_label(name: str) -> str:
-        return "auto (let hessviz choose)" if name == "auto" else f"{name}"
+    def _method_info(name: str) -> str:
+        if name == "auto":
+            return "auto: hessviz picks an exact method for this model (see the status line)"
+        return f"{name}: {hv.METHODS[name].description}"
 
     def _build_panels(self) -> None:
         self.panels = {name: FigurePanel(name) for name in PANELS}
@@ -313,7 +318,13 @@ class HessianExplorer:
                 ),
                 section("Point and output", self._x_box, c["out"]),
                 section(
-                    "Numerics", c["dtype"], c["method"], c["step"], c["step_auto"], c["samples"]
+                    "Numerics",
+                    c["dtype"],
+                    c["method"],
+                    self.method_info,
+                    c["step"],
+                    c["step_auto"],
+                    c["samples"],
                 ),
                 section("Landscape plane", self._plane_box),
                 section("Share this view", c["link"]),
@@ -396,10 +407,15 @@ class HessianExplorer:
         return self._guard.run("applying the new state", self._apply, state, changes)
 
     def apply_query(self, query: str) -> bool:
-        """Show the view of a query string (invalid values fall back with notes)."""
+        """Show the view of a query string or link (invalid values fall back with notes)."""
+        query = query.split("?", 1)[1] if "?" in query else query
         state, notes = ExplorerState.from_query(query)
-        self._set_notes(notes)
         return self._guard.run("applying the query", self._apply, state, {}, notes_from=notes)
+
+    def _link_edited(self, change: dict) -> None:
+        """A link pasted into the share box (and Enter) shows that view."""
+        if not self._quiet and change["new"] != self.link():
+            self.apply_query(change["new"])
 
     # -- state changes ---------------------------------------------------------------------------
     def _apply(self, state, changes: dict, notes_from: list[str] | None = None) -> None:
@@ -504,6 +520,7 @@ class HessianExplorer:
             put("step", "value", step)
             put("step_auto", "value", s.step is None)
             put("link", "value", self.link())
+            self.method_info.value = self._method_info(s.method)
 
     # -- updates ---------------------------------------------------------------------------------
     def _refresh(self) -> None:

@@ -199,28 +199,30 @@ class ExplorerState:
             try:
                 parsed[key] = parse(raw[key])
             except (ValueError, OverflowError):
+                fallback = _shown_default(key)
+                if key == "n" and isinstance(parsed.get("x"), tuple):
+                    fallback = f"{len(parsed['x'])}, the length of x"
                 notes.append(
-                    f"ignored {key}={echo(raw[key])}: not {_EXPECTED[key]}; "
-                    f"using {_shown_default(key)}"
+                    f"ignored {key}={echo(raw[key])}: not {_EXPECTED[key]}; using {fallback}"
                 )
-        if "x" in parsed and "n" not in parsed:
+        point = parsed.get("x")
+        if point is not None and "n" not in parsed:
             # A point alone defines the input dimension (x=0.1,0.2,0.3 means n = 3).
-            parsed["n"] = len(parsed["x"])
-        if "n" in parsed and "x" not in parsed:
-            parsed["x"] = default.x[: parsed["n"]] if isinstance(parsed["n"], int) else default.x
+            parsed["n"] = len(point)
         state = dataclasses.replace(default, **parsed)
         state, repairs = state.normalized()
-        for key in ("out", "plane"):  # clamped quietly for controls, but a link should say so
-            if key in parsed and getattr(state, key) != parsed[key]:
-                shown = ",".join(map(str, state.plane)) if key == "plane" else str(state.out)
-                repairs.append(
-                    f"changed {key}={echo(raw[key])} to {shown}: out of range for this network"
-                )
-        if "x" in parsed and isinstance(state.n, int) and len(parsed["x"]) != state.n:
+        if "out" in parsed and state.out != parsed["out"]:
             repairs.append(
-                f"x had {len(parsed['x'])} value(s) for n = {state.n} inputs; "
-                f"padded with 0 or cut to {state.n}"
+                f"changed out={echo(raw['out'])} to {state.out}: there are {state.m} outputs"
             )
+        if "plane" in parsed and state.plane != parsed["plane"] and state.n > 1:
+            repairs.append(
+                f"changed plane={echo(raw['plane'])} to {state.plane[0]},{state.plane[1]}: "
+                f"the plane needs two different coordinates below n = {state.n}"
+            )
+        if point is not None and len(point) != state.n:
+            fix = f"cut to {state.n}" if len(point) > state.n else "padded with zeros"
+            repairs.append(f"x had {len(point)} value(s) for n = {state.n} inputs; {fix}")
         return state, notes + repairs
 
 
@@ -291,12 +293,12 @@ def _step_value(text: str) -> float | None:
 
 
 _PARSERS: dict[str, Callable[[str], object]] = {
+    "x": _float_list,  # first: a point alone defines n
     "n": _to_int,
     "m": _to_int,
     "layers": _int_list,
     "act": str,
     "seed": _to_int,
-    "x": _float_list,
     "out": _to_int,
     "dtype": str,
     "step": _step_value,
