@@ -26,7 +26,7 @@ from .curvature import sorted_eigh, zero_tolerance
 _DOMAINS = (((0.0, 0.44), (0.0, 1.0)), ((0.52, 0.96), (0.0, 1.0)))
 
 
-def _arrow(start: np.ndarray, end: np.ndarray, k: int, text: str) -> dict:
+def _arrow(start: np.ndarray, end: np.ndarray, k: int) -> dict:
     """An arrow annotation in data coordinates of subplot ``k`` (1-based)."""
     ref = "" if k == 1 else str(k)
     return {
@@ -42,9 +42,7 @@ def _arrow(start: np.ndarray, end: np.ndarray, k: int, text: str) -> dict:
         "arrowhead": 3,
         "arrowwidth": 2,
         "arrowcolor": "#111111",
-        "text": text,
-        "font": {"size": 11},
-        "xanchor": "left",
+        "text": "",
     }
 
 
@@ -102,8 +100,12 @@ def landscape_spec(
     curvatures, directions = sorted_eigh(block)
     tol = zero_tolerance(curvatures)
     data: list[dict] = []
+    norm = float(np.linalg.norm(gradient))
     annotations = [
-        subplot_title(f"y_{output} in the (x{a}, x{b}) plane", _DOMAINS[0]),
+        subplot_title(
+            f"y_{output} in the (x{a}, x{b}) plane; arrow: ∇y_{output}, |g| = {fmt(norm)}",
+            _DOMAINS[0],
+        ),
         subplot_title("second-order Taylor model f₀ + gᵀd + ½dᵀHd", _DOMAINS[1]),
     ]
     for k, (grid, name) in enumerate(((values, f"y_{output}"), (taylor, "Taylor model")), start=1):
@@ -157,11 +159,9 @@ def landscape_spec(
                     "showlegend": k == 1,
                 }
             )
-        norm = float(np.linalg.norm(gradient))
         if norm > 0:
             tip = point + 0.6 * radius * gradient / norm
-            label = f"∇y_{output} (|g| = {fmt(norm)})" if k == 1 else ""
-            annotations.append(_arrow(point, tip, k, label))
+            annotations.append(_arrow(point, tip, k))
     layout: dict = {
         "height": 420,
         "showlegend": True,
