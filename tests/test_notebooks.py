@@ -1,7 +1,7 @@
 """Every notebook runs top to bottom in a fresh kernel, within a per-notebook time limit.
 
-The notebooks are executed with nbclient (what nbmake and Voila use underneath) in their own folder,
-so relative paths behave as in JupyterLab. They are committed without outputs; a test checks that too.
+The notebooks are executed with nbclient (what nbmake and Voila use underneath) in their own
+folder, so relative paths behave as in JupyterLab. They are committed without outputs (checked).
 """
 
 import time
@@ -30,16 +30,15 @@ def jupyter_dirs(tmp_path, monkeypatch):
 
 def test_the_notebooks_are_there():
     names = [p.name for p in PATHS]
-    assert "00_index.ipynb" in names
+    assert "00_index.ipynb" in names and "dashboard.ipynb" in names
     assert len([n for n in names if n[:2].isdigit()]) == 6, names
 
 
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
 def test_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
-    dirty = [
-        i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)
-    ]
+    code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    dirty = [i for i, c in code if c.outputs or c.execution_count]
     assert not dirty, f"{path.name}: clear the outputs of cells {dirty} before committing"
 
 
