@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import hessviz as hv
 from hessviz.widgets import ExplorerState, HessianExplorer
 from hessviz.widgets.display import same_values
+from hessviz.widgets.explorer import text_of
 from hessviz.widgets.state import QUERY_KEYS, hessian_methods
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,7 +191,7 @@ def test_fd_step_panel(fresh):
 
 
 def test_status_line_reports_what_was_computed(fresh):
-    text = fresh.status.value
+    text = text_of(fresh.status)
     assert "exact Hessians (2×2×2, auto → structured)" in text
     assert "max|exact − FD| = " in text and text.endswith("ms.")
 
@@ -237,8 +238,8 @@ def test_invalid_values_are_repaired_with_a_note(fresh):
 def test_bad_state_shows_a_message_and_keeps_the_figures(fresh, call):
     before = np.array(fresh.figures["hessian"].data[0].z)
     assert call(fresh) is False
-    assert fresh.message.value.startswith("Could not finish")
-    assert fresh.last_error == fresh.message.value
+    assert text_of(fresh.message).startswith("Could not finish")
+    assert fresh.last_error == text_of(fresh.message)
     np.testing.assert_array_equal(fresh.figures["hessian"].data[0].z, before)
 
 
@@ -246,16 +247,17 @@ def test_engine_failure_shows_a_message_and_keeps_the_last_good_figures(fresh, m
     before = np.array(fresh.figures["hessian"].data[0].z)
 
     def broken(*args, **kwargs):
-        raise RuntimeError("boom\nsecond line")
+        raise RuntimeError("boom <b>bold</b>\nsecond line")
 
     monkeypatch.setattr(hv, "hessian", broken)
     fresh.controls["x0"].value = 1.5  # raises nothing
-    assert "RuntimeError: boom" in fresh.message.value
-    assert "second line" not in fresh.message.value
+    assert "RuntimeError: boom <b>bold</b>" in text_of(fresh.message)
+    assert "<b>" not in fresh.message.value  # shown as text, never as markup
+    assert "second line" not in text_of(fresh.message)
     np.testing.assert_array_equal(fresh.figures["hessian"].data[0].z, before)
     monkeypatch.undo()
     assert fresh.set_state(x=(1.5, -1.0))  # the same state again: recomputed now
-    assert fresh.message.value == "" and fresh.last_error is None
+    assert text_of(fresh.message) == "" and fresh.last_error is None
     assert_figures_match_engine(fresh)
 
 

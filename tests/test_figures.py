@@ -79,6 +79,7 @@ def test_second_order_jacobian_figure():
     np.testing.assert_allclose(fig.data[3].customdata, np.full((2, 3), 0.1))
     assert "16 samples" in fig.layout.annotations[2].text
     assert "rel. err 0.033" in fig.layout.annotations[3].text  # 0.1 / 3
+    assert fig.data[0].text[0][0] == "1"  # n ≤ 4: values in cells
     assert fig.data[0].hovertemplate.startswith("∂²y_%{y}/∂x_%{x}²")
 
 

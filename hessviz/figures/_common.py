@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import re
 import textwrap
 from collections.abc import Callable, Sequence
 
@@ -46,12 +47,18 @@ def as_array(values, ndim: int, name: str) -> np.ndarray:
 
 
 def fmt(value: float, digits: int = 3) -> str:
-    """A short human number: ``0.0123`` → ``'0.0123'``, ``1.2e-09`` → ``'1.2e-09'``."""
+    """A short human number: ``0.0123`` → ``'0.0123'``, ``1.2e-09`` → ``'1.2e-9'``.
+
+    Example:
+        >>> fmt(0.0123), fmt(1.234e-9), fmt(12345.0), fmt(0.0)
+        ('0.0123', '1.23e-9', '1.23e4', '0')
+    """
     if value is None or not np.isfinite(value):
         return "n/a"
     if value == 0:
         return "0"
-    return f"{value:.{digits}g}"
+    text = f"{value:.{digits}g}"
+    return re.sub(r"e([+-])0*(\d)", lambda m: "e" + m.group(1).replace("+", "") + m.group(2), text)
 
 
 def axis_key(k: int, letter: str = "x") -> str:

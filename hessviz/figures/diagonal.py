@@ -6,7 +6,6 @@ import numpy as np
 
 from ._common import (
     ERRORS,
-    MAX_N_WITH_VALUES,
     as_array,
     cell_text,
     diverging_coloraxis,
@@ -53,7 +52,7 @@ def second_order_jacobian_spec(
         fd: ``(m, n)`` finite-difference diagonals.
         hutchinson: ``(m, n)`` Hutchinson estimates ``mean_s v_s ⊙ (H v_s)``.
         samples: number of probe vectors used by the estimator.
-        show_values: print values in cells; default when ``n ≤ 6``.
+        show_values: print values in cells; default when ``n ≤ 4`` (the cells are small).
 
     Returns:
         Spec dict (``*_figure``: ``go.Figure``) with 4 heatmap traces: exact, FD, Hutchinson,
@@ -70,7 +69,7 @@ def second_order_jacobian_spec(
     hutchinson = as_array(hutchinson, 2, "hutchinson")
     m, n = exact.shape
     if show_values is None:
-        show_values = n <= MAX_N_WITH_VALUES
+        show_values = n <= 4
     rows = [f"y{i}" for i in range(m)]
     cols = [f"x{j}" for j in range(n)]
     gap = np.abs(hutchinson - exact)
@@ -85,7 +84,7 @@ def second_order_jacobian_spec(
             name="exact",
             hover=hover.format("exact"),
             coloraxis="coloraxis",
-            text=cell_text(exact, show_values),
+            text=cell_text(exact, show_values, digits=2),
         ),
         heatmap(
             2,
@@ -93,7 +92,7 @@ def second_order_jacobian_spec(
             name="FD",
             hover=hover.format("finite differences"),
             coloraxis="coloraxis",
-            text=cell_text(fd, show_values),
+            text=cell_text(fd, show_values, digits=2),
         ),
         heatmap(
             3,
@@ -101,7 +100,7 @@ def second_order_jacobian_spec(
             name="Hutchinson",
             hover=hover.format(f"Hutchinson, {samples} samples"),
             coloraxis="coloraxis",
-            text=cell_text(hutchinson, show_values),
+            text=cell_text(hutchinson, show_values, digits=2),
         ),
         heatmap(
             4,
@@ -117,7 +116,7 @@ def second_order_jacobian_spec(
     hutchinson_error = relative_error(hutchinson, exact)
     layout: dict = {
         "height": 170 + 34 * m,
-        "margin": {"l": 50, "r": 30, "t": 90, "b": 20},
+        "margin": {"l": 50, "r": 30, "t": 110, "b": 20},
         "coloraxis": diverging_coloraxis(half, colorbar_x=domains[2][0][1] + 0.005),
         "coloraxis2": {
             "colorscale": ERRORS,
@@ -126,11 +125,11 @@ def second_order_jacobian_spec(
             "colorbar": {**colorbar, "x": domains[3][0][1] + 0.005},
         },
         "annotations": [
-            subplot_title("exact diag(∂²y_i/∂x²)", domains[0]),
-            subplot_title(f"finite differences (rel. err {fmt(fd_error, 2)})", domains[1]),
-            subplot_title(f"Hutchinson, {samples} samples", domains[2]),
+            subplot_title("exact<br>∂²y_i/∂x_j²", domains[0]),
+            subplot_title(f"finite differences<br>rel. err {fmt(fd_error, 2)}", domains[1]),
+            subplot_title(f"Hutchinson<br>{samples} samples", domains[2]),
             subplot_title(
-                f"|Hutchinson − exact| (rel. err {fmt(hutchinson_error, 2)})", domains[3]
+                f"|Hutchinson − exact|<br>rel. err {fmt(hutchinson_error, 2)}", domains[3]
             ),
         ],
     }

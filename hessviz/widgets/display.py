@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import anywidget
 import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
@@ -24,6 +25,29 @@ def sync_for_display(figure: go.FigureWidget) -> None:
     because a FigureWidget nested in a container is displayed without that call.
     """
     figure._repr_mimebundle_()
+
+
+class ResizeNudge(anywidget.AnyWidget):
+    """An invisible widget that fires a window ``resize`` event shortly after it is shown.
+
+    A FigureWidget draws itself before the page has laid it out, so it cannot see its container's
+    width and falls back to plotly's default 700 px; it does listen to window resizes. Shown next
+    to the figures, this nudge makes every plot fill its panel's width.
+    """
+
+    _esm = """
+    export default {
+      render({ el }) {
+        el.style.display = "none";
+        for (const ms of [200, 1000, 3000]) {
+          setTimeout(() => {
+            window.__hessvizResizeNudges = (window.__hessvizResizeNudges || 0) + 1;
+            window.dispatchEvent(new Event("resize"));
+          }, ms);
+        }
+      }
+    };
+    """
 
 
 def same_values(a: object, b: object) -> bool:
@@ -163,7 +187,11 @@ class FigurePanel:
         self.name = name
         self.figure = go.FigureWidget()
         self.figure.add_class("hv-figure")
-        self.box = widgets.Box([self.figure], layout=widgets.Layout(width="100%"))
+        # plotly.js's own window-resize handler (the FigureWidget view registers one only when
+        # its host sends it Lumino attach messages, which Voila's anywidget views do not get).
+        self.figure._config = {"responsive": True, "displaylogo": False}
+        # A VBox stretches its child to the full width (in a plain Box plotly falls back to 700px).
+        self.box = widgets.VBox([self.figure], layout=widgets.Layout(width="100%"))
         self.box.add_class(f"hv-fig-{name}")
         self.spec: dict = {"data": [], "layout": {}}
         self.rendered_key: object = None

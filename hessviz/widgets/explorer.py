@@ -16,7 +16,9 @@ Usage (a notebook or a Voila dashboard)::
 from __future__ import annotations
 
 import functools
+import html
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -40,7 +42,7 @@ from hessviz.figures import (
 )
 
 from .compute import DEFAULT_THREADS, Pipeline, ViewResults, torch_threads
-from .display import FigurePanel
+from .display import FigurePanel, ResizeNudge
 from .errors import ErrorGuard
 from .state import (
     MAX_HIDDEN_LAYERS,
@@ -98,6 +100,18 @@ RACE_SECONDS_PER_METHOD = 0.15
 _X_STEP = 0.01
 _LOG_STEP = 0.1
 _DESCRIPTION = {"description_width": "95px"}
+
+
+def _set_text(widget: widgets.HTML, text: str, style: str = "") -> None:
+    """Show plain text in an HTML widget (escaped: it can never become markup)."""
+    value = f"<span style='{style}'>{html.escape(text)}</span>" if text else ""
+    if widget.value != value:
+        widget.value = value
+
+
+def text_of(widget: widgets.Widget) -> str:
+    """The plain text a status/message/info widget shows (for tests and callers)."""
+    return html.unescape(re.sub(r"<[^>]*>", "", widget.value))
 
 
 def _hidden(widget: widgets.Widget, hidden: bool) -> None:
@@ -204,9 +218,10 @@ class HessianExplorer:
         return cls(state, notes=notes, **kwargs)
 
     def _build_status(self) -> None:
-        self.status = widgets.Label(value="", layout=widgets.Layout(width="100%"))
+        # HTML widgets so that long lines wrap; every value is escaped (see _set_text).
+        self.status = widgets.HTML(value="", layout=widgets.Layout(width="100%"))
         self.status.add_class("hv-status")
-        self.message = widgets.Label(value="", layout=widgets.Layout(width="100%"))
+        self.message = widgets.HTML(value="", layout=widgets.Layout(width="100%"))
         self.message.add_class("hv-message")
         self.notes = widgets.VBox([], layout=widgets.Layout(width="100%"))
         self.notes.add_class("hv-notes")
@@ -284,7 +299,7 @@ class HessianExplorer:
                 widget.observe(functools.partial(self._control_changed, name), names="value")
         c["race"].on_click(lambda _button: self.run_race())
         c["link"].observe(self._link_edited, names="value")
-        self.method_info = widgets.Label(value="", layout=widgets.Layout(width="100%"))
+        self.method_info = widgets.HTML(value="", layout=widgets.Layout(width="100%"))
         self.method_info.add_class("hv-method-info")
         self.controls = c
         self.race_progress = widgets.IntProgress(value=0, min=0, max=1, description="race")
@@ -295,7 +310,7 @@ class HessianExplorer:
     @staticmethod
     def _method_info(name: str) -> str:
         if name == "auto":
-            return "auto: hessviz picks an exact method for this model (see the status line)"
+            return "auto: hessviz picks (the status line says which)"
         return f"{name}: {hv.METHODS[name].description}"
 
     def _build_panels(self) -> None:
@@ -347,7 +362,7 @@ class HessianExplorer:
             "Second derivatives of a small network with respect to its input: change the "
             "network or the point and watch the Hessian, its estimates and what it means."
         )
-        root = widgets.VBox([title, widgets.HBox([column, content])])
+        root = widgets.VBox([title, widgets.HBox([column, content]), ResizeNudge()])
         root.add_class("hv-app")
         return root
 
@@ -520,7 +535,7 @@ class HessianExplorer:
             put("step", "value", step)
             put("step_auto", "value", s.step is None)
             put("link", "value", self.link())
-            self.method_info.value = self._method_info(s.method)
+            _set_text(self.method_info, self._method_info(s.method))
 
     # -- updates ---------------------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -531,7 +546,7 @@ class HessianExplorer:
         self.results = results
         self.last_update_seconds = time.perf_counter() - start
         self.updates += 1
-        self.status.value = self._status_text(results, self.last_update_seconds)
+        _set_text(self.status, self._status_text(results, self.last_update_seconds))
         if self._race_key != self._race_identity():
             self._reset_race()
 
@@ -633,7 +648,7 @@ class HessianExplorer:
         )
 
     def _show_message(self, text: str | None) -> None:
-        self.message.value = text or ""
+        _set_text(self.message, text or "", style="color:#b00020")
 
     def _set_notes(self, notes: list[str]) -> None:
         current = [label.value for label in self.notes.children]
