@@ -397,6 +397,13 @@ def test_stable_css_classes(fresh):
     assert "hv-app" in fresh.root._dom_classes
 
 
+def test_plots_are_told_to_fill_their_panels(fresh):
+    from hessviz.widgets.display import ResizeNudge
+
+    assert all(panel.figure._config.get("responsive") for panel in fresh.panels.values())
+    assert any(isinstance(child, ResizeNudge) for child in fresh.root.children)
+
+
 def test_method_race(fresh):
     entries = fresh.run_race(seconds_per_method=0.0)
     computes_hessian = [k for k, m in hv.METHODS.items() if "hessian" in m.computes]
