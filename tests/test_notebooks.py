@@ -20,11 +20,14 @@ pytestmark = pytest.mark.notebooks
 
 
 @pytest.fixture
-def jupyter_dirs(tmp_path, monkeypatch):
-    """Keep kernel connection files and Jupyter data out of the home directory."""
+def kernel_env(tmp_path, monkeypatch):
+    """The kernel's environment: Jupyter's files in a temp folder, not the home directory."""
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # debugger warning on stderr
+    # One intra-op thread per kernel: with other tests or programs on the same few cores, torch's
+    # spinning thread pool slows small problems down by 10-100x.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("QUERY_STRING", raising=False)
 
 
@@ -43,7 +46,7 @@ def test_committed_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
-def test_runs_top_to_bottom(path, jupyter_dirs):
+def test_runs_top_to_bottom(path, kernel_env):
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
     deadline = start + NOTEBOOK_TIMEOUT
