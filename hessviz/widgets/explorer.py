@@ -288,7 +288,9 @@ class HessianExplorer:
         c["link"] = widgets.Text(
             description="share view", continuous_update=False, style=_DESCRIPTION
         )
-        c["race"] = widgets.Button(description="Run the method race", icon="play")
+        c["race"] = widgets.Button(
+            description="Run the method race", icon="play", layout=widgets.Layout(width="auto")
+        )
         for name, widget in c.items():
             widget.add_class(self.CSS_CLASSES[name])
             if name.startswith("width"):
