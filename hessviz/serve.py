@@ -4,9 +4,9 @@
 ``./dev dashboard`` runs. The Voila options live in ``voila.json`` at the top of the checkout
 (code cells hidden, no tracebacks sent to the page, no file serving, one pre-heated kernel so a
 visitor does not wait for Python and torch to start); Voila reads it from the working directory,
-so this module runs Voila from there. Only the one notebook is served: there is
-no file tree. Options this module does not know are passed on to Voila unchanged (e.g.
-``--show_tracebacks=True`` to debug).
+so this module runs Voila from there. Only the one notebook is served: there is no file tree.
+Options this module does not know are passed on to Voila unchanged (e.g. ``--show_tracebacks=True``
+to debug).
 
 Jupyter's runtime and data directories default to a fresh temporary folder, so connection files
 and kernel state do not land in the home directory (set ``JUPYTER_RUNTIME_DIR`` /
