@@ -122,12 +122,13 @@ def dashboard(tmp_path_factory):
 def _wait_until_serving(port, server, log_path):
     # Polling the page itself would start kernels; a static file does not.
     deadline = time.monotonic() + SERVER_START_SECONDS
+    static_file = f"http://127.0.0.1:{port}/voila/static/voila.js"
     while time.monotonic() < deadline:
         if server.poll() is not None:
             pytest.fail(f"Voila exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/voila/static/voila.js", timeout=2)
-            break
+            with urllib.request.urlopen(static_file, timeout=2):
+                break
         except OSError:
             time.sleep(0.3)
     else:
@@ -155,13 +156,19 @@ def _cpu_percent(processes) -> float:
 
 
 def _stop(server):
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)  # Voila shuts its kernels down on SIGTERM
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+    """SIGTERM to the server's process group; Voila then shuts its kernels down itself."""
+    if server.poll() is not None:
+        return
+    kernels = psutil.Process(server.pid).children(recursive=True)  # own sessions: not in the group
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+    _, alive = psutil.wait_procs(kernels, timeout=10)
+    for kernel in alive:  # only if Voila could not stop them: by pid, never by name
+        kernel.kill()
 
 
 # -- what the page shows ------------------------------------------------------------------------
