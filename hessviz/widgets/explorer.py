@@ -327,7 +327,8 @@ class HessianExplorer:
 
         self._width_box = widgets.VBox([c[f"width{k}"] for k in range(MAX_HIDDEN_LAYERS)])
         self._x_box = widgets.VBox([c[f"x{k}"] for k in range(N_INPUTS[1])])
-        self._plane_box = widgets.VBox([c["plane_a"], c["plane_b"]])
+        # The whole section, heading included, is hidden when n ≤ 2 (there is no plane to pick).
+        self._plane_box = section("Landscape plane", c["plane_a"], c["plane_b"])
         column = widgets.VBox(
             [
                 section(
@@ -343,7 +344,7 @@ class HessianExplorer:
                     c["step_auto"],
                     c["samples"],
                 ),
-                section("Landscape plane", self._plane_box),
+                self._plane_box,
                 section("Share this view", c["link"]),
             ],
             layout=widgets.Layout(width="340px", min_width="340px"),
@@ -463,10 +464,18 @@ class HessianExplorer:
         s = self._state
         c = self.controls
         if name == "n":
-            old = list(s.x)
-            x = old[:value] + [c[f"x{k}"].value for k in range(len(old), value)]
-            changes = {"n": value, "x": tuple(x)}
+            if not N_INPUTS[0] <= value <= N_INPUTS[1]:
+                # Only a page that bypasses the slider's bounds sends this: refused with a note.
+                changes = {"n": value}
+            else:
+                old = list(s.x)
+                x = old[:value] + [c[f"x{k}"].value for k in range(len(old), value)]
+                changes = {"n": value, "x": tuple(x)}
         elif name == "layers":
+            if not 0 <= value <= MAX_HIDDEN_LAYERS:
+                raise hv.HessvizError(
+                    f"a network has 0–{MAX_HIDDEN_LAYERS} hidden layers here, not {value}."
+                )
             changes = {"layers": tuple(c[f"width{k}"].value for k in range(value))}
         elif name.startswith("width"):
             k = int(name[5:])
