@@ -51,7 +51,8 @@ def _structure(p: Problem, y: torch.Tensor):
         return None, str(err)
 
 
-def _choose(fname: str, op: str, p: Problem, y: torch.Tensor, method: str) -> str:
+def _choose(fname: str, op: str, p: Problem, method: str, structure: tuple) -> str:
+    """The method that runs ``op``; ``structure`` is :func:`_structure`'s answer (checked once)."""
     if method != "auto":
         meth = METHODS[method]
         if op not in meth.computes:
@@ -61,7 +62,7 @@ def _choose(fname: str, op: str, p: Problem, y: torch.Tensor, method: str) -> st
                 f"{', '.join(able)}."
             )
         if meth.needs_structure:
-            fw, why = _structure(p, y)
+            fw, why = structure
             if fw is None:
                 raise HessvizError(
                     f"{fname}: method='structured' needs an nn.Sequential of affine layers "
@@ -69,7 +70,7 @@ def _choose(fname: str, op: str, p: Problem, y: torch.Tensor, method: str) -> st
                     f"activations, but {why}. Use method='func', or 'auto' to fall back by itself."
                 )
         return method
-    fw, _ = _structure(p, y)
+    fw, _ = structure
     if fw is None:
         return _GENERIC_FALLBACK[op]
     if op != "hessian":
@@ -78,11 +79,14 @@ def _choose(fname: str, op: str, p: Problem, y: torch.Tensor, method: str) -> st
     return "structured" if c.structured_flops <= c.func_flops else "func"
 
 
-def _work(op: str, name: str, p: Problem, y: torch.Tensor) -> tuple[float, float]:
+def _needs_structure(method: str) -> bool:
+    return method == "auto" or METHODS[method].needs_structure
+
+
+def _work(op: str, name: str, p: Problem, fw) -> tuple[float, float]:
     """Working memory in elements: ``(per sample, per sample and output)``."""
     n, M = p.n, p.M
     if name == "structured":
-        fw, _ = _structure(p, y)
         c = structured.cost(p, fw)
         if op == "hessian":
             return c.work_elems_per_sample, c.work_elems_per_output
@@ -103,7 +107,7 @@ def _describe_request(op: str, p: Problem, dtype: torch.dtype) -> str:
     return f"{axes} = {shown} {str(dtype).replace('torch.', '')}"
 
 
-def _chunks(fname: str, op: str, name: str, p: Problem, y: torch.Tensor):
+def _chunks(fname: str, op: str, name: str, p: Problem, fw):
     """Split ``(B, m)`` into chunks whose result and working memory fit the budget."""
     budget = get_memory_budget()
     isz = p.X.element_size()
@@ -119,7 +123,7 @@ def _chunks(fname: str, op: str, name: str, p: Problem, y: torch.Tensor):
             f"{fname}: the result {_describe_request(op, p, p.X.dtype)} would need "
             f"{format_bytes(result)}, over the memory budget of {format_bytes(budget)}. {ways_out}"
         )
-    per_sample, per_output = _work(op, name, p, y)
+    per_sample, per_output = _work(op, name, p, fw)
     avail = budget - result
     sample_bytes = (per_sample + p.m * (per_output + per_result)) * isz
     if sample_bytes <= avail:
@@ -143,9 +147,10 @@ def _execute(
     fname: str, op: str, p: Problem, y: torch.Tensor, method: str, V: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Run ``op`` on the whole problem: ``(B, m, n^k)``."""
-    name = _choose(fname, op, p, y, method)
+    structure = _structure(p, y) if _needs_structure(method) else (None, None)
+    name = _choose(fname, op, p, method, structure)
     try:
-        return _run(fname, op, name, p, y, V)
+        return _run(fname, op, name, p, structure[0], V)
     except HessvizError:
         raise
     except Exception as err:
@@ -153,7 +158,7 @@ def _execute(
             # e.g. data-dependent control flow or a missing forward-mode rule under torch.func:
             # the plain autograd loop differentiates anything autograd can.
             try:
-                return _run(fname, op, "loop", p, y, V)
+                return _run(fname, op, "loop", p, None, V)
             except Exception:
                 pass
         raise HessvizError(
@@ -163,17 +168,22 @@ def _execute(
         ) from err
 
 
-def _run(fname, op, name, p, y, V) -> torch.Tensor:
+def _run(fname, op, name, p, fw, V) -> torch.Tensor:
     kernel = METHODS[name].kernel(op)
     per = (p.n,) * _RESULT_AXES[op]
-    R = p.X.new_empty(p.B, p.m, *per)
-    for bs, ms in _chunks(fname, op, name, p, y):
-        sel = p.sel[ms]
+
+    def run(bs, ms):
         # Results are plain tensors: no autograd history through the model's parameters.
         if op == "hvp":
-            R[bs, ms] = kernel(p, p.X[bs], V[bs], sel).detach()
-        else:
-            R[bs, ms] = kernel(p, p.X[bs], sel).detach()
+            return kernel(p, p.X[bs], V[bs], p.sel[ms]).detach()
+        return kernel(p, p.X[bs], p.sel[ms]).detach()
+
+    chunks = list(_chunks(fname, op, name, p, fw))
+    if len(chunks) == 1:  # the usual case: no copy into a preallocated result
+        return run(*chunks[0]).reshape(p.B, p.m, *per)
+    R = p.X.new_empty(p.B, p.m, *per)
+    for bs, ms in chunks:
+        R[bs, ms] = run(bs, ms)
     return R
 
 
@@ -291,7 +301,7 @@ def layer_terms(f, x, *, batched=False, outputs=None, flat=False) -> list[LayerT
         True
     """
     p, y = prepare("layer_terms", f, x, batched=batched, outputs=outputs)
-    _choose("layer_terms", "hessian", p, y, "structured")
+    _choose("layer_terms", "hessian", p, "structured", _structure(p, y))
     return [
         LayerTerm(index, name, p.shape_result(term, 2, flat))
         for index, name, term in structured.layer_terms(p, p.X, p.sel)
@@ -312,4 +322,4 @@ def auto_method(f, x, *, op="hessian", batched=False, outputs=None) -> str:
     if op not in _RESULT_AXES:
         raise HessvizError(f"auto_method: op must be one of {', '.join(_RESULT_AXES)}, got {op!r}.")
     p, y = prepare("auto_method", f, x, batched=batched, outputs=outputs)
-    return _choose("auto_method", op, p, y, "auto")
+    return _choose("auto_method", op, p, "auto", _structure(p, y))

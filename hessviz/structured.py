@@ -13,16 +13,24 @@ vectorised over the selected outputs, and the sum is a few batched matrix produc
 is :math:`\sum_l \sum_k c_{l,k} (J_l)_{kj}^2` with ``c_l = σ_l'' ⊙ ∂y_i/∂a_l`` — about the cost of
 one forward Jacobian, far cheaper than ``n`` Hessian-vector products.
 
-Two more exploits: (1) the affine *stem* before the first activation is the same for every sample;
+More exploits: (1) the affine *stem* before the first activation is the same for every sample;
 when it narrows the input (``K_1 < n``, e.g. ``Linear(784, 256)``), Jacobians are carried in the
-``K_1``-dimensional space and mapped back once: :math:`H = A^\top H_{z_1} A`. (2) HVPs need no
-Jacobian at all: one forward tangent, one reverse sweep with the curvature injected per layer.
+``K_1``-dimensional space, where the first activation's term is a plain diagonal, and mapped back
+once, :math:`H = A^\top H_{z_1} A`, when the cost model says that pays; the Laplacian needs only
+column norms there, through :math:`A A^\top` (``K_1 × K_1``). (2) HVPs need no Jacobian at all:
+one forward tangent, one reverse sweep with the curvature injected per layer. (3) The affine *tail*
+after the last activation is sample-independent: ``∂y_i/∂a_L`` is computed once (for a final
+``Linear`` it is a row of its weight), and no Jacobian or tangent is carried through it.
+(4) Per-op overhead dominates small models: the common activations have closed-form σ', σ'';
+kernels run without autograd recording; every layer's term is one batched GEMM accumulated in
+place; temporaries of the same role share one scratch buffer.
 
 Every term is returned by :func:`layer_terms`, so the explorer can show what each layer contributes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -201,6 +209,7 @@ def _square(m, z, a):
     return 2 * z, torch.full_like(z, 2.0)
 
 
+@functools.cache
 def _closed_forms():
     from .models import Sin, Square
 
@@ -276,6 +285,12 @@ def parse(f: object) -> list:
 
 # --------------------------------------------------------------------------------------------
 # The engine
+#
+# Notation: ``u`` is the space Jacobians are carried in — ``x`` itself, or ``z_1`` when the stem
+# narrows the input (then ``P = ∂z_1/∂x`` maps back). ``G_l = ∂z_l/∂u`` is stored transposed,
+# one row per direction of ``u``: ``(B, r, K_l)`` per sample, ``(r, K_l)`` when it is the same
+# for every sample (the stem), or ``None`` for the identity. ``c_l = σ_l''(z_l) ⊙ ∂y_i/∂a_l`` has
+# shape ``(B, m, K_l)``. Kernels run without autograd: every derivative here is explicit.
 # --------------------------------------------------------------------------------------------
 
 
@@ -292,12 +307,13 @@ class _Activation:
 @dataclass
 class _Pass:
     acts: list[_Activation]
-    P: torch.Tensor | None  # (n, r): x-space Jacobian of the stem when it narrows, else None
+    P: torch.Tensor | None  # (n, r): ∂z_1/∂x when Jacobians are carried w.r.t. z_1, else None
     y: torch.Tensor  # (B, M)
     body: list  # layers from the first activation on
     shapes: list[torch.Size]  # per-sample input shape of each body layer, then the output shape
     stem: list
     stem_shapes: list[torch.Size]
+    last: int  # position of the last activation in ``body``
 
 
 def _model_sample_shape(p: Problem) -> torch.Size:
@@ -318,17 +334,73 @@ def _stem_jacobian(stem: list, S: torch.Size, X: torch.Tensor) -> torch.Tensor:
         T, rest = torch.eye(n, dtype=X.dtype, device=X.device).reshape(n, *S), stem
     for lay in rest:
         T = lay.linear(T)
-    return T.reshape(n, -1)
+    # Contiguous: products with a transposed view inherit its memory order, and every later
+    # GEMM on them would copy first.
+    return T.reshape(n, -1).contiguous()
+
+
+class _Scratch:
+    """One buffer reused by temporaries of the same role within a call.
+
+    The CPU allocator does not cache memory: every fresh multi-megabyte temporary is paid again in
+    page faults, which on the benchmark machine cost as much as the arithmetic on it. A temporary
+    that is dead before the next one of its role is needed borrows this buffer instead.
+    """
+
+    def __init__(self) -> None:
+        self._buf: torch.Tensor | None = None
+
+    def __call__(self, *shape: int, like: torch.Tensor) -> torch.Tensor:
+        size = math.prod(shape)
+        if self._buf is None or self._buf.numel() < size:
+            self._buf = like.new_empty(size)
+        return self._buf[:size].view(shape)
+
+
+def _scaled(G: torch.Tensor | None, scale: torch.Tensor, out: torch.Tensor | None = None):
+    """``G · diag(scale)`` per sample, ``(B, r, K)``: the Jacobian of an activation's output."""
+    if G is None:  # identity, so the Jacobian is diag(σ') itself
+        return torch.diag_embed(scale)
+    return torch.mul(G, scale[:, None, :], out=out)  # (r, K) or (B, r, K) times (B, 1, K)
+
+
+def _push(
+    lay, G: torch.Tensor | None, scale: torch.Tensor | None, S_in: torch.Size, B: int, scratch
+):
+    """Carry ``G`` through one affine layer: ``(G · diag(scale)) Aᵀ`` (``scale`` = σ' or None)."""
+    linear = isinstance(lay, _Linear) and len(S_in) == 1
+    if scale is not None:
+        if G is None and linear:  # diag(σ') Wᵀ without a GEMM
+            W = lay.module.weight
+            G = scale.new_empty(B, W.shape[1], W.shape[0])  # contiguous, unlike Wᵀ
+            return torch.mul(scale[:, :, None], W.T, out=G)
+        # The scaled copy dies with this layer: it borrows the scratch buffer.
+        G = _scaled(G, scale, None if G is None else scratch(B, *G.shape[-2:], like=scale))
+    r = G.shape[-2]
+    if linear:
+        out = lay.linear(G)  # one GEMM over all samples and directions
+    elif G.ndim == 2:
+        out = lay.linear(G.reshape(r, *S_in)).reshape(r, -1)
+    else:
+        out = lay.linear(G.reshape(B * r, *S_in)).reshape(B, r, -1)
+    # Identity, Dropout and reshapes return views: never hand out the scratch buffer.
+    shares = out.untyped_storage().data_ptr() == G.untyped_storage().data_ptr()
+    return out.clone() if shares else out
 
 
 def _forward(
     layers: list, p: Problem, X: torch.Tensor, *, jacobian: bool, V: torch.Tensor | None = None
 ) -> _Pass:
+    """Values, σ', σ'' and (optionally) Jacobians ``G_l`` or tangents ``J_l v`` per activation.
+
+    Jacobians and tangents stop at the last activation: the affine tail adds no curvature.
+    """
     S = _model_sample_shape(p)
     B, n = X.shape
     a = X.reshape(B, *S)
     first = next((k for k, lay in enumerate(layers) if lay.elementwise), len(layers))
     stem, body = layers[:first], layers[first:]
+    last = max((k for k, lay in enumerate(body) if lay.elementwise), default=-1)
     stem_shapes = []
     t = None if V is None else V.reshape(B, *S)
     for lay in stem:
@@ -338,7 +410,7 @@ def _forward(
             t = lay.linear(t)
     stem_shapes.append(a.shape[1:])
     G, P = None, None
-    if jacobian and body:
+    if jacobian and body and stem:
         A_T = _stem_jacobian(stem, S, X)  # (n, K1): the stem's Jacobian, shared by every sample
         if A_T.shape[1] < n:
             P = A_T  # carry Jacobians w.r.t. z_1 (identity there) and map back once
@@ -346,153 +418,256 @@ def _forward(
             G = A_T
     acts: list[_Activation] = []
     shapes = []
+    scale = None  # σ' of the previous activation, folded into G by the next affine layer
+    scratch = _Scratch()
     for k, lay in enumerate(body):
         shapes.append(a.shape[1:])
+        more = k < last  # does another activation follow (so Jacobians/tangents are needed)?
         if lay.elementwise:
+            if scale is not None:  # two activations in a row: fold the first one's σ' now
+                G, scale = _scaled(G, scale), None
             a, s1, s2 = lay.derivs(a)
-            s1, s2 = s1.reshape(B, -1), s2.reshape(B, -1)
             tz = None if t is None else t.reshape(B, -1)
-            acts.append(_Activation(first + k, type(lay.module).__name__, G, tz, s1, s2))
-            if jacobian:
-                if G is None:
-                    G = torch.diag_embed(s1)
-                else:
-                    G = G * s1[:, None, :]  # (r, K) * (B, 1, K) broadcasts to per sample
-            if t is not None:
-                t = t * s1.reshape(t.shape)
+            s1f, s2f = s1.reshape(B, -1), s2.reshape(B, -1)
+            acts.append(_Activation(first + k, type(lay.module).__name__, G, tz, s1f, s2f))
+            if more and jacobian:
+                scale = s1f
+            if more and t is not None:
+                t = t * s1
         else:
             a = lay.forward(a)
-            if jacobian:
-                r = G.shape[-2]
-                if G.ndim == 2:
-                    G = lay.linear(G.reshape(r, *shapes[-1])).reshape(r, -1)
-                else:
-                    G = lay.linear(G.reshape(B * r, *shapes[-1])).reshape(B, r, -1)
-            if t is not None:
+            if more and jacobian:
+                G, scale = _push(lay, G, scale, shapes[-1], B, scratch), None
+            if more and t is not None:
                 t = lay.linear(t)
     shapes.append(a.shape[1:])
-    return _Pass(acts, P, a.reshape(B, -1), body, shapes, stem, stem_shapes)
+    return _Pass(acts, P, a.reshape(B, -1), body, shapes, stem, stem_shapes, last)
+
+
+def _vjp(lay, d: torch.Tensor, S_in: torch.Size, S_out: torch.Size) -> torch.Tensor:
+    """``Aᵀ d`` for ``d`` of shape ``(*lead, K_out)``: ``(*lead, K_in)``."""
+    if isinstance(lay, _Linear) and len(S_out) == 1:
+        return d @ lay.module.weight  # Linear acts on the last dimension: no reshapes
+    lead = d.shape[:-1]
+    return lay.vjp(d.reshape(-1, *S_out), S_in).reshape(*lead, -1)
+
+
+def _output_rows(fw: _Pass, sel: tuple[int, ...]) -> torch.Tensor:
+    """``∂y_i/∂a_L`` at the last activation, ``(m, K_L)``: the affine tail is the same for all
+    samples, so the selected one-hot rows go back through it once, not once per sample."""
+    tail = range(fw.last + 1, len(fw.body))
+    M = fw.y.shape[1]
+    if len(tail) == 1 and isinstance(fw.body[-1], _Linear) and len(fw.shapes[-1]) == 1:
+        W = fw.body[-1].module.weight  # (M, K_L): its rows are the answer
+        return W if sel == tuple(range(M)) else W[list(sel)]
+    d = torch.eye(M, dtype=fw.y.dtype, device=fw.y.device)[list(sel)]
+    for k in reversed(tail):
+        d = _vjp(fw.body[k], d, fw.shapes[k], fw.shapes[k + 1])
+    return d
 
 
 def _reverse(fw: _Pass, sel: tuple[int, ...], *, tangents: bool = False):
     """One reverse sweep for all selected outputs at once.
 
-    Returns ``c`` — per activation, ``σ'' ⊙ ∂y_i/∂a_l`` of shape ``(m, B, K)`` — and, with
-    ``tangents``, ``q`` = Σ_l J_lᵀ(c_l ⊙ J_l v) at ``z_1`` (``(m, B, K_1)``), i.e. the HVP there.
+    Returns ``c`` — per activation, ``σ'' ⊙ ∂y_i/∂a_l`` of shape ``(B, m, K)`` — and, with
+    ``tangents``, ``q`` = Σ_l J_lᵀ(c_l ⊙ J_l v) at ``z_1`` (``(B, m, K_1)``), i.e. the HVP there.
     """
-    B, M = fw.y.shape
-    m = len(sel)
-    d = fw.y.new_zeros(m, B, M)
-    d[torch.arange(m, device=d.device), :, torch.tensor(sel, device=d.device)] = 1.0
-    q = torch.zeros_like(d) if tangents else None
+    d = _output_rows(fw, sel)  # (m, K_L), broadcast over the batch until σ' makes it per sample
+    q = None
     cs: list[torch.Tensor] = [None] * len(fw.acts)  # type: ignore[list-item]
-    ai = len(fw.acts) - 1
-    for k in range(len(fw.body) - 1, -1, -1):
-        lay = fw.body[k]
-        if lay.elementwise:
-            act = fw.acts[ai]
-            c = act.s2 * d
-            cs[ai] = c
-            if q is not None:
-                q = act.s1 * q + c * act.t
-            if ai == 0:
-                break
-            d = act.s1 * d
-            ai -= 1
-        else:
+    k = fw.last
+    for ai in range(len(fw.acts) - 1, -1, -1):
+        act = fw.acts[ai]
+        c = act.s2[:, None, :] * d
+        cs[ai] = c
+        if tangents:
+            ct = c * act.t[:, None, :]
+            q = ct if q is None else q.mul_(act.s1[:, None, :]).add_(ct)
+        if ai == 0:
+            break
+        d = act.s1[:, None, :] * d
+        k -= 1
+        while not fw.body[k].elementwise:  # back through the affine layers in between
             S_in, S_out = fw.shapes[k], fw.shapes[k + 1]
+            d = _vjp(fw.body[k], d, S_in, S_out)
             if q is not None:
-                both = torch.cat([d, q]).reshape(2 * m * B, *S_out)
-                both = lay.vjp(both, S_in).reshape(2, m, B, -1)
-                d, q = both[0], both[1]
-            else:
-                d = lay.vjp(d.reshape(m * B, *S_out), S_in).reshape(m, B, -1)
+                q = _vjp(fw.body[k], q, S_in, S_out)
+            k -= 1
     return cs, q
 
 
-def _term(G: torch.Tensor | None, c: torch.Tensor) -> torch.Tensor:
-    """``Gᵀ diag(c) G`` in the carried space: ``(B, m, r, r)``."""
-    if G is None:
-        return torch.diag_embed(c).transpose(0, 1)
-    if G.ndim == 2:
-        return ((G * c[..., None, :]) @ G.T).transpose(0, 1)
-    cb = c.transpose(0, 1)  # (B, m, K)
-    return (G[:, None] * cb[:, :, None, :]) @ G[:, None].transpose(-1, -2)
+def _add_term(
+    H: torch.Tensor | None, G: torch.Tensor | None, c: torch.Tensor, scratch=None
+) -> torch.Tensor:
+    """``H + Gᵀ diag(c) G`` for every sample and output: ``(B, m, r, r)`` (``H`` may be None).
+
+    ``G`` is in the carried layout (rows = directions): the term is ``(G ⊙ c) Gᵀ``, one batched
+    GEMM accumulated into ``H`` in place.
+    """
+    B, m, K = c.shape
+    if G is None:  # identity Jacobian: the term is diag(c)
+        if H is None:
+            return torch.diag_embed(c)
+        H.diagonal(dim1=-2, dim2=-1).add_(c)
+        return H
+    r = G.shape[-2]
+    # Written into a contiguous (B, m, r, K) buffer: a broadcast product may pick another memory
+    # order, and the GEMM below needs these rows contiguous.
+    Gc = c.new_empty(B, m, r, K) if scratch is None else scratch(B, m, r, K, like=c)
+    torch.mul(G if G.ndim == 2 else G[:, None], c[:, :, None, :], out=Gc)
+    if G.ndim == 2:  # shared: fold samples and outputs into the rows of one GEMM
+        if H is None:
+            return (Gc.view(-1, K) @ G.T).view(B, m, r, r)
+        H.view(-1, r).addmm_(Gc.view(-1, K), G.T)
+        return H
+    if H is None:
+        return torch.bmm(Gc.view(B, m * r, K), G.mT).view(B, m, r, r)
+    H.view(B, m * r, r).baddbmm_(Gc.view(B, m * r, K), G.mT)
+    return H
 
 
 def _to_x(fw: _Pass, H: torch.Tensor) -> torch.Tensor:
-    return H if fw.P is None else fw.P @ H @ fw.P.T
-
-
-def _x_jacobian(fw: _Pass, act: _Activation) -> torch.Tensor:
-    """``∂z_l/∂x`` as ``(B, n, K)`` or shared ``(n, K)``."""
+    """``P H Pᵀ``: a Hessian w.r.t. ``z_1`` mapped back to ``x`` (``(B, m, n, n)``)."""
     if fw.P is None:
-        return act.G
-    return fw.P if act.G is None else fw.P @ act.G
+        return H
+    B, m, r, _ = H.shape
+    n = fw.P.shape[0]
+    # P H first (a batched GEMM with P broadcast, no copies), then one big GEMM (P H) Pᵀ over all
+    # samples and outputs; torch.matmul would transpose and copy n × n results here.
+    PH = torch.bmm(fw.P.expand(B * m, n, r), H.view(B * m, r, r))
+    return (PH.view(-1, r) @ fw.P.T).view(B, m, n, n)
+
+
+def _x_jacobian(fw: _Pass, act: _Activation, scratch=None) -> torch.Tensor | None:
+    """``∂z_l/∂x`` as ``(B, n, K)``, shared ``(n, K)``, or None (identity)."""
+    if fw.P is None or act.G is None:
+        return fw.P if act.G is None else act.G
+    B, r, K = act.G.shape
+    n = fw.P.shape[0]
+    out = None if scratch is None else scratch(B, n, K, like=act.G)
+    return torch.bmm(fw.P.expand(B, n, r), act.G, out=out)  # matmul would copy both operands
+
+
+def _narrowing_pays_for(n: int, r: int, rest: int) -> bool:
+    return r * r * rest + n * r * r + n * n * r < n * n * (r + rest)
+
+
+def _narrowing_pays(fw: _Pass) -> bool:
+    """Whether ``P H_{z_1} Pᵀ`` beats carrying Jacobians in ``x`` for the full Hessian.
+
+    Per output: ``r²·ΣK' + n·r² + n²·r`` (in ``z_1``, then back) against ``n²·(r + ΣK')`` (in
+    ``x``), with ``ΣK'`` the widths of the activations after the first. One hidden layer
+    (``ΣK' = 0``) is cheapest directly: ``Wᵀ diag(c) W``.
+    """
+    n, r = fw.P.shape
+    rest = sum(a.s1.shape[1] for a in fw.acts[1:])
+    return _narrowing_pays_for(n, r, rest)
+
+
+def _no_autograd(kernel):
+    @functools.wraps(kernel)
+    def wrapper(*args, **kwargs):
+        with torch.no_grad():
+            return kernel(*args, **kwargs)
+
+    return wrapper
 
 
 def _zeros(p: Problem, X: torch.Tensor, sel, *tail: int) -> torch.Tensor:
     return X.new_zeros(X.shape[0], len(sel), *tail)
 
 
+@_no_autograd
 def hessian(p: Problem, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
-    layers = parse(p.f)
-    fw = _forward(layers, p, X, jacobian=True)
+    fw = _forward(parse(p.f), p, X, jacobian=True)
     if not fw.acts:
         return _zeros(p, X, sel, p.n, p.n)
     cs, _ = _reverse(fw, sel)
-    H = sum(_term(act.G, c) for act, c in zip(fw.acts, cs))
+    H, scratch = None, _Scratch()
+    if fw.P is not None and not _narrowing_pays(fw):
+        for act, c in zip(fw.acts, cs):
+            H = _add_term(H, _x_jacobian(fw, act), c, scratch)
+        return H
+    for act, c in zip(fw.acts, cs):
+        H = _add_term(H, act.G, c, scratch)
     return _to_x(fw, H)
 
 
+@_no_autograd
 def layer_terms(p: Problem, X: torch.Tensor, sel: tuple[int, ...]):
     """``[(index, name, term)]`` with ``term`` of shape ``(B, m, n, n)``; the terms sum to H."""
-    layers = parse(p.f)
-    fw = _forward(layers, p, X, jacobian=True)
-    cs, _ = _reverse(fw, sel) if fw.acts else ([], None)
-    return [(a.index, a.name, _to_x(fw, _term(a.G, c))) for a, c in zip(fw.acts, cs)]
-
-
-def diagonal(p: Problem, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
     fw = _forward(parse(p.f), p, X, jacobian=True)
-    D = _zeros(p, X, sel, p.n)
+    cs, _ = _reverse(fw, sel) if fw.acts else ([], None)
+    return [(a.index, a.name, _to_x(fw, _add_term(None, a.G, c))) for a, c in zip(fw.acts, cs)]
+
+
+@_no_autograd
+def diagonal(p: Problem, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+    r"""``D_ij = Σ_l Σ_k c_{l,ik} (J_l)_{kj}²``: one GEMM per activation with squared Jacobians."""
+    fw = _forward(parse(p.f), p, X, jacobian=True)
     if not fw.acts:
-        return D
+        return _zeros(p, X, sel, p.n)
     cs, _ = _reverse(fw, sel)
+    D, scratch = None, _Scratch()
     for act, c in zip(fw.acts, cs):
-        J = _x_jacobian(fw, act)
-        sq = J * J
-        if sq.ndim == 2:
-            D += (c @ sq.T).transpose(0, 1)
-        else:
-            D += c.transpose(0, 1) @ sq.transpose(1, 2)
+        J = _x_jacobian(fw, act, scratch)
+        if J is None:  # identity: the term is c itself
+            D = c.contiguous() if D is None else D.add_(c)
+        elif J.ndim == 2:  # shared (the stem's): keep it, later layers may still need P
+            B, m, K = c.shape
+            term_rows = c.reshape(-1, K)
+            if D is None:
+                D = (term_rows @ (J * J).T).view(B, m, -1)
+            else:
+                D.view(B * m, -1).addmm_(term_rows, (J * J).T)
+        else:  # per sample: a scratch product or this pass's own G, squared in place
+            sq = J.square_().mT
+            D = torch.bmm(c, sq) if D is None else D.baddbmm_(c, sq)
     return D
 
 
+def _column_sq_norms(G: torch.Tensor | None, M: torch.Tensor | None, K: int, like: torch.Tensor):
+    """Squared column norms ``Σ_j (J_l)_{jk}²`` of ``J_l = P G``, given ``M = PᵀP``.
+
+    ``G`` or ``M`` None stands for the identity. Returns ``(K,)`` or ``(B, K)``. A per-sample
+    ``G`` is consumed (overwritten).
+    """
+    if G is None:
+        return like.new_ones(K) if M is None else M.diagonal()
+    if M is None:
+        return (G * G if G.ndim == 2 else G.square_()).sum(-2)
+    if G.ndim == 2:
+        return ((M @ G) * G).sum(-2)
+    MG = torch.bmm(M.expand(G.shape[0], *M.shape), G)  # (PᵀP) G, per sample
+    return MG.mul_(G).sum(-2)
+
+
+@_no_autograd
 def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+    r"""``tr H_i = Σ_l c_l · w_l`` with ``w_l = Σ_j (J_l)_{jk}²``; a narrowing stem enters through
+    ``PᵀP`` once (``r × r``), so no ``n``-sized Jacobian is ever formed."""
     fw = _forward(parse(p.f), p, X, jacobian=True)
-    L = _zeros(p, X, sel)
     if not fw.acts:
-        return L
+        return _zeros(p, X, sel)
     cs, _ = _reverse(fw, sel)
+    M = None if fw.P is None else fw.P.T @ fw.P
+    L = None
     for act, c in zip(fw.acts, cs):
-        J = _x_jacobian(fw, act)
-        colsq = (J * J).sum(-2)  # (B, K) or (K,)
-        L += (c * colsq).sum(-1).transpose(0, 1)
+        w = _column_sq_norms(act.G, M, c.shape[-1], c)
+        term = c @ w if w.ndim == 1 else torch.bmm(c, w[:, :, None])[..., 0]
+        L = term if L is None else L.add_(term)
     return L
 
 
+@_no_autograd
 def hvp(p: Problem, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
     fw = _forward(parse(p.f), p, X, jacobian=False, V=V)
     if not fw.acts:
         return _zeros(p, X, sel, p.n)
     _, q = _reverse(fw, sel, tangents=True)
-    m, B = q.shape[:2]
-    for lay, S_in, S_out in zip(
-        reversed(fw.stem), reversed(fw.stem_shapes[:-1]), reversed(fw.stem_shapes[1:])
-    ):
-        q = lay.vjp(q.reshape(m * B, *S_out), S_in)
-    return q.reshape(m, B, -1).transpose(0, 1)
+    for k in range(len(fw.stem) - 1, -1, -1):
+        q = _vjp(fw.stem[k], q, fw.stem_shapes[k], fw.stem_shapes[k + 1])
+    return q.reshape(q.shape[0], q.shape[1], -1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -530,22 +705,35 @@ def check(p: Problem, y: torch.Tensor) -> _Pass:
 
 
 def cost(p: Problem, fw: _Pass) -> Cost:
-    """Estimate structured vs torch.func costs from the layer shapes of a :func:`check` pass."""
+    """Estimate structured vs torch.func costs (multiply-adds per sample) from a :func:`check` pass.
+
+    Structured: the forward Jacobian (``r`` directions through the body up to the last
+    activation) plus the assembly, ``m`` batched GEMMs of ``r × K`` by ``K × r`` per activation
+    (and ``P H Pᵀ`` when the stem narrows). torch.func's ``jacfwd(jacrev)``: ``n`` tangents
+    through the forward pass and through ``m`` reverse passes, each about twice a forward.
+    """
     n, m = p.n, p.m
     shapes = fw.stem_shapes[:-1] + fw.shapes
-    fwd = 0.0
-    for lay, (s_in, s_out) in zip(fw.stem + fw.body, zip(shapes[:-1], shapes[1:])):
-        fwd += lay.flops(s_in.numel(), s_out.numel()) if not lay.elementwise else s_in.numel()
+    layers = fw.stem + fw.body
+    flops = [
+        s_in.numel() if lay.elementwise else lay.flops(s_in.numel(), s_out.numel())
+        for lay, s_in, s_out in zip(layers, shapes[:-1], shapes[1:])
+    ]
+    fwd = sum(flops)
+    jac_body = sum(flops[len(fw.stem) : len(fw.stem) + max(fw.last, 0)])
     K1 = fw.stem_shapes[-1].numel()
-    r = min(n, K1)
-    K_acts = sum(a.s1.shape[1] for a in fw.acts)
-    K_max = max((a.s1.shape[1] for a in fw.acts), default=0)
-    body = fwd - sum(
-        lay.flops(a.numel(), b.numel())
-        for lay, a, b in zip(fw.stem, fw.stem_shapes[:-1], fw.stem_shapes[1:])
-    )
-    structured = r * body + m * r * r * K_acts
-    if r < n:
-        structured += m * (n * r * r + n * n * r)
-    func = n * (1 + m) * 3 * fwd + m * n * n
-    return Cost(structured, func, r * K_acts, r * K_max + r * r + n * n)
+    Ks = [a.s1.shape[1] for a in fw.acts]
+    rest = sum(Ks[1:])
+    if fw.stem and K1 < n:
+        r = K1
+        if _narrowing_pays_for(n, r, rest):
+            assembly = m * (r * r * rest + n * r * r + n * n * r)
+        else:
+            assembly = n * r * rest + m * n * n * (r + rest)
+    else:
+        r = n
+        assembly = m * n * n * sum(Ks)
+    structured = r * jac_body + assembly
+    func = n * (1 + 2 * m) * fwd + m * n * n
+    K_max = max(Ks, default=0)
+    return Cost(structured, func, r * sum(Ks) + n * K_max, r * K_max + r * r + r * n + n * n)

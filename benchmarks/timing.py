@@ -1,0 +1,193 @@
+"""Timing, peak memory and a progress bar for the benchmark (no third-party dependencies).
+
+Timing: every method of one grid point is warmed up, then timed in interleaved rounds (the order
+rotates each round, so drift on a shared machine hits every method alike); the reported time is
+the median over rounds, and a speedup is the median of per-round ratios. A fast method is called
+several times per round so that one timed sample lasts at least ``min_sample_s``.
+
+Peak memory on CPU: the growth of the process's resident set during one call made after the
+warm-up, ``VmHWM − VmRSS`` from ``/proc/self/status`` after resetting the high-water mark
+(``/proc/self/clear_refs``). It runs in a child process started with glibc's mmap threshold
+pinned (``MALLOC_MMAP_THRESHOLD_``) and free heap pages trimmed before each call, so buffers
+that earlier calls freed are not reused silently. It counts everything the call touches — the
+result, every temporary, BLAS and XLA buffers — at page (4 KiB) resolution. On CUDA: growth of
+``torch.cuda.max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Timing:
+    median_s: float
+    q1_s: float
+    q3_s: float
+    runs: int
+    calls_per_run: int
+    samples: list[float] = field(default_factory=list, repr=False)
+
+
+def synchronizer(device: str) -> Callable[[], None]:
+    if device.startswith("cuda"):
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def _timed(fn: Callable, calls: int, sync: Callable[[], None]) -> tuple[float, object]:
+    sync()
+    start = time.perf_counter()
+    for _ in range(calls):
+        result = fn()
+    sync()
+    return (time.perf_counter() - start) / calls, result
+
+
+def warm_up(fn: Callable, sync: Callable[[], None], slow_s: float) -> tuple[float, object]:
+    """Call twice (once if the first call is slow); return the last call's seconds and result."""
+    first = _timed(fn, 1, sync)
+    if first[0] > slow_s:
+        return first
+    return _timed(fn, 1, sync)
+
+
+def interleaved(
+    fns: dict[str, Callable],
+    estimates: dict[str, float],
+    sync: Callable[[], None],
+    *,
+    rounds: int,
+    min_sample_s: float,
+    budget_s: float,
+    on_round: Callable[[int, int], None] | None = None,
+) -> dict[str, Timing]:
+    """Time every callable in rotating order; ``budget_s`` caps one method's total time."""
+    names = list(fns)
+    calls = {k: max(1, int(min_sample_s / max(estimates[k], 1e-7))) for k in names}
+    runs = {
+        k: max(1, min(rounds, int(budget_s / max(estimates[k] * calls[k], 1e-9)))) for k in names
+    }
+    samples: dict[str, list[float]] = {k: [] for k in names}
+    total = max(runs.values())
+    for r in range(total):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for k in order:
+            if r < runs[k]:
+                samples[k].append(_timed(fns[k], calls[k], sync)[0])
+        if on_round:
+            on_round(r + 1, total)
+    out = {}
+    for k, s in samples.items():
+        q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0], s[0], s[0]]
+        out[k] = Timing(statistics.median(s), q[0], q[2], len(s), calls[k], s)
+    return out
+
+
+def speedup(reference: Timing, other: Timing) -> float:
+    """How many times faster ``other`` is than ``reference``.
+
+    With at least three rounds in common, the median of the per-round ratios: the two samples
+    of a round were taken moments apart, so load drift on a shared machine cancels. Otherwise
+    the ratio of the medians.
+    """
+    pairs = list(zip(reference.samples, other.samples))
+    if len(pairs) >= 3:
+        return statistics.median(a / b for a, b in pairs)
+    return reference.median_s / other.median_s
+
+
+# --------------------------------------------------------------------------------------------
+# Peak memory of one call
+# --------------------------------------------------------------------------------------------
+
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+def _proc_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+def rss_supported() -> bool:
+    try:
+        _proc_kib("VmHWM")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _release_free_heap() -> None:
+    """Give free heap pages back to the system (glibc ``malloc_trim``), so that a call reusing
+    chunks an earlier method freed shows up in the resident set again."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def peak_bytes(fn: Callable, device: str) -> int:
+    """Peak memory growth of one call of ``fn`` (already warmed up), in bytes."""
+    gc.collect()
+    _release_free_heap()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        del out
+        return peak
+    before = _proc_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark to the current resident set
+    out = fn()
+    peak = _proc_kib("VmHWM") - before
+    del out
+    return max(0, peak) * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Progress on stderr
+# --------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """``[#####.....]  12/40  0:41  hessian n=64 …`` on one stderr line (plain text if piped)."""
+
+    def __init__(self, total: int, width: int = 28):
+        self.total, self.done, self.width = max(total, 1), 0, width
+        self.start = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, label: str, step: int = 0) -> None:
+        self.done += step
+        frac = min(1.0, self.done / self.total)
+        filled = int(frac * self.width)
+        secs = int(time.perf_counter() - self.start)
+        line = (
+            f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done:>3}/{self.total} "
+            f"{secs // 60}:{secs % 60:02d}  {label}"
+        )
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line[:150])
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
