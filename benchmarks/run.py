@@ -179,7 +179,7 @@ def build_entries(task: str, cfg: Config, model, X, V, args, jdev, jax_reason) -
     return entries
 
 
-def _as_torch(result, like):
+def _as_torch(result):
     import numpy as np
     import torch
 
@@ -189,7 +189,7 @@ def _as_torch(result, like):
 
 
 def _max_rel_error(result, reference) -> float:
-    r = _as_torch(result, reference)
+    r = _as_torch(result)
     if r.shape != reference.shape:
         return float("inf")
     scale = float(reference.abs().max()) or 1.0
@@ -205,7 +205,7 @@ def time_grid_point(task, cfg, args, jdev, jax_reason, sync) -> tuple[list[dict]
     auto_choice = hv.auto_method(model, X, op=task, batched=True)
     ref_label = peers.REFERENCE[task]
     ref_entry = next(e for e in entries if e.label == ref_label)
-    reference = _as_torch(ref_entry.fn(), None)
+    reference = _as_torch(ref_entry.fn())
     estimates, errors = {}, {}
     for e in entries:
         if e.fn is None:

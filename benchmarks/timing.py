@@ -1,9 +1,10 @@
 """Timing, peak memory and a progress bar for the benchmark (no third-party dependencies).
 
 Timing: every method of one grid point is warmed up, then timed in interleaved rounds (the order
-rotates each round, so drift on a shared machine hits every method alike); the reported time is
-the median over rounds, and a speedup is the median of per-round ratios. A fast method is called
-several times per round so that one timed sample lasts at least ``min_sample_s``.
+rotates each round, so drift on a shared machine hits every method alike; each sample starts with
+one untimed call); the reported time is the median over rounds, and a speedup is the median of
+per-round ratios. A fast method is called several times per round so that one timed sample
+lasts at least ``min_sample_s``.
 
 Peak memory on CPU: the growth of the process's resident set during one call made after the
 warm-up, ``VmHWM − VmRSS`` from ``/proc/self/status`` after resetting the high-water mark
@@ -54,11 +55,15 @@ def _timed(fn: Callable, calls: int, sync: Callable[[], None]) -> tuple[float, o
 
 
 def warm_up(fn: Callable, sync: Callable[[], None], slow_s: float) -> tuple[float, object]:
-    """Call twice (once if the first call is slow); return the last call's seconds and result."""
-    first = _timed(fn, 1, sync)
-    if first[0] > slow_s:
-        return first
-    return _timed(fn, 1, sync)
+    """Call up to three times (once if the first call is slow); return the fastest call's
+    seconds (the estimate that sizes the timed samples) and the last result."""
+    seconds, result = _timed(fn, 1, sync)
+    if seconds > slow_s:
+        return seconds, result
+    for _ in range(2):
+        s, result = _timed(fn, 1, sync)
+        seconds = min(seconds, s)
+    return seconds, result
 
 
 def interleaved(
@@ -69,9 +74,15 @@ def interleaved(
     rounds: int,
     min_sample_s: float,
     budget_s: float,
+    rewarm_below_s: float = 0.1,
     on_round: Callable[[int, int], None] | None = None,
 ) -> dict[str, Timing]:
-    """Time every callable in rotating order; ``budget_s`` caps one method's total time."""
+    """Time every callable in rotating order; ``budget_s`` caps one method's total time.
+
+    Each sample is preceded by one untimed call (for methods faster than ``rewarm_below_s``), so
+    a sample measures steady-state calls, not the first call after another method evicted caches
+    and freed memory: otherwise a method's time would depend on how many calls share a sample.
+    """
     names = list(fns)
     calls = {k: max(1, int(min_sample_s / max(estimates[k], 1e-7))) for k in names}
     runs = {
@@ -83,6 +94,8 @@ def interleaved(
         order = names[r % len(names) :] + names[: r % len(names)]
         for k in order:
             if r < runs[k]:
+                if estimates[k] < rewarm_below_s:
+                    fns[k]()  # untimed: caches and pages warm again after the other methods
                 samples[k].append(_timed(fns[k], calls[k], sync)[0])
         if on_round:
             on_round(r + 1, total)
