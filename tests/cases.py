@@ -111,6 +111,19 @@ def _wide_stem():
     return hv.mlp([12, 3, 4, 2], "silu", seed=3), _randn(3, 12, seed=6), True
 
 
+def _stacked_activations():
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        nn.Linear(3, 4), nn.Tanh(), nn.Sigmoid(), nn.Identity(), nn.Linear(4, 4), nn.Dropout(0.3),
+        nn.Softplus(), nn.Linear(4, 2), nn.ELU(),
+    ).double()  # fmt: skip
+    return net.eval(), _randn(3, 3, seed=12), True
+
+
+def _activation_only():
+    return nn.Sequential(nn.Tanh(), nn.Softplus()).double(), _randn(2, 4, seed=13), True
+
+
 def _nll_mlp():
     torch.manual_seed(3)
     net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 4), nn.LogSoftmax(dim=-1)).double()
@@ -165,6 +178,8 @@ CASES: list[Case] = [
     Case("conv1d-gelu-batched", _conv1d, structured=True),
     Case("mish-leaky-batched", _leaky_mish, structured=True),
     Case("wide-stem-silu-batched", _wide_stem, structured=True),
+    Case("stacked-activations-identity-dropout", _stacked_activations, structured=True),
+    Case("activation-only", _activation_only, structured=True),
     *[_mlp_case(act, batched) for act in hv.ACTIVATIONS for batched in (False, True)],
 ]
 CASE_IDS = [c.id for c in CASES]
