@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import re
 import shutil
 import socket
 import sys
@@ -34,6 +35,9 @@ DASHBOARD = Path("notebooks") / "dashboard.ipynb"
 BUNDLE_ROUTE = "hessviz/static/widgetbundle.js"
 #: Set for the kernels of this server: the bundle's path, absolute on the server.
 BUNDLE_ENV = "HESSVIZ_WIDGET_BUNDLE_PATH"
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")  # name, IPv4 or [IPv6]
+_PORT = re.compile("[0-9]{1,5}")
+_SCHEMES = ("http", "https")
 
 
 def _visitor_origin() -> str | None:
@@ -48,6 +52,10 @@ def _visitor_origin() -> str | None:
         return None
     port = os.environ.get("SERVER_PORT")
     scheme = os.environ.get("HTTP_X_FORWARDED_PROTO", "http").split(",")[0].strip() or "http"
+    # All three come from request headers: anything but a host name or address, a port number and
+    # http(s) is refused, so a forged header cannot turn the page's script URL into another one.
+    if not (_HOST.fullmatch(host) and _PORT.fullmatch(port or "0") and scheme in _SCHEMES):
+        return None
     return f"{scheme}://{host}{f':{port}' if port else ''}"
 
 

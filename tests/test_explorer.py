@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 import numpy as np
 import pytest
 import torch
+from explorer_checks import assert_figures_match_engine, close, engine_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,52 +34,6 @@ def app() -> HessianExplorer:
 def fresh(app) -> HessianExplorer:
     assert app.set_state(ExplorerState())
     return app
-
-
-def engine_model(state: ExplorerState) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The model and point of ``state``, built directly from the engine."""
-    model = hv.mlp(state.sizes, state.act, seed=state.seed, dtype=torch.float64)
-    dtype = {"float64": torch.float64, "float32": torch.float32}[state.dtype]
-    return model.to(dtype), torch.tensor(state.x, dtype=dtype)
-
-
-def close(shown, expected, dtype: str = "float64") -> None:
-    expected = np.asarray(expected.detach() if torch.is_tensor(expected) else expected)
-    tol = {"float64": 1e-12, "float32": 1e-6}[dtype]
-    np.testing.assert_allclose(np.asarray(shown), expected, rtol=tol, atol=tol)
-
-
-def assert_figures_match_engine(app: HessianExplorer) -> None:
-    """Every panel against a fresh engine computation for the same model and point."""
-    s = app.state
-    model, x = engine_model(s)
-    out, figs = s.out, app.figures
-    H = hv.hessian(model, x, outputs=out, method=s.method)
-    # The explorer evaluates FD as a batch of one (faster); round-off then differs from the
-    # unbatched call in the last bits, which FD amplifies by 1/h²: compare like with like.
-    FD = hv.fd_hessian(model, x[None], step=s.step, outputs=out, batched=True)[0]
-    close(figs["hessian"].data[0].z, H, s.dtype)
-    close(figs["hessian"].data[1].z, FD, s.dtype)
-    close(figs["hessian"].data[2].customdata, (H - FD).abs(), s.dtype)
-    diag = figs["diagonal"].data
-    close(diag[0].z, hv.hessian_diagonal(model, x, flat=True, method=s.method), s.dtype)
-    close(
-        diag[1].z, hv.fd_diagonal(model, x[None], step=s.step, flat=True, batched=True)[0], s.dtype
-    )
-    close(diag[2].z, hv.hutchinson_diagonal(model, x, samples=s.samples, flat=True), s.dtype)
-    H64 = H.detach().to(torch.float64).numpy()
-    close(figs["spectrum"].data[0].y, np.linalg.eigvalsh(H64), s.dtype)
-    terms = hv.layer_terms(model, x, outputs=out)
-    layer_traces = figs["layers"].data
-    if terms:
-        assert len(layer_traces) == len(terms) + 2
-        for trace, term in zip(layer_traces, terms):
-            close(trace.z, term.hessian, s.dtype)
-        close(layer_traces[-2].z, sum(t.hessian for t in terms), s.dtype)  # Σ terms
-        close(layer_traces[-1].z, H, s.dtype)
-        close(layer_traces[-2].z, layer_traces[-1].z, s.dtype)  # the sum check itself
-    else:
-        assert [t.name for t in layer_traces] == ["H"]
 
 
 # -- the figures show the engine's numbers --------------------------------------------------------

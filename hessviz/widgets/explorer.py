@@ -225,6 +225,7 @@ class HessianExplorer:
         self.message.add_class("hv-message")
         self.notes = widgets.VBox([], layout=widgets.Layout(width="100%"))
         self.notes.add_class("hv-notes")
+        self._note_labels: list[widgets.Label] = []
 
     def _build_controls(self) -> None:
         slider = {"continuous_update": False, "style": _DESCRIPTION}
@@ -662,15 +663,19 @@ class HessianExplorer:
         _set_text(self.message, text or "", style="color:#b00020")
 
     def _set_notes(self, notes: list[str]) -> None:
-        current = [label.value for label in self.notes.children]
-        if current == list(notes):
-            return
-        labels = []
-        for note in notes:
-            label = widgets.Label(value=f"Note: {note}")
+        # Labels are reused, never replaced: a replaced widget (with its layout and style) would
+        # stay alive in the kernel and in the page for as long as the session lasts.
+        texts = [f"Note: {note}" for note in notes]
+        while len(self._note_labels) < len(texts):
+            label = widgets.Label(value="")  # plain text: a note can never become markup
             label.add_class("hv-note")
-            labels.append(label)
-        self.notes.children = labels
+            self._note_labels.append(label)
+        for label, text in zip(self._note_labels, texts):
+            if label.value != text:
+                label.value = text
+        shown = tuple(self._note_labels[: len(texts)])
+        if self.notes.children != shown:
+            self.notes.children = shown
 
     # -- the race --------------------------------------------------------------------------------
     def _race_plan(self) -> list[RaceEntry]:
