@@ -476,7 +476,7 @@ def test_values_beyond_the_sliders_are_refused_with_the_reason(control):
     assert_figures_match_engine(app)
 
 
-# -- a long session holds what it needs, not more ---------------------------------------------------
+# -- a long session holds what it needs, not more
 
 
 def live_widgets() -> int:
