@@ -1,8 +1,9 @@
 """Eight visitors on one dashboard server: each sees its own view, and the server's memory is known.
 
 One Voila server (``python -m hessviz.serve``, the repository's voila.json), one headless Chromium,
-eight browser contexts (separate visitors: no shared cookies or storage). Every page opens its own
-query (activation, architecture, point, output), all at once. Then:
+eight browser contexts (separate visitors: no shared cookies or storage). The visitors arrive one
+after another (each page opens its own query — activation, architecture, point, output — when the
+previous one shows its plots; see :data:`BURST`) and all stay connected. Then:
 
 1. every page plots the engine's Hessian and diagonals for *its* query (no cross-talk);
 2. every page changes a control (activation, a point coordinate, the depth, the output, the seed),
@@ -34,7 +35,6 @@ import psutil
 import pytest
 import torch
 from test_dashboard_browser import (  # noqa: F401 - fixtures and helpers of the browser test
-    ALLOWED_PAGE_ERRORS,
     chromium,
     dashboard,
     engine_values,
@@ -59,6 +59,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.concurrency]
 FIRST_RENDER_SECONDS = 240
 #: Seconds for one page to show a control change (the kernels are idle by then).
 UPDATE_SECONDS = 60
+#: ``HESSVIZ_CONCURRENCY_BURST=1`` opens all eight pages at the same instant instead of one after
+#: another. In this one browser on 2 CPUs, next to eight starting kernels, that starves the pages'
+#: JavaScript: plotly's 5 MB widget module then takes more than anywidget's 2 s to load, anywidget
+#: 0.11 rejects the model's ``ready`` promise for good, and every later update of that figure is
+#: dropped — the panel stays frozen while the status line updates (seen in about every other
+#: burst run, in 1–3 of the 8 pages). Real visitors each bring their own browser and CPU.
+BURST = os.environ.get("HESSVIZ_CONCURRENCY_BURST", "") not in ("", "0")
 
 
 @dataclass
@@ -181,15 +188,20 @@ def megabytes(process: psutil.Process) -> tuple[float, float]:
     return info.rss / 2**20, info.uss / 2**20
 
 
-def import_cost() -> float:
-    """RSS (MB) of a bare Python that imported what every kernel imports, and nothing else."""
+def process_costs() -> tuple[float, float, float]:
+    """RSS (MB) of a bare Python that imported what a kernel imports, after building one explorer,
+    and what a second explorer in the same process adds (the per-view data itself)."""
     code = (
-        "import resource, torch, numpy, plotly.graph_objects, ipywidgets, ipykernel, hessviz, "
-        "hessviz.widgets, psutil; print(psutil.Process().memory_info().rss / 2**20)"
+        "import psutil, torch, numpy, plotly.graph_objects, ipywidgets, ipykernel, hessviz\n"
+        "from hessviz.widgets import HessianExplorer\n"
+        "rss = lambda: psutil.Process().memory_info().rss / 2**20\n"
+        "a = rss(); one = HessianExplorer(); b = rss(); two = HessianExplorer(); c = rss()\n"
+        "print(a, b, c - b)"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    return float(out.stdout.strip() or "nan")
+    values = [float(v) for v in out.stdout.split()] or [float("nan")] * 3
+    return values[0], values[1], values[2]
 
 
 def test_eight_sessions_render_independently(chromium, dashboard):  # noqa: F811
@@ -200,7 +212,7 @@ def test_eight_sessions_render_independently(chromium, dashboard):  # noqa: F811
     page_errors: list[str] = []
     contexts = []
     try:
-        # 1. Eight visitors open their views at once.
+        # 1. Eight visitors arrive one after another; all eight stay connected from then on.
         start = time.perf_counter()
         for session in plan:
             context = chromium.new_context(viewport={"width": 1400, "height": 1000})
@@ -213,19 +225,23 @@ def test_eight_sessions_render_independently(chromium, dashboard):  # noqa: F811
             )
             page = context.new_page()
             page.on("pageerror", lambda err: page_errors.append(str(err)))
+            session.page = page
+            opened = time.perf_counter()
             page.goto(
                 f"{url}?{session.state.to_query()}",
                 wait_until="commit",
                 timeout=FIRST_RENDER_SECONDS * 1000,
             )
-            session.page = page
+            if not BURST:  # see BURST: the next visitor arrives once this page shows its plots
+                page.wait_for_function(_HEATMAP, timeout=FIRST_RENDER_SECONDS * 1000)
+                session.first_render = time.perf_counter() - opened
         for session in plan:
             page = session.page
             page.wait_for_function(_HEATMAP, timeout=FIRST_RENDER_SECONDS * 1000)
             assert_shows_engine_values(
                 page, session.state.to_query(), f"{session.name}: first render", UPDATE_SECONDS
             )
-            session.first_render = time.perf_counter() - start
+            session.first_render = session.first_render or time.perf_counter() - start
             session.kernel_id = page.evaluate(
                 "() => JSON.parse(document.getElementById('jupyter-config-data')"
                 ".textContent).kernelId"
@@ -262,8 +278,9 @@ def test_eight_sessions_render_independently(chromium, dashboard):  # noqa: F811
         hessians = [json.dumps(v["hessian"]) for v in final.values()]
         assert len(set(hessians)) == 8, "two visitors see the same Hessian"
         memory_after = snapshot(server, plan)
-        unexpected = [e for e in page_errors if not e.startswith(ALLOWED_PAGE_ERRORS)]
-        assert not unexpected, unexpected
+        # Not even anywidget's "[anywidget] Failed to initialize model.": a figure whose module
+        # took more than 2 s to load drops every later update (anywidget 0.11), so it freezes.
+        assert not page_errors, page_errors
     finally:
         for context in contexts:
             context.close()
@@ -286,7 +303,7 @@ def snapshot(server: psutil.Process, plan: list[Session]) -> dict:
 
 
 def write_report(plan, all_rendered, loaded, after, page_errors) -> str:
-    baseline = import_cost()
+    imports, one_explorer, second_explorer = process_costs()
     visitors = [s.name for s in plan]
     lines = [
         "# Dashboard concurrency: 8 visitors on one Voila server",
@@ -294,16 +311,24 @@ def write_report(plan, all_rendered, loaded, after, page_errors) -> str:
         f"Measured by `tests/test_dashboard_concurrency.py` on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {os.cpu_count()} CPUs, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.python_version()}, "
-        f"torch {torch.__version__}. One headless Chromium, "
-        "8 browser contexts, each opening its own view at the same time, then changing a control.",
+        f"torch {torch.__version__}. One headless Chromium, 8 browser contexts; the visitors "
+        + (
+            "opened their views at the same instant"
+            if BURST
+            else "arrived one after another (each when the previous page showed its plots)"
+        )
+        + ", then all changed a control in quick succession.",
         "",
-        f"- **all 8 pages showed the engine's numbers after {all_rendered:.1f} s** (8 kernels "
-        "started at once: each imports torch, plotly and hessviz, then builds the explorer)",
+        f"- **all 8 pages showed the engine's numbers after {all_rendered:.1f} s**; one page, from "
+        f"opening to its plots: {min(s.first_render for s in plan):.1f}–"
+        f"{max(s.first_render for s in plan):.1f} s (a visitor who finds Voila's pre-heated "
+        "kernel waiting is fastest; otherwise a kernel starts and imports torch, plotly and "
+        "hessviz first)",
         f"- control change → the page shows the new numbers: "
         f"{min(s.update for s in plan):.2f}–{max(s.update for s in plan):.2f} s "
         "(eight changes sent in quick succession)",
         f"- kernels: {len(after['kernels'])} ({len(plan)} visitors + Voila's pre-heated pool)",
-        f"- allowed page errors: {len(page_errors)} (anywidget's 2 s module timeout under load)",
+        f"- page errors: {len(page_errors)}",
         "",
         "| process | view | change | first plots (s) | RSS loaded (MB) | RSS after (MB) | "
         "USS after (MB) |",
@@ -335,10 +360,13 @@ def write_report(plan, all_rendered, loaded, after, page_errors) -> str:
         f"({min(visitor_rss):.0f}–{max(visitor_rss):.0f}), USS {np.mean(visitor_uss):.0f} MB**",
         f"- **total (server + all kernels): RSS {total_rss / 1024:.2f} GB, "
         f"USS {total_uss / 1024:.2f} GB** (RSS counts shared libraries once per process)",
-        f"- a bare Python importing the same libraries (torch, numpy, plotly, ipywidgets, "
-        f"ipykernel, hessviz): RSS {baseline:.0f} MB — so the explorer itself (its model, "
-        f"cached results and seven figures) holds about "
-        f"{np.mean(visitor_rss) - baseline:.0f} MB per visitor on top of the libraries",
+        f"- where a kernel's memory goes: a bare Python importing torch, numpy, plotly, "
+        f"ipywidgets, ipykernel and hessviz has RSS {imports:.0f} MB; building the explorer takes "
+        f"it to {one_explorer:.0f} MB (plotly loads ~200 more modules — validators, narwhals, "
+        f"nbformat — when figures are built; torch allocates on first use); a second explorer in "
+        f"the same process adds {second_explorer:.1f} MB. The view's own data is small: the cost "
+        "of a visitor is the Python process with its libraries (plus the kernel machinery), which "
+        "Voila's one-kernel-per-page model implies",
         "",
         "What a kernel keeps per visitor: the explorer's pipeline keeps the latest value of each "
         "stage only (one model in two precisions, one set of results), the figures hold arrays of "
