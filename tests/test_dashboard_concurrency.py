@@ -49,9 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "concurrency.md"
 ARTIFACTS = ROOT / "test-artifacts"
 
-# Not in the default run (see pyproject: -m 'not concurrency'): on this 2-core machine the first
-# control change of 8 simultaneous sessions is not reflected in the plots within the test's
-# timeout yet (the status line updates, the heatmap keeps the previous values). Run it with
+# Not in the default run (see pyproject: -m 'not concurrency'): it takes minutes on 2 cores, and
+# with HESSVIZ_CONCURRENCY_BURST=1 a starved page can freeze a panel (see BURST). Run it with
 # ./dev test -m concurrency tests/test_dashboard_concurrency.py -s
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.concurrency]
 
