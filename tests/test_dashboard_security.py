@@ -230,6 +230,9 @@ def test_voila_json_keeps_the_surface_small():
     culling = config["MappingKernelManager"]
     assert 0 < culling["cull_idle_timeout"] <= 3600 and culling["cull_interval"] > 0
     assert not culling.get("cull_connected", False)  # an open page is never culled
+    # Under load (8 kernels starting on 2 CPUs) the kernel's output reached Voila more than
+    # nbclient's default 4 s after the cell finished; Voila then dropped it: a blank page.
+    assert config["VoilaExecutor"]["iopub_timeout"] >= 30
 
 
 @pytest.mark.parametrize(
