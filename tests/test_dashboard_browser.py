@@ -68,6 +68,16 @@ UPDATE_SECONDS = 30
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
+def server_process(url: str) -> psutil.Process:
+    """The ``python -m hessviz.serve`` process listening on ``url``'s port (found to read it)."""
+    flag = f"--port={urlparse(url).port}"
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "hessviz.serve" in cmdline and flag in cmdline:
+            return process
+    pytest.fail(f"no hessviz.serve process with {flag}")
+
+
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -136,9 +146,9 @@ def _wait_until_serving(port, server, log_path):
     # voila.json pre-heats a kernel: it imports torch and hessviz, then waits for a visitor. Measure
     # the page a visitor gets from a ready server, not the server's own start-up: wait until that
     # kernel exists and the server and it are idle.
-    server_process = psutil.Process(server.pid)
+    server_proc = psutil.Process(server.pid)
     while time.monotonic() < deadline:
-        family = [server_process, *server_process.children(recursive=True)]
+        family = [server_proc, *server_proc.children(recursive=True)]
         _cpu_percent(family)  # starts the measurement
         time.sleep(0.5)
         if len(family) > 1 and _cpu_percent(family) < 10:

@@ -40,6 +40,7 @@ from test_dashboard_browser import (  # noqa: F401 - fixtures and helpers of the
     engine_values,
     link_query,
     link_state,
+    server_process,
     shown,
 )
 
@@ -173,16 +174,6 @@ def kernel_processes(server: psutil.Process) -> dict[str, psutil.Process]:
             kernel_id = cmdline.split("kernel-", 1)[1].split(".json", 1)[0]
             found[kernel_id] = child
     return found
-
-
-def server_process(url: str) -> psutil.Process:
-    """The ``python -m hessviz.serve`` process listening on ``url``'s port (found to read it)."""
-    flag = f"--port={urlparse(url).port}"
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if "hessviz.serve" in cmdline and flag in cmdline:
-            return process
-    pytest.fail(f"no hessviz.serve process with {flag}")
 
 
 def megabytes(process: psutil.Process) -> tuple[float, float]:

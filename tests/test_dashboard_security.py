@@ -37,7 +37,7 @@ import numpy as np
 import psutil
 import pytest
 import traitlets
-from test_dashboard_browser import chromium, dashboard, engine_values, shown  # noqa: F401
+from test_dashboard_browser import chromium, dashboard, engine_values, server_process, shown  # noqa: F401
 
 from hessviz import serve
 from hessviz.widgets import ExplorerState, HessianExplorer
@@ -335,16 +335,6 @@ def raw_get(base: str, path: str) -> tuple[int, str]:
             continue
         return response.status, body
     return response.status, body
-
-
-def server_process(url: str) -> psutil.Process:
-    """The ``python -m hessviz.serve`` process listening on ``url``'s port (found to read it)."""
-    flag = f"--port={urlparse(url).port}"
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if "hessviz.serve" in cmdline and flag in cmdline:
-            return process
-    pytest.fail(f"no hessviz.serve process with {flag}")
 
 
 def kernels(server_pid: int) -> list[psutil.Process]:
