@@ -12,10 +12,8 @@ Jupyter's runtime and data directories default to a fresh temporary folder, so c
 and kernel state do not land in the home directory (set ``JUPYTER_RUNTIME_DIR`` /
 ``JUPYTER_DATA_DIR`` yourself to override). Kernel specs are still found in the environment.
 
-The server also serves plotly's FigureWidget bundle at :data:`BUNDLE_ROUTE`, so the dashboard can
-call :func:`share_widget_bundle`: every FigureWidget then loads that one URL (fetched and compiled
-once per page) instead of carrying its own 5 MB copy of the code. With the explorer's seven panels
-that is the difference between ~5 s and ~16 s from opening the page to seeing every plot.
+Kernels of this server get :data:`SERVE_ENV` set, so :func:`page_url` can tell the dashboard the
+address the visitor opened (for its share link).
 """
 
 from __future__ import annotations
@@ -31,10 +29,8 @@ import tempfile
 from pathlib import Path
 
 DASHBOARD = Path("notebooks") / "dashboard.ipynb"
-#: Where the server serves plotly's widget bundle, relative to its base URL.
-BUNDLE_ROUTE = "hessviz/static/widgetbundle.js"
-#: Set for the kernels of this server: the bundle's path, absolute on the server.
-BUNDLE_ENV = "HESSVIZ_WIDGET_BUNDLE_PATH"
+#: Set (to "1") in the environment of this server's kernels.
+SERVE_ENV = "HESSVIZ_SERVE"
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")  # name, IPv4 or [IPv6]
 _PORT = re.compile("[0-9]{1,5}")
 _SCHEMES = ("http", "https")
@@ -48,41 +44,15 @@ def _visitor_origin() -> str | None:
     proxy's ``X-Forwarded-Proto``. ``None`` outside a kernel of :func:`main`'s server.
     """
     host = os.environ.get("SERVER_NAME")
-    if not os.environ.get(BUNDLE_ENV) or not host:
+    if not os.environ.get(SERVE_ENV) or not host:
         return None
     port = os.environ.get("SERVER_PORT")
     scheme = os.environ.get("HTTP_X_FORWARDED_PROTO", "http").split(",")[0].strip() or "http"
     # All three come from request headers: anything but a host name or address, a port number and
-    # http(s) is refused, so a forged header cannot turn the page's script URL into another one.
+    # http(s) is refused, so a forged header cannot turn the share link into another one.
     if not (_HOST.fullmatch(host) and _PORT.fullmatch(port or "0") and scheme in _SCHEMES):
         return None
     return f"{scheme}://{host}{f':{port}' if port else ''}"
-
-
-def share_widget_bundle() -> str | None:
-    """In a kernel of this server, make new FigureWidgets load plotly's code from the server.
-
-    Each plotly ``FigureWidget`` normally sends its own copy of plotly's 5 MB widget bundle to the
-    page, which compiles it once per widget (anywidget even gives up waiting after 2 s). An
-    ``http(s)`` URL instead is fetched and compiled once. The URL uses the address the visitor's
-    browser used, so it also works through an SSH tunnel. Anywhere else — JupyterLab, Binder's
-    Voila — it changes nothing.
-
-    Returns:
-        The bundle's URL, or ``None`` when not running under ``hessviz.serve``.
-
-    Example:
-        >>> share_widget_bundle() is None  # not in a kernel of hessviz.serve
-        True
-    """
-    origin = _visitor_origin()
-    if origin is None:
-        return None
-    from plotly.basewidget import BaseFigureWidget
-
-    url = origin + os.environ[BUNDLE_ENV]
-    BaseFigureWidget._esm = url  # read by anywidget when each FigureWidget is created
-    return url
 
 
 def page_url() -> str:
@@ -161,27 +131,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _voila_app():
-    """Voila, plus one static route: plotly's widget bundle (see :func:`share_widget_bundle`)."""
-    import plotly
-    from jupyter_server.utils import url_path_join
-    from tornado.web import StaticFileHandler
+    """Voila, with :data:`SERVE_ENV` set for its kernels."""
     from voila.app import Voila
 
-    folder, name = os.path.split(BUNDLE_ROUTE)
-
-    class HessvizVoila(Voila):
-        def init_settings(self):
-            # Before the kernel manager exists: (pre-heated) kernels inherit the environment.
-            os.environ[BUNDLE_ENV] = url_path_join(self.server_url or self.base_url, BUNDLE_ROUTE)
-            return super().init_settings()
-
-        def init_handlers(self):
-            route = url_path_join(self.server_url, folder, f"({name.replace('.', '[.]')})")
-            bundle_dir = os.path.join(os.path.dirname(plotly.__file__), "package_data")
-            # First: Voila's last route sends every other path to the notebook.
-            return [(route, StaticFileHandler, {"path": bundle_dir}), *super().init_handlers()]
-
-    return HessvizVoila
+    os.environ[SERVE_ENV] = "1"  # before any kernel starts: (pre-heated) kernels inherit it
+    return Voila
 
 
 if __name__ == "__main__":

@@ -339,6 +339,21 @@ def test_figure_widgets_are_synced_when_the_root_widget_is_handed_out(fresh):
     assert root is fresh.root
 
 
+def test_the_page_gets_plotlys_browser_code_once(fresh):
+    from hessviz.widgets.figure_widget import PLOTLY_WIDGET_MODULE, plotly_code
+
+    code = plotly_code()
+    assert code.source == PLOTLY_WIDGET_MODULE.read_bytes()
+    for panel in fresh.panels.values():
+        state = panel.figure.get_state()
+        assert panel.figure._hv_code is code and state["_hv_code_key"] == code.key
+        assert len(state["_esm"]) < 10_000  # the loader; plotly's 5 MB travel once, with `code`
+    code.close()  # e.g. Widget.close_all() in a notebook: the next figure gets a new one
+    replacement = plotly_code()
+    assert replacement is not code and replacement.comm is not None
+    assert type(fresh.panels["hessian"].figure)()._hv_code is replacement
+
+
 def test_stable_css_classes(fresh):
     for name, widget in fresh.controls.items():
         assert HessianExplorer.CSS_CLASSES[name] in widget._dom_classes, name

@@ -125,3 +125,21 @@ def test_voila_config_hides_code_and_tracebacks():
 
     conf = json.loads((ROOT / "voila.json").read_text())["VoilaConfiguration"]
     assert conf["show_tracebacks"] is False and conf["strip_sources"] is True
+
+
+def test_the_wheel_ships_the_figure_widgets_browser_code(tmp_path):
+    """``pip install .`` (not only ``-e .``) must carry SharedFigureWidget's browser code."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "src"  # a copy: setuptools writes build/ and egg-info next to the sources
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "hessviz", source / "hessviz", ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    subprocess.run([*build, "-w", str(tmp_path), str(source)], check=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("hessviz-*.whl")
+    assert "hessviz/widgets/figure_widget.js" in zipfile.ZipFile(wheel).namelist()

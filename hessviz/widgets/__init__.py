@@ -12,6 +12,7 @@ Example (a notebook or Voila dashboard)::
 Modules: :mod:`~hessviz.widgets.state` (the view as a dataclass ⇄ query string),
 :mod:`~hessviz.widgets.compute` (engine calls, memoised per stage; no widgets),
 :mod:`~hessviz.widgets.display` (FigureWidget updates and the sync before display),
+:mod:`~hessviz.widgets.figure_widget` (a FigureWidget whose plotly code reaches a page once),
 :mod:`~hessviz.widgets.errors` (the one error wrapper), :mod:`~hessviz.widgets.explorer`.
 """
 
@@ -19,6 +20,7 @@ from .compute import Pipeline, ViewResults
 from .display import FigurePanel, sync_for_display
 from .errors import ErrorGuard, friendly_message
 from .explorer import PANELS, HessianExplorer
+from .figure_widget import SharedFigureWidget
 from .state import ExplorerState, hessian_methods
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "Pipeline",
     "ViewResults",
     "FigurePanel",
+    "SharedFigureWidget",
     "sync_for_display",
     "ErrorGuard",
     "friendly_message",

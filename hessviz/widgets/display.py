@@ -17,6 +17,8 @@ import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
 
+from .figure_widget import SharedFigureWidget
+
 
 def sync_for_display(figure: go.FigureWidget) -> None:
     """Make a FigureWidget's synced state equal to its current figure (the Voila empty-plot fix).
@@ -172,6 +174,9 @@ def apply_spec(figure: go.FigureWidget, old_spec: dict, new_spec: dict) -> int:
 class FigurePanel:
     """One panel: a FigureWidget inside a Box that carries a stable CSS class ``hv-fig-<name>``.
 
+    The figure is a :class:`~hessviz.widgets.figure_widget.SharedFigureWidget`, so all panels of
+    a page share one copy of plotly's browser code.
+
     :meth:`show` takes a figure spec (``hessviz.figures.*_spec``) and updates the one long-lived
     FigureWidget in place, sending only the properties that differ from the last spec.
 
@@ -185,7 +190,7 @@ class FigurePanel:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.figure = go.FigureWidget()
+        self.figure = SharedFigureWidget()
         self.figure.add_class("hv-figure")
         # plotly.js's own window-resize handler (the FigureWidget view registers one only when
         # its host sends it Lumino attach messages, which Voila's anywidget views do not get).

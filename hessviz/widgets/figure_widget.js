@@ -1,0 +1,81 @@
+// The front end of hessviz.widgets.figure_widget.SharedFigureWidget: plotly's own FigureWidget
+// code, loaded once per page and without anywidget's 2 s limit.
+//
+// plotly's FigureWidget module is 5 MB. As its own `_esm`, every figure would send and compile a
+// copy, and anywidget (0.11) rejects a model whose module takes more than 2 s to load and then
+// drops every later update of it: on a busy machine whole panels froze. Here each figure's module
+// is this small file; it takes plotly's code from the one PlotlyCode widget the figure points to
+// (`_hv_code`), imports it once per page (cached under `_hv_code_key`), and hands each figure to
+// plotly's own `initialize` and `render`. `initialize` returns at once, so anywidget's timer
+// never sees the load. Model changes that arrive while the code is loading are replayed to
+// plotly's handlers when it is ready, in order, so no update is lost.
+
+const LOADS = (globalThis.__hessvizPlotlyCode ??= new Map()); // code key -> Promise<module>
+// Counts the browser tests read: plotly modules imported, and model changes replayed.
+const STATS = (globalThis.__hessvizPlotlyStats ??= { loads: 0, replayed: 0 });
+
+function plotlyModule(model) {
+  const key = model.get("_hv_code_key");
+  if (!LOADS.has(key)) {
+    const load = (async () => {
+      const id = String(model.get("_hv_code")).replace(/^IPY_MODEL_/, "");
+      const code = await model.widget_manager.get_model(id);
+      const blob = new Blob([code.get("source")], { type: "text/javascript" });
+      STATS.loads += 1;
+      const url = URL.createObjectURL(blob);
+      try {
+        return await import(/* webpackIgnore: true */ url);
+      } finally {
+        URL.revokeObjectURL(url);
+      }
+    })();
+    load.catch(() => LOADS.delete(key)); // a failed load is tried again by the next figure
+    LOADS.set(key, load);
+  }
+  return LOADS.get(key);
+}
+
+// Deliver changes plotly's handlers missed: each one, in order, as the event it would have seen.
+function replay(missed) {
+  STATS.replayed += missed.length;
+  const final = missed.map(([backbone, key]) => [backbone, key, backbone.attributes[key]]);
+  for (const [backbone, key, value] of missed) {
+    backbone.attributes[key] = value;
+    backbone.trigger(`change:${key}`, backbone, value, {});
+  }
+  for (const [backbone, key, value] of final) backbone.attributes[key] = value;
+}
+
+export default () => {
+  let loaded = null; // Promise of plotly's widget ({initialize, render}) for this figure
+  let ready = false;
+  const missed = []; // [backbone model, attribute, value] changed before plotly's code loaded
+  return {
+    initialize(ctx) {
+      ctx.model.on("change", (backbone) => {
+        if (ready) return;
+        for (const [key, value] of Object.entries(backbone.changedAttributes() || {})) {
+          missed.push([backbone, key, value]);
+        }
+      });
+      loaded = plotlyModule(ctx.model).then((module) => {
+        const widget = module.default();
+        widget.initialize?.(ctx);
+        ready = true;
+        replay(missed.splice(0));
+        return widget;
+      });
+      loaded.catch((error) => console.error("[hessviz] plotly's widget code did not load:", error));
+    },
+    async render(ctx) {
+      let widget;
+      try {
+        widget = await loaded;
+      } catch (error) {
+        ctx.el.textContent = "This plot could not load plotly's code; reload the page.";
+        return undefined;
+      }
+      return widget.render(ctx);
+    },
+  };
+};
