@@ -265,3 +265,23 @@ def test_spec_and_figure_agree():
     assert [t["type"] for t in spec["data"]] == [t.type for t in fig.data]
     np.testing.assert_array_equal(spec["data"][0]["z"], fig.data[0].z)
     assert F.to_figure(spec).layout.coloraxis.cmax == fig.layout.coloraxis.cmax
+
+
+@pytest.mark.parametrize(
+    "figure",
+    [
+        lambda: F.hessian_figure(np.eye(3), np.eye(3) + 1e-9),
+        lambda: F.second_order_jacobian_figure(*[np.ones((2, 3))] * 3, samples=8),
+    ],
+    ids=["hessian", "second-order-jacobian"],
+)
+def test_colour_bars_lie_flat_under_the_matrices(figure):
+    """Not between them: a vertical bar's tick labels need a fixed ~60 px, more than the gap
+    between two matrices in a narrow notebook output, and ran into the next matrix there."""
+    layout = figure().layout
+    axes = [key for key in layout.to_plotly_json() if key.startswith("yaxis")]
+    bottom = min(layout[key].domain[0] for key in axes)
+    for axis in (layout.coloraxis, layout.coloraxis2):
+        bar = axis.colorbar
+        assert bar.orientation == "h" and bar.yanchor == "top" and bar.y < bottom
+        assert 0 <= bar.x - bar.len / 2 and bar.x + bar.len / 2 <= 1

@@ -79,20 +79,23 @@ def grid_domains(
     vgap: float = 0.12,
     right: float = 1.0,
     top: float = 1.0,
+    bottom: float = 0.0,
 ) -> list[tuple[tuple[float, float], tuple[float, float]]]:
     """Paper domains ``(x_domain, y_domain)`` of a row-major grid of equal cells.
+
+    The grid fills ``[0, right] × [bottom, top]``.
 
     Returns:
         ``n_rows * n_cols`` pairs, the first cell at the top left.
     """
     width = (right - hgap * (n_cols - 1)) / n_cols
-    height = (top - vgap * (n_rows - 1)) / n_rows
+    height = (top - bottom - vgap * (n_rows - 1)) / n_rows
     cells = []
     for r in range(n_rows):
         y1 = top - r * (height + vgap)
         for c in range(n_cols):
             x0 = c * (width + hgap)
-            cells.append(((x0, x0 + width), (max(y1 - height, 0.0), y1)))
+            cells.append(((x0, x0 + width), (max(y1 - height, bottom), y1)))
     return cells
 
 
@@ -186,13 +189,43 @@ def symmetric_range(*arrays: np.ndarray) -> float:
     return top if top > 0 else 1.0
 
 
-def diverging_coloraxis(half_range: float, *, colorbar_x: float, title: str = "") -> dict:
-    """A shared diverging colour axis on ``[-half_range, half_range]`` (centred at 0)."""
+def diverging_coloraxis(
+    half_range: float, *, colorbar_x: float = 1.0, title: str = "", colorbar: dict | None = None
+) -> dict:
+    """A shared diverging colour axis on ``[-half_range, half_range]`` (centred at 0).
+
+    Its bar stands at ``colorbar_x``, or is placed by ``colorbar`` (e.g. :func:`colorbar_below`).
+    """
+    bar = {"x": colorbar_x, "thickness": 12, "len": 0.9} if colorbar is None else colorbar
     return {
         "colorscale": DIVERGING,
         "cmin": -half_range,
         "cmax": half_range,
-        "colorbar": {"x": colorbar_x, "thickness": 12, "len": 0.9, "title": {"text": title}},
+        "colorbar": {**bar, "title": {"text": title}},
+    }
+
+
+def colorbar_below(x_domain: tuple[float, float], y_domain: tuple[float, float]) -> dict:
+    """Colour-bar settings that lay the bar flat under subplots spanning ``x_domain`` (paper).
+
+    A vertical bar between two subplots needs a fixed ~60 px for its tick labels; in a narrow
+    output area (a JupyterLab notebook beside the explorer's controls) the gap is smaller and the
+    labels run into the next matrix. A flat bar below takes its width from the subplots instead.
+
+    Example:
+        >>> bar = colorbar_below((0.0, 0.5), (0.1, 0.9))
+        >>> bar["orientation"], bar["x"], bar["len"], bar["yanchor"]
+        ('h', 0.25, 0.5, 'top')
+    """
+    (x0, x1), (y0, _) = x_domain, y_domain
+    return {
+        "orientation": "h",
+        "x": (x0 + x1) / 2,
+        "xanchor": "center",
+        "len": x1 - x0,
+        "y": y0 - 0.04,
+        "yanchor": "top",
+        "thickness": 10,
     }
 
 

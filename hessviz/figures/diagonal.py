@@ -8,6 +8,7 @@ from ._common import (
     ERRORS,
     as_array,
     cell_text,
+    colorbar_below,
     diverging_coloraxis,
     figure_function,
     fmt,
@@ -75,7 +76,8 @@ def second_order_jacobian_spec(
     gap = np.abs(hutchinson - exact)
     logs, low, high, colorbar = log_error_grid(gap)
     half = symmetric_range(exact, fd, hutchinson)
-    domains = grid_domains(4, hgap=0.085, right=0.94)
+    plot_height = 110 + 34 * m  # pixels between the margins (layout height below)
+    domains = grid_domains(4, hgap=0.05, bottom=48 / plot_height)
     hover = "∂²y_%{{y}}/∂x_%{{x}}² = %{{z:.6g}}<extra>{}</extra>"
     data = [
         heatmap(
@@ -115,14 +117,16 @@ def second_order_jacobian_spec(
     fd_error = relative_error(fd, exact)
     hutchinson_error = relative_error(hutchinson, exact)
     layout: dict = {
-        "height": 170 + 34 * m,
+        "height": plot_height + 130,
         "margin": {"l": 50, "r": 30, "t": 110, "b": 20},
-        "coloraxis": diverging_coloraxis(half, colorbar_x=domains[2][0][1] + 0.005),
+        "coloraxis": diverging_coloraxis(
+            half, colorbar=colorbar_below((domains[0][0][0], domains[2][0][1]), domains[0][1])
+        ),
         "coloraxis2": {
             "colorscale": ERRORS,
             "cmin": low,
             "cmax": high,
-            "colorbar": {**colorbar, "x": domains[3][0][1] + 0.005},
+            "colorbar": {**colorbar, **colorbar_below(domains[3][0], domains[3][1])},
         },
         "annotations": [
             subplot_title("exact<br>∂²y_i/∂x_j²", domains[0]),

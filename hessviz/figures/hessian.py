@@ -9,6 +9,7 @@ from ._common import (
     MAX_N_WITH_VALUES,
     as_array,
     cell_text,
+    colorbar_below,
     diverging_coloraxis,
     figure_function,
     fmt,
@@ -66,7 +67,7 @@ def hessian_spec(
     gap = np.abs(exact - fd)
     logs, low, high, colorbar = log_error_grid(gap)
     half = symmetric_range(exact, fd)
-    domains = grid_domains(3, hgap=0.11, right=0.93)
+    domains = grid_domains(3, hgap=0.06, top=0.97, bottom=0.14)
     step_text = f" (h = {fmt(step, 2)})" if step is not None else ""
     data = [
         heatmap(
@@ -99,13 +100,15 @@ def hessian_spec(
         ),
     ]
     layout: dict = {
-        "height": 340,
-        "coloraxis": diverging_coloraxis(half, colorbar_x=domains[1][0][1] + 0.01),
+        "height": 380,
+        "coloraxis": diverging_coloraxis(
+            half, colorbar=colorbar_below((domains[0][0][0], domains[1][0][1]), domains[0][1])
+        ),
         "coloraxis2": {
             "colorscale": ERRORS,
             "cmin": low,
             "cmax": high,
-            "colorbar": {**colorbar, "x": domains[2][0][1] + 0.01},
+            "colorbar": {**colorbar, **colorbar_below(domains[2][0], domains[2][1])},
         },
         "annotations": [
             subplot_title(f"exact ∂²y_{output}/∂x²", domains[0]),
@@ -114,7 +117,7 @@ def hessian_spec(
         ],
     }
     for k, domain in enumerate(domains, start=1):
-        layout.update(matrix_axes(k, domain, labels, labels))
+        layout.update(matrix_axes(k, domain, labels, labels, show_row_labels=k == 1))
     return spec(data, layout)
 
 
