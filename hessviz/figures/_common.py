@@ -229,6 +229,37 @@ def colorbar_below(x_domain: tuple[float, float], y_domain: tuple[float, float])
     }
 
 
+def value_and_error_axes(
+    half_range: float, low: float, high: float, error_colorbar: dict, domains: list
+) -> dict:
+    """Colour axes of a row of value matrices followed by one error matrix.
+
+    ``coloraxis`` is diverging on ``[-half_range, half_range]``, shared by every subplot but the
+    last, its bar flat under them; ``coloraxis2`` is the log error scale ``[low, high]`` of
+    :func:`log_error_grid` (``error_colorbar`` labels its ticks), its bar under the last subplot.
+
+    Example:
+        >>> axes = value_and_error_axes(1.0, -3, 0, {}, grid_domains(3))
+        >>> axes["coloraxis"]["cmin"], axes["coloraxis2"]["cmax"]
+        (-1.0, 0)
+        >>> axes["coloraxis"]["colorbar"]["len"] > axes["coloraxis2"]["colorbar"]["len"]
+        True
+    """
+    *values, error = domains
+    shared_x = (values[0][0][0], values[-1][0][1])
+    return {
+        "coloraxis": diverging_coloraxis(
+            half_range, colorbar=colorbar_below(shared_x, values[0][1])
+        ),
+        "coloraxis2": {
+            "colorscale": ERRORS,
+            "cmin": low,
+            "cmax": high,
+            "colorbar": {**error_colorbar, **colorbar_below(*error)},
+        },
+    }
+
+
 def log_error_grid(errors: np.ndarray) -> tuple[np.ndarray, float, float, dict]:
     """Map absolute errors to ``log10`` for a log colour scale.
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import (
-    ERRORS,
     as_array,
     cell_text,
-    colorbar_below,
-    diverging_coloraxis,
     figure_function,
     fmt,
     grid_domains,
@@ -19,6 +16,7 @@ from ._common import (
     spec,
     subplot_title,
     symmetric_range,
+    value_and_error_axes,
 )
 
 
@@ -119,15 +117,7 @@ def second_order_jacobian_spec(
     layout: dict = {
         "height": plot_height + 130,
         "margin": {"l": 50, "r": 30, "t": 110, "b": 20},
-        "coloraxis": diverging_coloraxis(
-            half, colorbar=colorbar_below((domains[0][0][0], domains[2][0][1]), domains[0][1])
-        ),
-        "coloraxis2": {
-            "colorscale": ERRORS,
-            "cmin": low,
-            "cmax": high,
-            "colorbar": {**colorbar, **colorbar_below(domains[3][0], domains[3][1])},
-        },
+        **value_and_error_axes(half, low, high, colorbar, domains),
         "annotations": [
             subplot_title("exact<br>∂²y_i/∂x_j²", domains[0]),
             subplot_title(f"finite differences<br>rel. err {fmt(fd_error, 2)}", domains[1]),

@@ -5,12 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import (
-    ERRORS,
     MAX_N_WITH_VALUES,
     as_array,
     cell_text,
-    colorbar_below,
-    diverging_coloraxis,
     figure_function,
     fmt,
     grid_domains,
@@ -20,6 +17,7 @@ from ._common import (
     spec,
     subplot_title,
     symmetric_range,
+    value_and_error_axes,
 )
 
 
@@ -101,15 +99,7 @@ def hessian_spec(
     ]
     layout: dict = {
         "height": 380,
-        "coloraxis": diverging_coloraxis(
-            half, colorbar=colorbar_below((domains[0][0][0], domains[1][0][1]), domains[0][1])
-        ),
-        "coloraxis2": {
-            "colorscale": ERRORS,
-            "cmin": low,
-            "cmax": high,
-            "colorbar": {**colorbar, **colorbar_below(domains[2][0], domains[2][1])},
-        },
+        **value_and_error_axes(half, low, high, colorbar, domains),
         "annotations": [
             subplot_title(f"exact ∂²y_{output}/∂x²", domains[0]),
             subplot_title(f"finite differences{step_text}", domains[1]),
