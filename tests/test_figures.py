@@ -217,6 +217,14 @@ def test_fd_error_figure_all_zero():
 # -- panel 7: race --------------------------------------------------------------------------------
 
 
+def test_race_figure_before_any_timing_says_so():
+    planned = [F.RaceEntry("loop", "hessian", None), F.RaceEntry("func", "hessian", None)]
+    texts = [a.text for a in F.race_figure(planned).layout.annotations]
+    assert "not timed yet" in texts
+    timed = [F.RaceEntry("loop", "hessian", 1e-3), F.RaceEntry("func", "hessian", None)]
+    assert "not timed yet" not in [a.text for a in F.race_figure(timed).layout.annotations]
+
+
 def test_race_figure():
     entries = [
         F.RaceEntry("loop", "hessian", 4e-3),

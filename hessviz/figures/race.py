@@ -31,7 +31,8 @@ def race_spec(entries: Sequence[RaceEntry], *, subtitle: str = "") -> dict:
     """Horizontal bars of milliseconds per call, one group per operation, fastest marked.
 
     Args:
-        entries: the runs so far (entries with ``seconds=None`` show as empty rows).
+        entries: the runs so far (entries with ``seconds=None`` show as empty rows; with none
+            timed, the plot says "not timed yet").
         subtitle: a sentence under the plot (problem size, repetitions).
 
     Returns:
@@ -80,6 +81,18 @@ def race_spec(entries: Sequence[RaceEntry], *, subtitle: str = "") -> dict:
         "margin": {"l": 100, "r": 30, "t": 60, "b": 80},
         "annotations": [note_annotation(subtitle, y=-0.25)] if subtitle else [],
     }
+    if not any(e.seconds is not None for e in entries):  # empty axes would look like a failure
+        layout["annotations"].append(
+            {
+                "text": "not timed yet",
+                "x": 0.5,
+                "y": 0.5,
+                "xref": "paper",
+                "yref": "paper",
+                "showarrow": False,
+                "font": {"size": 14, "color": "grey"},
+            }
+        )
     return spec(data, layout)
 
 
