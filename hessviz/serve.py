@@ -13,7 +13,9 @@ and kernel state do not land in the home directory (set ``JUPYTER_RUNTIME_DIR`` 
 ``JUPYTER_DATA_DIR`` yourself to override). Kernel specs are still found in the environment.
 
 Kernels of this server get :data:`SERVE_ENV` set, so :func:`page_url` can tell the dashboard the
-address the visitor opened (for its share link).
+address the visitor opened (for its share link), and :data:`BUNDLE_ENV`: the server also serves
+plotly's FigureWidget code at :data:`BUNDLE_ROUTE`, and the dashboard's figures load it from there
+(see :mod:`hessviz.widgets.figure_widget`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from pathlib import Path
 DASHBOARD = Path("notebooks") / "dashboard.ipynb"
 #: Set (to "1") in the environment of this server's kernels.
 SERVE_ENV = "HESSVIZ_SERVE"
+#: Where the server serves plotly's FigureWidget code, relative to its base URL.
+BUNDLE_ROUTE = "hessviz/static/widgetbundle.js"
+#: Set for the kernels of this server: that code's path, absolute on the server.
+BUNDLE_ENV = "HESSVIZ_WIDGET_BUNDLE_PATH"
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")  # name, IPv4 or [IPv6]
 _PORT = re.compile("[0-9]{1,5}")
 _SCHEMES = ("http", "https")
@@ -131,11 +137,54 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _voila_app():
-    """Voila, with :data:`SERVE_ENV` set for its kernels."""
-    from voila.app import Voila
+    """Voila, plus plotly's widget code at :data:`BUNDLE_ROUTE`, and a page that ends its kernel.
 
-    os.environ[SERVE_ENV] = "1"  # before any kernel starts: (pre-heated) kernels inherit it
-    return Voila
+    - Kernels get :data:`SERVE_ENV` and :data:`BUNDLE_ENV` (the code's path on this server), so
+      :class:`~hessviz.widgets.figure_widget.SharedFigureWidget` pages load plotly's 5 MB of
+      browser code from that URL (cached by the browser) instead of through the kernel's
+      websocket, which also kept a copy in this server per page view.
+    - Closing the page sends Voila's kernel-shutdown beacon with the page's ``_xsrf`` cookie, but
+      Voila 0.5.13 never sets that cookie, so the server refused the beacon (403, voila#1458) and
+      every closed page left its kernel (~360 MB) running until the idle cull. The page handler
+      here sets the cookie.
+    """
+    import inspect
+
+    import plotly
+    from jupyter_server.utils import url_path_join
+    from tornado.web import StaticFileHandler
+    from voila.app import Voila
+    from voila.tornado.handler import TornadoVoilaHandler
+
+    folder, name = os.path.split(BUNDLE_ROUTE)
+
+    class DashboardPageHandler(TornadoVoilaHandler):
+        async def prepare(self):
+            prepared = super().prepare()
+            if inspect.isawaitable(prepared):
+                await prepared
+            self.xsrf_token  # noqa: B018 - reading the token sets the _xsrf cookie
+
+    class HessvizVoila(Voila):
+        def init_settings(self):
+            # Before the kernel manager exists: (pre-heated) kernels inherit the environment.
+            os.environ[SERVE_ENV] = "1"
+            os.environ[BUNDLE_ENV] = url_path_join(self.server_url or self.base_url, BUNDLE_ROUTE)
+            return super().init_settings()
+
+        def init_handlers(self):
+            route = url_path_join(self.server_url, folder, f"({name.replace('.', '[.]')})")
+            bundle_dir = os.path.join(os.path.dirname(plotly.__file__), "package_data")
+            voila_routes = [
+                (route_, DashboardPageHandler, *rest)
+                if handler is TornadoVoilaHandler
+                else (route_, handler, *rest)
+                for route_, handler, *rest in super().init_handlers()
+            ]
+            # First: Voila's last route sends every other path to the notebook.
+            return [(route, StaticFileHandler, {"path": bundle_dir}), *voila_routes]
+
+    return HessvizVoila
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from playwright.sync_api import sync_playwright
 import hessviz as hv
 
 ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = Path("notebooks") / "dashboard.ipynb"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 # Flags that keep Chromium quiet and offline in a container (see shared FIELD-NOTES).
@@ -97,7 +98,19 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
-    """``(url, log_path)`` of a Voila server started for this module, stopped by its pid."""
+    """``(url, log_path)`` of ``python -m hessviz.serve`` started for this module."""
+    yield from _serve(tmp_path_factory, ["-m", "hessviz.serve"])
+
+
+@pytest.fixture(scope="module")
+def plain_voila(tmp_path_factory):
+    """``(url, log_path)`` of plain ``voila`` on the dashboard, as Binder's Voila serves it: no
+    hessviz route, so the figures get plotly's code through the kernel."""
+    yield from _serve(tmp_path_factory, ["-m", "voila", str(DASHBOARD), "--no-browser"])
+
+
+def _serve(tmp_path_factory, args: list[str]):
+    """Start a server (``python <args> --port=N`` in the checkout); stop it by its pid."""
     tmp = tmp_path_factory.mktemp("voila")
     port = _free_port()
     env = {
@@ -109,7 +122,7 @@ def dashboard(tmp_path_factory):
     log_path = tmp / "voila.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "hessviz.serve", f"--port={port}"],
+            [sys.executable, *args, f"--port={port}"],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -363,14 +376,17 @@ globalThis.__hessvizPlotlyCode = new (class extends Map {
 """
 
 
-def test_updates_that_arrive_while_plotly_loads_are_not_lost(chromium, dashboard):
+@pytest.mark.parametrize("server", ["dashboard", "plain_voila"])
+def test_updates_that_arrive_while_plotly_loads_are_not_lost(chromium, server, request):
     """A slow device, played deterministically: plotly's code stays "loading" until the test
     releases it, and meanwhile a control changes and the kernel sends its figure updates.
     anywidget gives a figure's module 2 s and then drops every update to it;
     :class:`~hessviz.widgets.figure_widget.SharedFigureWidget`'s ``initialize`` returns at once,
-    and the changes that arrived before plotly could handle them are replayed, in order.
+    and the changes that arrived before plotly could handle them are replayed, in order. Under
+    ``hessviz.serve`` plotly's code comes from the server's URL; under plain Voila (Binder)
+    through the kernel.
     """
-    url, _ = dashboard
+    url, _ = request.getfixturevalue(server)
     page = chromium.new_page(viewport={"width": 1400, "height": 1000})
     page_errors = []
     page.on("pageerror", lambda err: page_errors.append(str(err)))
@@ -391,6 +407,7 @@ def test_updates_that_arrive_while_plotly_loads_are_not_lost(chromium, dashboard
     stats = page.evaluate("() => globalThis.__hessvizPlotlyStats")
     print(f"\nheld page: {stats}")
     assert stats["loads"] == 1, stats  # one compile for the page's seven figures
+    assert stats["via"] == {"dashboard": "url", "plain_voila": "kernel"}[server], stats
     assert stats["replayed"] > 0, stats  # the change above reached the figures before plotly did
     assert not page_errors, page_errors
     page.close()

@@ -288,7 +288,9 @@ FORBIDDEN_PATHS = [
     "/voila/templates/lab/static/../../../README.md",
     "/voila/labextensions/../README.md",
     "/voila/api/themes/../README.md",
-    "/hessviz/static/widgetbundle.js",
+    "/hessviz/static/../../README.md",
+    "/hessviz/static/widgetbundle.jsx",
+    "/hessviz/static/plotly.min.js",
     "/api/contents",
     "/api/contents/README.md",
     "/voila/api/contents",
@@ -361,6 +363,39 @@ def test_only_the_dashboard_is_served(dashboard, server_pid):  # noqa: F811
     assert not exposed, exposed
     # None of those requests started a kernel (each would hold ~400 MB until culled).
     assert {p.pid for p in kernels(server_pid)} == before
+    status, body = fetch(f"{base}/hessviz/static/widgetbundle.js")
+    assert status == 200 and len(body) > 1_000_000  # the one static file hessviz adds
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_closing_the_page_ends_its_kernel(chromium, dashboard, server_pid):  # noqa: F811
+    """A closed page's kernel (~360 MB) is shut down at once, not left to the idle cull.
+
+    Voila's page sends a shutdown beacon with its ``_xsrf`` cookie, which plain Voila 0.5.13
+    never sets: the server answered 403 (voila#1458), and a classroom reloading the dashboard
+    piled up kernels for 10 minutes each. ``hessviz.serve``'s page handler sets the cookie.
+    """
+    url, log_path = dashboard
+    context = chromium.new_context()
+    page = context.new_page()
+    page.goto(f"{url}?act=sigmoid", wait_until="domcontentloaded")
+    page.wait_for_selector(".hv-fig-hessian .js-plotly-plot", timeout=90_000)
+    kernel_id = page.evaluate(
+        "() => JSON.parse(document.getElementById('jupyter-config-data').textContent).kernelId"
+    )
+
+    def alive() -> bool:
+        return any(f"kernel-{kernel_id}" in " ".join(p.cmdline()) for p in kernels(server_pid))
+
+    assert alive()
+    page.close(run_before_unload=True)  # what closing the tab does
+    context.close()
+    deadline = time.monotonic() + 30
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive(), "the closed page's kernel is still running"
+    assert "403 POST /voila/api/shutdown" not in log_path.read_text()
 
 
 @pytest.mark.browser

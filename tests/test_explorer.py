@@ -354,6 +354,19 @@ def test_the_page_gets_plotlys_browser_code_once(fresh):
     assert type(fresh.panels["hessian"].figure)()._hv_code is replacement
 
 
+def test_under_hessviz_serve_the_page_fetches_plotlys_code_from_the_server(monkeypatch):
+    from hessviz.serve import BUNDLE_ENV
+    from hessviz.widgets.figure_widget import plotly_code
+
+    plotly_code().close()
+    monkeypatch.setenv(BUNDLE_ENV, "/hessviz/static/widgetbundle.js")
+    code = plotly_code()
+    assert code.url == "/hessviz/static/widgetbundle.js" and code.source == b""
+    code.close()  # the next test's kernel is not a server's
+    monkeypatch.delenv(BUNDLE_ENV)
+    assert plotly_code().url == "" and len(plotly_code().source) > 1_000_000
+
+
 def test_stable_css_classes(fresh):
     for name, widget in fresh.controls.items():
         assert HessianExplorer.CSS_CLASSES[name] in widget._dom_classes, name

@@ -5,14 +5,15 @@
 // copy, and anywidget (0.11) rejects a model whose module takes more than 2 s to load and then
 // drops every later update of it: on a busy machine whole panels froze. Here each figure's module
 // is this small file; it takes plotly's code from the one PlotlyCode widget the figure points to
-// (`_hv_code`), imports it once per page (cached under `_hv_code_key`), and hands each figure to
-// plotly's own `initialize` and `render`. `initialize` returns at once, so anywidget's timer
-// never sees the load. Model changes that arrive while the code is loading are replayed to
-// plotly's handlers when it is ready, in order, so no update is lost.
+// (`_hv_code`: a URL on the page's server, or the code itself), imports it once per page (cached
+// under `_hv_code_key`), and hands each figure to plotly's own `initialize` and `render`.
+// `initialize` returns at once, so anywidget's timer never sees the load. Model changes that
+// arrive while the code is loading are replayed to plotly's handlers when it is ready, in order,
+// so no update is lost.
 
 const LOADS = (globalThis.__hessvizPlotlyCode ??= new Map()); // code key -> Promise<module>
-// Counts the browser tests read: plotly modules imported, and model changes replayed.
-const STATS = (globalThis.__hessvizPlotlyStats ??= { loads: 0, replayed: 0 });
+// What the browser tests read: plotly modules imported, from where, and model changes replayed.
+const STATS = (globalThis.__hessvizPlotlyStats ??= { loads: 0, via: "", replayed: 0 });
 
 function plotlyModule(model) {
   const key = model.get("_hv_code_key");
@@ -20,8 +21,13 @@ function plotlyModule(model) {
     const load = (async () => {
       const id = String(model.get("_hv_code")).replace(/^IPY_MODEL_/, "");
       const code = await model.widget_manager.get_model(id);
-      const blob = new Blob([code.get("source")], { type: "text/javascript" });
       STATS.loads += 1;
+      STATS.via = code.get("url") ? "url" : "kernel";
+      if (code.get("url")) {
+        const href = new URL(code.get("url"), document.baseURI).href;
+        return await import(/* webpackIgnore: true */ href);
+      }
+      const blob = new Blob([code.get("source")], { type: "text/javascript" });
       const url = URL.createObjectURL(blob);
       try {
         return await import(/* webpackIgnore: true */ url);

@@ -9,12 +9,14 @@ opened at once on a small machine.
 :class:`SharedFigureWidget` behaves exactly like ``go.FigureWidget`` in Python. Its ``_esm`` is a
 small loader (``figure_widget.js``) that takes plotly's code from one :class:`PlotlyCode` widget
 per kernel, imports it once per page, and replays any update that arrived while it was loading.
-Works wherever anywidget does: Voila, JupyterLab, Notebook 7, Binder.
+Works wherever anywidget does: Voila, JupyterLab, Notebook 7, Binder. Under ``hessviz.serve`` the
+code comes from the server's URL for it (cached by the browser); elsewhere through the kernel.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import anywidget
@@ -23,19 +25,25 @@ import plotly
 import plotly.graph_objects as go
 import traitlets
 
+from ..serve import BUNDLE_ENV
+
 #: plotly's FigureWidget ES module, as plotly itself ships it.
 PLOTLY_WIDGET_MODULE = Path(plotly.__file__).parent / "package_data" / "widgetbundle.js"
 
 
 class PlotlyCode(anywidget.AnyWidget):
-    """plotly's FigureWidget module as bytes; never displayed, only referenced by figures.
+    """Where a page gets plotly's FigureWidget module; never displayed, only referenced by figures.
 
     Attributes:
-        source: the module's text (UTF-8), sent to the page once as a binary message.
-        key: a digest of ``source``; the page caches the compiled module under it.
+        url: the module's path on the server that serves the page (``hessviz.serve`` serves it),
+            or ``""``; the browser then fetches and caches it like any script.
+        source: without ``url``, the module's text (UTF-8), sent to the page once as a binary
+            message.
+        key: a digest of the module; the page caches the loaded module under it.
     """
 
     _esm = "export default {};"
+    url = traitlets.Unicode().tag(sync=True)
     source = traitlets.Bytes().tag(sync=True)
     key = traitlets.Unicode().tag(sync=True)
 
@@ -44,12 +52,18 @@ _CODE: PlotlyCode | None = None
 
 
 def plotly_code() -> PlotlyCode:
-    """This kernel's one :class:`PlotlyCode` widget (made again if it was closed)."""
+    """This kernel's one :class:`PlotlyCode` widget (made again if it was closed).
+
+    In a kernel of ``hessviz.serve`` it names the server's copy of the module (its path is in
+    the environment variable :data:`hessviz.serve.BUNDLE_ENV`); anywhere else it carries the
+    module itself.
+    """
     global _CODE
     if _CODE is None or _CODE.comm is None:
-        source = PLOTLY_WIDGET_MODULE.read_bytes()
-        digest = hashlib.sha256(source).hexdigest()[:16]
-        _CODE = PlotlyCode(source=source, key=f"plotly-{plotly.__version__}-{digest}")
+        module = PLOTLY_WIDGET_MODULE.read_bytes()
+        key = f"plotly-{plotly.__version__}-{hashlib.sha256(module).hexdigest()[:16]}"
+        url = os.environ.get(BUNDLE_ENV, "")
+        _CODE = PlotlyCode(url=url, source=b"" if url else module, key=key)
     return _CODE
 
 
