@@ -364,8 +364,9 @@ def write_report(plan, all_rendered, loaded, after, page_errors) -> str:
         "stage only (one model in two precisions, one set of results), the figures hold arrays of "
         "at most 8×8 per output and a 31×31 landscape grid, the race keeps one timing per method, "
         "and the note labels are reused (before, every new note left a widget behind in the "
-        "kernel and the page). Kernels that no page is connected to are shut down after 10 idle "
-        "minutes (voila.json).",
+        "kernel and the page). A closed page's kernel is shut down at once (hessviz.serve sets "
+        "the cookie Voila's shutdown request needs); kernels that no page is connected to are "
+        "shut down after 10 idle minutes (voila.json).",
         "",
     ]
     text = "\n".join(lines)
