@@ -54,21 +54,20 @@ function replay(missed) {
 
 export default () => {
   let loaded = null; // Promise of plotly's widget ({initialize, render}) for this figure
-  let ready = false;
-  const missed = []; // [backbone model, attribute, value] changed before plotly's code loaded
   return {
     initialize(ctx) {
-      ctx.model.on("change", (backbone) => {
-        if (ready) return;
+      const missed = []; // [backbone model, attribute, value] changed before plotly's code loaded
+      const record = (backbone) => {
         for (const [key, value] of Object.entries(backbone.changedAttributes() || {})) {
           missed.push([backbone, key, value]);
         }
-      });
+      };
+      ctx.model.on("change", record);
       loaded = plotlyModule(ctx.model).then((module) => {
         const widget = module.default();
         widget.initialize?.(ctx);
-        ready = true;
-        replay(missed.splice(0));
+        ctx.model.off("change", record);
+        replay(missed);
         return widget;
       });
       loaded.catch((error) => console.error("[hessviz] plotly's widget code did not load:", error));
