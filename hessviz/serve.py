@@ -176,9 +176,7 @@ def _voila_app():
             route = url_path_join(self.server_url, folder, f"({name.replace('.', '[.]')})")
             bundle_dir = os.path.join(os.path.dirname(plotly.__file__), "package_data")
             voila_routes = [
-                (route_, DashboardPageHandler, *rest)
-                if handler is TornadoVoilaHandler
-                else (route_, handler, *rest)
+                (route_, DashboardPageHandler if handler is TornadoVoilaHandler else handler, *rest)
                 for route_, handler, *rest in super().init_handlers()
             ]
             # First: Voila's last route sends every other path to the notebook.

@@ -43,13 +43,12 @@ function plotlyModule(model) {
 
 // Deliver changes plotly's handlers missed: each one, in order, as the event it would have seen.
 function replay(missed) {
+  // Every change was recorded, so each attribute ends at its current value.
   STATS.replayed += missed.length;
-  const final = missed.map(([backbone, key]) => [backbone, key, backbone.attributes[key]]);
   for (const [backbone, key, value] of missed) {
     backbone.attributes[key] = value;
     backbone.trigger(`change:${key}`, backbone, value, {});
   }
-  for (const [backbone, key, value] of final) backbone.attributes[key] = value;
 }
 
 export default () => {
