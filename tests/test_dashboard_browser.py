@@ -73,6 +73,23 @@ def server_process(url: str) -> psutil.Process:
     pytest.fail(f"no hessviz.serve process with {flag}")
 
 
+def kernel_processes(server: psutil.Process) -> dict[str, psutil.Process]:
+    """Kernel id → process for the running kernels of ``server`` (named in their connection files).
+
+    A kernel that has exited but is not yet reaped (a zombie) is left out: it has ended.
+    """
+    found = {}
+    for child in server.children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "ipykernel" in cmdline and "kernel-" in cmdline:
+            kernel_id = cmdline.split("kernel-", 1)[1].split(".json", 1)[0]
+            found[kernel_id] = child
+    return found
+
+
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -39,6 +39,7 @@ from test_dashboard_browser import (  # noqa: F401 - fixtures and helpers of the
     chromium,
     dashboard,
     engine_values,
+    kernel_processes,
     link_query,
     link_state,
     server_process,
@@ -159,20 +160,6 @@ def assert_shows_engine_values(page, query: str, what: str, timeout: float) -> d
                     f"link: {now['link']}\npage: {seen}\n{error}"
                 )
         page.wait_for_timeout(200)
-
-
-def kernel_processes(server: psutil.Process) -> dict[str, psutil.Process]:
-    """Kernel id → process, for the kernels of ``server`` (their connection file names the id)."""
-    found = {}
-    for child in server.children(recursive=True):
-        try:
-            cmdline = " ".join(child.cmdline())
-        except psutil.Error:
-            continue
-        if "ipykernel" in cmdline and "kernel-" in cmdline:
-            kernel_id = cmdline.split("kernel-", 1)[1].split(".json", 1)[0]
-            found[kernel_id] = child
-    return found
 
 
 def megabytes(process: psutil.Process) -> tuple[float, float]:

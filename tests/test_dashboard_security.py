@@ -37,7 +37,14 @@ import numpy as np
 import psutil
 import pytest
 import traitlets
-from test_dashboard_browser import chromium, dashboard, engine_values, server_process, shown  # noqa: F401
+from test_dashboard_browser import (  # noqa: F401 - fixtures and helpers of the browser test
+    chromium,
+    dashboard,
+    engine_values,
+    kernel_processes,
+    server_process,
+    shown,
+)
 
 from hessviz import serve
 from hessviz.widgets import ExplorerState, HessianExplorer
@@ -337,9 +344,8 @@ def raw_get(base: str, path: str) -> tuple[int, str]:
     return response.status, body
 
 
-def kernels(server_pid: int) -> list[psutil.Process]:
-    parent = psutil.Process(server_pid)
-    return [p for p in parent.children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+def kernels(server_pid: int) -> dict[str, psutil.Process]:
+    return kernel_processes(psutil.Process(server_pid))
 
 
 @pytest.fixture(scope="module")
@@ -353,7 +359,7 @@ def server_pid(dashboard):  # noqa: F811 - the imported fixture
 def test_only_the_dashboard_is_served(dashboard, server_pid):  # noqa: F811
     url, _ = dashboard
     base = url.rstrip("/")
-    before = {p.pid for p in kernels(server_pid)}
+    before = set(kernels(server_pid))
     exposed = []
     for path in FORBIDDEN_PATHS:
         status, body = raw_get(base, path)
@@ -362,7 +368,7 @@ def test_only_the_dashboard_is_served(dashboard, server_pid):  # noqa: F811
             exposed.append((path, status, leaked, body[:120]))
     assert not exposed, exposed
     # None of those requests started a kernel (each would hold ~400 MB until culled).
-    assert {p.pid for p in kernels(server_pid)} == before
+    assert set(kernels(server_pid)) == before
     status, body = fetch(f"{base}/hessviz/static/widgetbundle.js")
     assert status == 200 and len(body) > 1_000_000  # the one static file hessviz adds
 
@@ -386,7 +392,7 @@ def test_closing_the_page_ends_its_kernel(chromium, dashboard, server_pid):  # n
     )
 
     def alive() -> bool:
-        return any(f"kernel-{kernel_id}" in " ".join(p.cmdline()) for p in kernels(server_pid))
+        return kernel_id in kernels(server_pid)
 
     assert alive()
     page.close(run_before_unload=True)  # what closing the tab does
