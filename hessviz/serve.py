@@ -16,12 +16,17 @@ Kernels of this server get :data:`SERVE_ENV` set, so :func:`page_url` can tell t
 address the visitor opened (for its share link), and :data:`BUNDLE_ENV`: the server also serves
 plotly's FigureWidget code at :data:`BUNDLE_ROUTE`, and the dashboard's figures load it from there
 (see :mod:`hessviz.widgets.figure_widget`).
+
+The module is also a Jupyter server extension, for Voila running inside a Jupyter server (Binder:
+``binder/jupyter_server_config.json`` enables it). It adds the same route and page handler there.
+Importing it does not import torch (see :mod:`hessviz`), so no server holds torch for nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import os
 import re
 import shutil
@@ -143,27 +148,15 @@ def _voila_app():
       :class:`~hessviz.widgets.figure_widget.SharedFigureWidget` pages load plotly's 5 MB of
       browser code from that URL (cached by the browser) instead of through the kernel's
       websocket, which also kept a copy in this server per page view.
-    - Closing the page sends Voila's kernel-shutdown beacon with the page's ``_xsrf`` cookie, but
-      Voila 0.5.13 never sets that cookie, so the server refused the beacon (403, voila#1458) and
-      every closed page left its kernel (~360 MB) running until the idle cull. The page handler
-      here sets the cookie.
+    - The page handler is :func:`_page_handlers`' one, which lets a closed page end its kernel.
     """
-    import inspect
-
     import plotly
     from jupyter_server.utils import url_path_join
     from tornado.web import StaticFileHandler
     from voila.app import Voila
-    from voila.tornado.handler import TornadoVoilaHandler
 
     folder, name = os.path.split(BUNDLE_ROUTE)
-
-    class DashboardPageHandler(TornadoVoilaHandler):
-        async def prepare(self):
-            prepared = super().prepare()
-            if inspect.isawaitable(prepared):
-                await prepared
-            self.xsrf_token  # noqa: B018 - reading the token sets the _xsrf cookie
+    voila_page, dashboard_page = _page_handlers()
 
     class HessvizVoila(Voila):
         def init_settings(self):
@@ -176,13 +169,85 @@ def _voila_app():
             route = url_path_join(self.server_url, folder, f"({name.replace('.', '[.]')})")
             bundle_dir = os.path.join(os.path.dirname(plotly.__file__), "package_data")
             voila_routes = [
-                (route_, DashboardPageHandler if handler is TornadoVoilaHandler else handler, *rest)
+                (route_, dashboard_page if handler is voila_page else handler, *rest)
                 for route_, handler, *rest in super().init_handlers()
             ]
             # First: Voila's last route sends every other path to the notebook.
             return [(route, StaticFileHandler, {"path": bundle_dir}), *voila_routes]
 
     return HessvizVoila
+
+
+@functools.cache
+def _page_handlers():
+    """``(Voila's page handler, hessviz's)``: the same page, and a closed page ends its kernel.
+
+    Closing the page sends Voila's kernel-shutdown beacon with the page's ``_xsrf`` cookie, but
+    Voila 0.5.13 never sets that cookie, so the server refused the beacon (403, voila#1458) and
+    every closed page left its kernel (~360 MB) running until the idle cull. This handler sets
+    the cookie.
+    """
+    import inspect
+
+    from voila.tornado.handler import TornadoVoilaHandler
+
+    class DashboardPageHandler(TornadoVoilaHandler):
+        async def prepare(self):
+            prepared = super().prepare()
+            if inspect.isawaitable(prepared):
+                await prepared
+            self.xsrf_token  # noqa: B018 - reading the token sets the _xsrf cookie
+
+    return TornadoVoilaHandler, DashboardPageHandler
+
+
+# hessviz.serve as a Jupyter server extension: what Binder runs. There Voila is itself an extension
+# of the Jupyter server (pages at /voila/render/...), and this one, next to it, gives those pages
+# what `python -m hessviz.serve` gives its own. tests/test_dashboard_binder.py serves it that way.
+
+
+def _jupyter_server_extension_points():
+    return [{"module": "hessviz.serve"}]
+
+
+def _load_jupyter_server_extension(server_app) -> None:
+    """Serve plotly's widget code at :data:`BUNDLE_ROUTE` and point the kernels at it."""
+    import plotly
+    from jupyter_server.base.handlers import FileFindHandler
+    from jupyter_server.utils import url_path_join
+
+    base_url = server_app.web_app.settings["base_url"]
+    folder, name = os.path.split(BUNDLE_ROUTE)
+    route = url_path_join(base_url, folder, f"({name.replace('.', '[.]')})")
+    bundle_dir = os.path.join(os.path.dirname(plotly.__file__), "package_data")
+    server_app.web_app.add_handlers(".*$", [(route, FileFindHandler, {"path": bundle_dir})])
+    os.environ[BUNDLE_ENV] = url_path_join(base_url, BUNDLE_ROUTE)  # before any kernel starts
+
+
+async def _start_jupyter_server_extension(server_app) -> None:
+    """Once every extension has added its routes: Voila's page handler becomes hessviz's."""
+    web_app = server_app.web_app
+    swapped = _swap_page_handler(web_app.default_router) + _swap_page_handler(
+        web_app.wildcard_router
+    )
+    if not swapped:
+        server_app.log.warning(
+            "hessviz.serve: no Voila page route found (is Voila's server extension enabled?); "
+            "closed Voila pages keep their kernels until the idle cull"
+        )
+
+
+def _swap_page_handler(router) -> int:
+    """Replace Voila's page handler by hessviz's in ``router``'s rules (nested routers too)."""
+    voila_page, dashboard_page = _page_handlers()
+    swapped = 0
+    for rule in getattr(router, "rules", ()):
+        if rule.target is voila_page:
+            rule.target = dashboard_page
+            swapped += 1
+        else:
+            swapped += _swap_page_handler(rule.target)
+    return swapped
 
 
 if __name__ == "__main__":

@@ -246,10 +246,35 @@ def test_methods_registry_describes_every_method():
     assert "hessian" not in hv.METHODS["taylor"].computes
 
 
-def test_compute_layer_imports_no_plotting_or_widgets():
-    code = "import sys, hessviz; print(any(m in sys.modules for m in ('plotly', 'ipywidgets')))"
+def _run(code: str) -> str:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    return out.stdout.strip()
+
+
+def test_compute_layer_imports_no_plotting_or_widgets():
+    code = (
+        "import sys, hessviz; [getattr(hessviz, name) for name in hessviz.__all__]; "
+        "print(any(m in sys.modules for m in ('plotly', 'ipywidgets')))"
+    )
+    assert _run(code) == "False"
+
+
+def test_import_hessviz_leaves_torch_for_first_use():
+    """The dashboard's servers import ``hessviz.serve`` and never compute: no torch for them."""
+    code = "import sys, hessviz, hessviz.serve; print('torch' in sys.modules)"
+    assert _run(code) == "False"
+    code = "import sys, hessviz; hessviz.hessian; print('torch' in sys.modules)"
+    assert _run(code) == "True"
+
+
+def test_every_public_name_resolves_to_its_submodules_object():
+    from hessviz import api, models, registry
+
+    assert all(getattr(hv, name) is not None for name in hv.__all__)
+    assert hv.hessian is api.hessian and hv.mlp is models.mlp and hv.METHODS is registry.METHODS
+    assert set(hv.__all__) <= set(dir(hv))
+    with pytest.raises(AttributeError, match="no attribute 'hesian'"):
+        hv.hesian  # noqa: B018 - a typo still fails as usual
 
 
 def test_auto_picks_structured_for_small_mlps_and_generic_otherwise(model, X):

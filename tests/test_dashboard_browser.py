@@ -64,13 +64,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def server_process(url: str) -> psutil.Process:
-    """The ``python -m hessviz.serve`` process listening on ``url``'s port (found to read it)."""
+    """The server :func:`_serve` started for ``url`` (``python … --port=N``), found to read it."""
     flag = f"--port={urlparse(url).port}"
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if "hessviz.serve" in cmdline and flag in cmdline:
+        if cmdline[:1] == [sys.executable] and flag in cmdline:
             return process
-    pytest.fail(f"no hessviz.serve process with {flag}")
+    pytest.fail(f"no server process with {flag}")
 
 
 def kernel_processes(server: psutil.Process) -> dict[str, psutil.Process]:
@@ -126,8 +126,12 @@ def plain_voila(tmp_path_factory):
     yield from _serve(tmp_path_factory, ["-m", "voila", str(DASHBOARD), "--no-browser"])
 
 
-def _serve(tmp_path_factory, args: list[str]):
-    """Start a server (``python <args> --port=N`` in the checkout); stop it by its pid."""
+def _serve(tmp_path_factory, args: list[str], env: dict | None = None, preheated: bool = True):
+    """Start a server (``python <args> --port=N`` in the checkout); stop it by its pid.
+
+    ``env`` is added to the server's environment; ``preheated``: wait for Voila's pre-heated
+    kernel too (a Jupyter server with Voila's extension starts kernels per visit only).
+    """
     tmp = tmp_path_factory.mktemp("voila")
     port = _free_port()
     env = {
@@ -135,6 +139,7 @@ def _serve(tmp_path_factory, args: list[str]):
         "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
         "JUPYTER_DATA_DIR": str(tmp / "data"),
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+        **(env or {}),
     }
     log_path = tmp / "voila.log"
     with open(log_path, "w") as log:
@@ -147,13 +152,13 @@ def _serve(tmp_path_factory, args: list[str]):
             start_new_session=True,  # its own process group: stopped below by pid, never by name
         )
     try:
-        _wait_until_serving(port, server, log_path)
+        _wait_until_serving(port, server, log_path, preheated)
         yield f"http://127.0.0.1:{port}/", log_path
     finally:
         _stop(server)
 
 
-def _wait_until_serving(port, server, log_path):
+def _wait_until_serving(port, server, log_path, preheated=True):
     # Polling the page itself would start kernels; a static file does not.
     deadline = time.monotonic() + SERVER_START_SECONDS
     static_file = f"http://127.0.0.1:{port}/voila/static/voila.js"
@@ -167,6 +172,8 @@ def _wait_until_serving(port, server, log_path):
             time.sleep(0.3)
     else:
         pytest.fail(f"Voila did not start in {SERVER_START_SECONDS} s:\n{log_path.read_text()}")
+    if not preheated:
+        return
     # voila.json pre-heats a kernel: it imports torch and hessviz, then waits for a visitor. Measure
     # the page a visitor gets from a ready server, not the server's own start-up: wait until that
     # kernel exists and the server and it are idle.

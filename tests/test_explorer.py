@@ -292,6 +292,13 @@ def test_hostile_queries_fall_back_with_plain_notes(query):
         assert not set('<>&"`$') & set(note), note
 
 
+def test_the_jupyter_login_token_is_no_view_key_and_is_never_shared():
+    """A Binder link opens the dashboard with ``?token=…``: no note about it, not in the link."""
+    state, notes = ExplorerState.from_query("token=0123abcd&act=sin&foo=1")
+    assert state.act == "sin" and notes == ["ignored unknown key 'foo'"]
+    assert "token" not in state.to_query() and "0123abcd" not in state.to_query()
+
+
 def test_pasting_a_link_into_the_share_box_shows_that_view(fresh):
     fresh.controls["link"].value = "http://localhost:8866/voila/render/d.ipynb?act=sin&n=3"
     assert (fresh.state.act, fresh.state.n) == ("sin", 3)

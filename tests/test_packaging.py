@@ -115,6 +115,10 @@ def test_binder_installs_the_checkout_explicitly():
     post_build = ROOT / "binder" / "postBuild"
     assert os.access(post_build, os.X_OK), "repo2docker runs postBuild only if it is executable"
     assert "pip install --no-deps" in post_build.read_text() and " -e ." in post_build.read_text()
+    # The Jupyter server configuration tests/test_dashboard_binder.py serves with, in the place a
+    # Jupyter server reads it from.
+    assert "cp binder/jupyter_server_config.json" in post_build.read_text()
+    assert "/etc/jupyter/jupyter_server_config.d" in post_build.read_text()
     # repo2docker uses binder/ alone; a second environment file there would shadow requirements.txt.
     binder_files = {p.name for p in (ROOT / "binder").iterdir()}
     assert not {"environment.yml", "setup.py", "Pipfile"} & binder_files

@@ -37,6 +37,9 @@ MAX_VALUE_CHARS = 200
 #: The keys, in the order :meth:`ExplorerState.to_query` writes them.
 QUERY_KEYS = ("n", "m", "layers", "act", "seed", "x", "out", "dtype", "step", "method", "samples",
               "plane")  # fmt: skip
+#: Keys that belong to the Jupyter server, not the view: ignored without a note. A Binder link
+#: opens the dashboard with ``?token=…`` (Jupyter's login), which is neither shown nor shared.
+SERVER_KEYS = frozenset({"token"})
 
 
 def hessian_methods() -> tuple[str, ...]:
@@ -183,6 +186,8 @@ class ExplorerState:
         except ValueError:
             return default, ["ignored the query string: too many fields; showing the default view"]
         for key, value in pairs:
+            if key in SERVER_KEYS:
+                continue
             if key not in QUERY_KEYS:
                 notes.append(f"ignored unknown key {echo(key)}")
             elif key in raw:
