@@ -164,11 +164,12 @@ def _in(context, fn):
 
 
 def _state(model, x):
-    params = [p.detach().clone() for p in model.parameters()] if isinstance(model, nn.Module) else []
-    return params, x.detach().clone() if isinstance(x, torch.Tensor) else None
+    params = model.parameters() if isinstance(model, nn.Module) else ()
+    inputs = x.detach().clone() if isinstance(x, torch.Tensor) else None
+    return [p.detach().clone() for p in params], inputs
 
 
-@pytest.mark.parametrize(("call", "expected"), [c[1:] for c in CATALOGUE], ids=[c[0] for c in CATALOGUE])
+@pytest.mark.parametrize(("call", "expected"), [c[1:] for c in CATALOGUE], ids=[c[0] for c in CATALOGUE])  # fmt: skip
 def test_misuse_is_answered_clearly_fast_and_without_side_effects(call, expected):
     before, buffers = _state(M, X), [b.clone() for b in BN.buffers()]
     if isinstance(expected, str):
@@ -178,7 +179,8 @@ def test_misuse_is_answered_clearly_fast_and_without_side_effects(call, expected
     else:
         expected(call())
     after = _state(M, X)
-    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0])) and torch.equal(before[1], after[1])
+    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0]))
+    assert torch.equal(before[1], after[1])
     assert M.training and all(p.requires_grad and p.grad is None for p in M.parameters())
     assert all(torch.equal(a, b) for a, b in zip(buffers, BN.buffers())) and not BN.training
 
