@@ -150,12 +150,10 @@ def _voila_app():
       websocket, which also kept a copy in this server per page view.
     - The page handler is :func:`_page_handlers`' one, which lets a closed page end its kernel.
     """
-    import plotly
     from jupyter_server.utils import url_path_join
     from tornado.web import StaticFileHandler
     from voila.app import Voila
 
-    folder, name = os.path.split(BUNDLE_ROUTE)
     voila_page, dashboard_page = _page_handlers()
 
     class HessvizVoila(Voila):
@@ -166,16 +164,24 @@ def _voila_app():
             return super().init_settings()
 
         def init_handlers(self):
-            route = url_path_join(self.server_url, folder, f"({name.replace('.', '[.]')})")
-            bundle_dir = os.path.join(os.path.dirname(plotly.__file__), "package_data")
             voila_routes = [
                 (route_, dashboard_page if handler is voila_page else handler, *rest)
                 for route_, handler, *rest in super().init_handlers()
             ]
             # First: Voila's last route sends every other path to the notebook.
-            return [(route, StaticFileHandler, {"path": bundle_dir}), *voila_routes]
+            return [_bundle_route(self.server_url, StaticFileHandler), *voila_routes]
 
     return HessvizVoila
+
+
+def _bundle_route(base_url: str, handler: type) -> tuple:
+    """The route that serves plotly's widget code at :data:`BUNDLE_ROUTE`, and only that file."""
+    import plotly
+    from jupyter_server.utils import url_path_join
+
+    folder, name = os.path.split(BUNDLE_ROUTE)
+    bundle_dir = os.path.join(os.path.dirname(plotly.__file__), "package_data")
+    return url_path_join(base_url, folder, f"({re.escape(name)})"), handler, {"path": bundle_dir}
 
 
 @functools.cache
@@ -212,25 +218,18 @@ def _jupyter_server_extension_points():
 
 def _load_jupyter_server_extension(server_app) -> None:
     """Serve plotly's widget code at :data:`BUNDLE_ROUTE` and point the kernels at it."""
-    import plotly
     from jupyter_server.base.handlers import FileFindHandler
     from jupyter_server.utils import url_path_join
 
     base_url = server_app.web_app.settings["base_url"]
-    folder, name = os.path.split(BUNDLE_ROUTE)
-    route = url_path_join(base_url, folder, f"({name.replace('.', '[.]')})")
-    bundle_dir = os.path.join(os.path.dirname(plotly.__file__), "package_data")
-    server_app.web_app.add_handlers(".*$", [(route, FileFindHandler, {"path": bundle_dir})])
+    server_app.web_app.add_handlers(".*$", [_bundle_route(base_url, FileFindHandler)])
     os.environ[BUNDLE_ENV] = url_path_join(base_url, BUNDLE_ROUTE)  # before any kernel starts
 
 
 async def _start_jupyter_server_extension(server_app) -> None:
     """Once every extension has added its routes: Voila's page handler becomes hessviz's."""
     web_app = server_app.web_app
-    swapped = _swap_page_handler(web_app.default_router) + _swap_page_handler(
-        web_app.wildcard_router
-    )
-    if not swapped:
+    if not sum(map(_swap_page_handler, (web_app.default_router, web_app.wildcard_router))):
         server_app.log.warning(
             "hessviz.serve: no Voila page route found (is Voila's server extension enabled?); "
             "closed Voila pages keep their kernels until the idle cull"
