@@ -26,16 +26,12 @@ import psutil
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without relying on how hessviz was installed
+
+from hessviz.serve import free_port  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "page_views.md"
 CHROMIUM = "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until_serving(url: str, server: subprocess.Popen, seconds: float = 60) -> None:
