@@ -45,6 +45,7 @@ from test_dashboard_browser import (  # noqa: F401 - fixtures and helpers of the
     server_process,
     shown,
 )
+from test_explorer import HOSTILE as EXPLORER_HOSTILE
 
 from hessviz import serve
 from hessviz.widgets import ExplorerState, HessianExplorer
@@ -177,15 +178,16 @@ HOSTILE = {
     "path-traversal": "act=../../etc/passwd&method=..%2F..%2Fetc",
     "huge-exponent-step": "step=1e-99999",
 }
+ALL_HOSTILE = {**EXPLORER_HOSTILE, **HOSTILE}
 
 
-@pytest.mark.parametrize("query", HOSTILE.values(), ids=HOSTILE.keys())
+@pytest.mark.parametrize("query", ALL_HOSTILE.values(), ids=ALL_HOSTILE.keys())
 def test_hostile_queries_give_defaults_and_plain_notes(query):
     state, notes = ExplorerState.from_query(query)
     assert state.normalized() == (state, [])
     assert notes, "every hostile query deserves a note"
     for note in notes:
-        assert len(note) < 300
+        assert isinstance(note, str) and len(note) < 300
         assert not set('<>&"`%{}$\u202e\u200b\r\n') & set(note), note
 
 
