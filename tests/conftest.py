@@ -1,8 +1,12 @@
-"""Shared fixtures: the test cases, fed to tests by id."""
+"""Shared fixtures: the test cases, fed to tests by id, and their float64 references.
+
+References are computed lazily, once per test session and case id, not in every test's setup.
+"""
 
 import pytest
 import torch
 from cases import CASE_IDS, CASES, reference_hessian
+from catalogue import cross_sample_max, full_hessian, per_sample_blocks
 
 
 @pytest.fixture(params=CASES, ids=CASE_IDS)
@@ -10,11 +14,50 @@ def case(request):
     return request.param
 
 
+@pytest.fixture(scope="session")
+def case_references() -> dict:
+    """Case id → float64 reference Hessian (filled by :func:`problem` on first use)."""
+    return {}
+
+
 @pytest.fixture
-def problem(case):
+def problem(case, case_references):
     """``(f, x, batched, H_ref)`` with the float64 reference Hessian."""
     f, x, batched = case.build()
-    return f, x, batched, reference_hessian(f, x, batched)
+    if case.id not in case_references:
+        case_references[case.id] = reference_hessian(f, x, batched)
+    return f, x, batched, case_references[case.id].clone()
+
+
+class CatalogueReferences:
+    """The float64 references of ``tests/catalogue.py``, computed on first use of each case."""
+
+    def __init__(self):
+        self._full: dict[str, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+        self._layout: dict[str, torch.Tensor] = {}
+
+    def full(self, case) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """``(H_full, x, batched)``: the Hessian of ``f`` at the whole float64 input."""
+        if case.id not in self._full:
+            f, x, batched = case.build(torch.float64)
+            self._full[case.id] = (full_hessian(f, x), x, batched)
+        return self._full[case.id]
+
+    def hessian(self, case) -> torch.Tensor:
+        """The reference in hessviz's layout (batched: per-sample blocks with a leading ``B``)."""
+        if case.id not in self._layout:
+            H, x, batched = self.full(case)
+            self._layout[case.id] = per_sample_blocks(H, x) if batched else H
+        return self._layout[case.id].clone()
+
+    def cross_sample_max(self, case) -> float:
+        H, x, batched = self.full(case)
+        return cross_sample_max(H, x) if batched else 0.0
+
+
+@pytest.fixture(scope="session")
+def catalogue_reference() -> CatalogueReferences:
+    return CatalogueReferences()
 
 
 @pytest.fixture(autouse=True)
