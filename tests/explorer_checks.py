@@ -74,7 +74,9 @@ def _assert_figures_match_engine(app: HessianExplorer) -> None:
     H64 = H.detach().to(torch.float64).numpy()
     close(figs["spectrum"].data[0].y, np.linalg.eigvalsh(H64), s.dtype)
     terms = hv.layer_terms(model, x, outputs=out)
-    layer_traces = figs["layers"].data
+    layer_traces = [t for t in figs["layers"].data if t.type == "heatmap"]  # not the diagram
+    shares = [t for t in figs["layers"].data if t.name == "network"]
+    assert len(shares) == 1  # the network picture is drawn beside the terms
     if terms:
         assert len(layer_traces) == len(terms) + 2
         whole = float(H.abs().max())

@@ -19,6 +19,7 @@ import hessviz as hv
 from hessviz.widgets import ExplorerState, HessianExplorer
 from hessviz.widgets.display import same_values
 from hessviz.widgets.explorer import text_of
+from hessviz.widgets.lessons import LESSONS
 from hessviz.widgets.state import QUERY_KEYS, hessian_methods
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def test_controls_follow_the_architecture(fresh):
     c["n"].value = 3  # the new coordinate takes its (hidden) slider's value
     assert fresh.state.x == (0.3, -1.0, c["x2"].value)
     assert [c[f"x{k}"].layout.display for k in range(4)] == [None, None, None, "none"]
-    assert fresh._plane_box.layout.display is None  # the plane is a choice from n = 3 on
+    assert fresh._controls.plane_box.layout.display is None  # a choice from n = 3 on
     c["plane_b"].value = 2
     assert fresh.state.plane == (0, 2)
     assert fresh.figures["landscape"].layout.yaxis.title.text == "x2"
@@ -145,10 +146,127 @@ def test_fd_step_panel(fresh):
     assert list(fresh.figures["fdstep"].data[-1].x) == pytest.approx([1e-3, 1e-3])
 
 
-def test_status_line_reports_what_was_computed(fresh):
+def test_status_line_says_what_is_on_screen_in_words(fresh):
     text = text_of(fresh.status)
-    assert "exact Hessians (2×2×2, auto → structured)" in text
-    assert "max|exact − FD| = " in text and text.endswith("ms.")
+    assert text.startswith("tanh network 2×8×8×2 in float64, output y0 at x = (0.3, -1): saddle")
+    assert "Finite differences (h = 1.2e-4) agree with it to " in text
+    assert "method auto → structured" in text and text.endswith("ms.")
+    fresh.set_state(act="relu")
+    assert "flat" in text_of(fresh.status) and "only rounding noise" in text_of(fresh.status)
+
+
+# -- guidance: tooltips, captions, lessons ------------------------------------------------------
+
+
+def test_every_control_says_what_it_does(fresh):
+    for name, widget in fresh.controls.items():
+        assert len(widget.tooltip or "") > 20, name
+    for name, caption in fresh._panels.captions.items():
+        assert "<details" in caption.value and "<summary>the formula</summary>" in caption.value
+        assert len(fresh.captions[name]) > 80, name
+
+
+@pytest.mark.parametrize("name", LESSONS)
+def test_every_lesson_is_a_deep_link(name):
+    app = HessianExplorer.from_query(f"lesson={name}")
+    assert app.last_error is None and not app.notes.children
+    assert app.state == ExplorerState.for_lesson(name).normalized()[0]
+    assert app.controls["lesson"].value == name
+    assert LESSONS[name].look[:40] in text_of(app.lesson_text)
+    assert app.link().startswith(f"?lesson={name}&")
+    assert HessianExplorer.from_query(app.query).state == app.state
+    assert_figures_match_engine(app)
+
+
+def _lesson(name: str) -> HessianExplorer:
+    return HessianExplorer.from_query(f"lesson={name}")
+
+
+def test_lesson_relu_exact_hessian_zero_and_fd_marked_as_noise():
+    app = _lesson("relu-is-flat")
+    exact, fd, _gap, noise = app.figures["hessian"].data
+    assert not np.asarray(exact.z).any() and np.asarray(fd.z).any()  # FD: rounding noise
+    assert noise.name == "noise" and np.all(np.asarray(noise.z) == 1)  # every cell grey
+    assert app.figures["hessian"].layout.coloraxis.cmax == 1.0  # noise does not set the scale
+    assert "all noise" in app.figures["hessian"].layout.annotations[1].text
+    assert "below the rounding noise floor" in app.captions["hessian"]
+    assert "kink" in app.captions["fdstep"]  # read off the error curve
+
+
+def test_lesson_saddle_point():
+    app = _lesson("saddle-point")
+    assert app.results.verdict.kind == "saddle"
+    assert app.results.eigenvalues[0] < 0 < app.results.eigenvalues[-1]
+    land = app.figures["landscape"].data
+    mid = len(land[0].x) // 2
+    assert land[0].z[mid][mid] == pytest.approx(0, abs=1e-12)  # the curved part f − f₀ − gᵀd
+
+
+def test_lesson_rounding_vs_truncation():
+    app = _lesson("rounding-vs-truncation")
+    assert app.results.fd_reading.regime == "round-off"
+    assert "left of the dip" in app.captions["fdstep"]
+    app.controls["step"].value = 1e-4
+    assert app.results.fd_reading.regime == "best"
+    app.controls["step"].value = 0.1
+    assert app.results.fd_reading.regime == "truncation"
+
+
+def test_lesson_float32_vs_float64():
+    app = _lesson("float32-vs-float64")
+    curves = app.results.fd_reading.curves
+    assert curves["float32"].best_error > 1e4 * curves["float64"].best_error
+    assert "float32's best is" in app.captions["fdstep"]
+
+
+def test_lesson_hutchinson_is_noisy():
+    app = _lesson("hutchinson-is-noisy")
+    r = app.results
+    few = np.abs(r.hutchinson - r.diagonals).max() / np.abs(r.diagonals).max()
+    app.controls["samples"].value = 1024
+    r = app.results
+    many = np.abs(r.hutchinson - r.diagonals).max() / np.abs(r.diagonals).max()
+    assert few > 0.1 and many < few / 3
+
+
+def test_lesson_wide_vs_deep_shows_each_layers_share():
+    app = _lesson("wide-vs-deep")
+    shares = app.results.shares
+    assert len(shares) == 6 and shares.sum() == pytest.approx(100)
+    labels = [a.text for a in app.figures["layers"].layout.annotations]
+    for k in range(1, 7):
+        assert f"<b>hidden layer {k}</b><br>share {shares[k - 1]:.0f}%" in labels
+
+
+def test_choosing_a_lesson_in_the_dropdown_sets_it_up(fresh):
+    fresh.controls["lesson"].value = "relu-is-flat"
+    assert fresh.state.act == "relu" and fresh.state.lesson == "relu-is-flat"
+    assert "ReLU networks are flat" in text_of(fresh.lesson_text)
+    fresh.controls["act"].value = "softplus"  # the lesson stays: its text says to do this
+    assert fresh.state.lesson == "relu-is-flat"
+    fresh.controls["lesson"].value = ""
+    assert text_of(fresh.lesson_text) == ""
+
+
+def test_the_landscape_can_show_the_curved_part(fresh):
+    fresh.controls["view"].value = "curvature"
+    s = fresh.state
+    model, x = engine_model(s)
+    function, taylor = fresh.figures["landscape"].data[0], fresh.figures["landscape"].data[4]
+    mid = len(function.x) // 2
+    assert function.z[mid][mid] == pytest.approx(0, abs=1e-12)
+    H = hv.hessian(model, x, outputs=s.out).detach().numpy()
+    du = function.x[1] - function.x[0]
+    assert taylor.z[mid][mid + 1] == pytest.approx(0.5 * H[0, 0] * du**2, rel=1e-9)
+    g = torch.func.jacrev(model)(x)[s.out].detach().numpy()
+    f1 = model(x + torch.tensor([du, 0.0], dtype=x.dtype))[s.out].item()
+    assert function.z[mid][mid + 1] == pytest.approx(f1 - model(x)[s.out].item() - g[0] * du)
+
+
+def test_layer_terms_are_labelled_as_the_controls_are(fresh):
+    names = [t.name for t in fresh.figures["layers"].data if t.type == "heatmap"]
+    assert names == ["hidden layer 1", "hidden layer 2", "Σ terms", "H"]
+    assert fresh.controls["width1"].description == "layer 2 width"
 
 
 # -- piecewise-linear networks --------------------------------------------------------------------
@@ -168,8 +286,9 @@ def test_relu_and_linear_networks_give_exact_zeros(fresh, changes):
     assert not np.asarray(figs["hessian"].data[0].z).any()
     assert not np.asarray(figs["diagonal"].data[0].z).any()
     for trace in figs["layers"].data:
-        assert not np.asarray(trace.z).any()
-    explanation = " ".join(a.text for a in figs["layers"].layout.annotations)
+        if trace.type == "heatmap":
+            assert not np.asarray(trace.z).any()
+    explanation = fresh.captions["layers"]
     assert ("ReLU" in explanation) or ("affine" in explanation)
     assert "flat" in figs["spectrum"].layout.title.text
     assert_figures_match_engine(fresh)
@@ -236,6 +355,8 @@ def states(draw) -> ExplorerState:
         method=draw(st.sampled_from(hessian_methods())),
         samples=draw(st.integers(1, 1024)),
         plane=(0, 1) if n > 1 else (0, 0),
+        view=draw(st.sampled_from(["function", "curvature"])),
+        lesson=draw(st.sampled_from(["", *LESSONS])),
     )
 
 
@@ -281,6 +402,8 @@ HOSTILE = {
     "unknown-keys": "foo=1&bar=<b>2</b>",
     "repeated": "n=3&n=4&n=5",
     "many-fields": "&".join(f"k{i}=1" for i in range(200)),
+    "unknown-lesson": "lesson=<script>alert(1)</script>",
+    "bad-view": "view=javascript:alert(1)",
 }
 
 
@@ -328,6 +451,8 @@ def test_any_values_of_known_keys_parse_without_raising(values):
 def test_figure_widgets_are_synced_when_the_root_widget_is_handed_out(fresh):
     fresh.set_state(x=(1.0, 1.0))
     fw = fresh.figures["hessian"]
+    if not hasattr(fw, "_widget_data"):
+        pytest.skip("the plot widget's state is its figure: nothing to sync")
     # plotly does not copy in-place changes into the synced traits by itself: a page that shows
     # the widget later would get stale (or empty) plots. If this assertion fails, plotly syncs
     # FigureWidgets on its own now and hessviz.widgets.display.sync_for_display can go.
@@ -339,6 +464,9 @@ def test_figure_widgets_are_synced_when_the_root_widget_is_handed_out(fresh):
 
 
 def test_the_page_gets_plotlys_browser_code_once(fresh):
+    figure_widget = pytest.importorskip("hessviz.widgets.figure_widget")
+    if not hasattr(figure_widget, "PLOTLY_WIDGET_MODULE"):
+        pytest.skip("tested with the plot widget (tests of figure_widget)")
     from hessviz.widgets.figure_widget import PLOTLY_WIDGET_MODULE, plotly_code
 
     code = plotly_code()
@@ -354,6 +482,8 @@ def test_the_page_gets_plotlys_browser_code_once(fresh):
 
 
 def test_under_hessviz_serve_the_page_fetches_plotlys_code_from_the_server(monkeypatch):
+    if not hasattr(pytest.importorskip("hessviz.serve"), "BUNDLE_ENV"):
+        pytest.skip("tested with the plot widget (tests of figure_widget)")
     from hessviz.serve import BUNDLE_ENV
     from hessviz.widgets.figure_widget import plotly_code
 
@@ -373,7 +503,7 @@ def test_stable_css_classes(fresh):
     assert "hv-x0" in fresh.controls["x0"]._dom_classes
     for name, panel in fresh.panels.items():
         assert f"hv-fig-{name}" in panel.box._dom_classes
-        assert panel.box.children == (panel.figure,)
+        assert len(panel.box.children) == 1  # the plot widget, nothing else
     for widget, css in [(fresh.status, "hv-status"), (fresh.message, "hv-message")]:
         assert css in widget._dom_classes
     assert "hv-app" in fresh.root._dom_classes
@@ -382,7 +512,10 @@ def test_stable_css_classes(fresh):
 def test_plots_are_told_to_fill_their_panels(fresh):
     from hessviz.widgets.display import ResizeNudge
 
-    assert all(panel.figure._config.get("responsive") for panel in fresh.panels.values())
+    configs = [getattr(panel.figure, "_config", None) for panel in fresh.panels.values()]
+    if None in configs:
+        pytest.skip("the plot widget follows its container by itself")
+    assert all(config.get("responsive") for config in configs)
     assert any(isinstance(child, ResizeNudge) for child in fresh.root.children)
 
 

@@ -17,7 +17,8 @@ SYMMETRIC = np.array([[2.0, -1.0, 0.5], [-1.0, -3.0, 0.0], [0.5, 0.0, 1.0]])
 
 
 def test_figures_import_only_numpy_and_plotly():
-    """Layering: the figures package never imports torch, ipywidgets or the engine."""
+    """Layering: the figures package never imports torch, ipywidgets or the engine; of hessviz
+    it reads only the numpy side of the compute layer's analysis (``hessviz.analysis``)."""
     for path in FIGURES_DIR.glob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
@@ -28,7 +29,21 @@ def test_figures_import_only_numpy_and_plotly():
                 names = [node.module or ""]
             for name in names:
                 root = name.split(".")[0]
+                if name == "hessviz.analysis":
+                    continue
                 assert root not in {"torch", "ipywidgets", "anywidget", "hessviz"}, (path, name)
+
+
+def test_the_analysis_module_imports_no_plotting_and_no_torch_at_import():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hessviz.analysis, hessviz.figures; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'torch', 'ipywidgets', 'anywidget'}); assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # -- panel 1: exact | FD | gap --------------------------------------------------------------------
@@ -130,12 +145,27 @@ def test_spectrum_figure():
 
 
 def test_layer_terms_figure_sums_and_checks():
-    terms = [("layer 1: Tanh", SYMMETRIC), ("layer 3: Tanh", -0.5 * SYMMETRIC)]
+    terms = [("hidden layer 1", SYMMETRIC), ("hidden layer 2", -0.5 * SYMMETRIC)]
     fig = F.layer_terms_figure(terms, 0.5 * SYMMETRIC, output=0)
-    assert [t.name for t in fig.data] == ["layer 1: Tanh", "layer 3: Tanh", "Σ terms", "H"]
+    assert [t.name for t in fig.data] == ["hidden layer 1", "hidden layer 2", "Σ terms", "H"]
     np.testing.assert_allclose(fig.data[2].z, 0.5 * SYMMETRIC)
-    assert "sum check: max|Σ_l H_l − H| = 0" in fig.layout.title.text
+    assert "check: max|sum − H| = 0" in fig.layout.title.text
     assert {t.coloraxis for t in fig.data} == {"coloraxis"}
+    titles = [a.text for a in fig.layout.annotations]
+    assert "hidden layer 1<br>share 67%" in titles and "hidden layer 2<br>share 33%" in titles
+
+
+def test_layer_terms_figure_draws_the_network_with_each_layers_share():
+    terms = [("hidden layer 1", SYMMETRIC), ("hidden layer 2", 3 * SYMMETRIC)]
+    fig = F.layer_terms_figure(terms, 4 * SYMMETRIC, sizes=[3, 8, 5, 2])
+    assert [t.name for t in fig.data][-2:] == ["connections", "network"]
+    nodes = fig.data[-1]
+    assert len(nodes.x) == 3 + 6 + 5 + 2  # at most 6 circles a layer
+    assert list(nodes.marker.color[3:9]) == [25.0] * 6 and nodes.marker.color[9] == 75.0
+    labels = [a.text for a in fig.layout.annotations]
+    assert "<b>hidden layer 1</b><br>share 25%" in labels
+    assert "<b>inputs</b><br>n = 3" in labels and "<b>outputs</b><br>m = 2" in labels
+    assert "⋮ 8" in labels
 
 
 def test_layer_terms_figure_without_terms_explains_why():
@@ -186,6 +216,18 @@ def test_landscape_figure():
     assert not [a for a in flat.layout.annotations if a.showarrow]  # no arrow for ∇ = 0
 
 
+def test_landscape_figure_can_show_the_curved_part():
+    g = np.linspace(-1, 1, 5)
+    f = np.outer(g, g)
+    fig = F.landscape_figure(
+        g, g, f, f, point=[0, 0], gradient=[1.0, 0.0], hessian=np.eye(2), part="curvature"
+    )
+    titles = [a.text for a in fig.layout.annotations if not a.showarrow]
+    assert "curved part" in titles[0] and "½dᵀHd" in titles[1]
+    assert not [a for a in fig.layout.annotations if a.showarrow]  # no gradient arrow
+    assert fig.layout.coloraxis.colorbar.title.text == "f − f₀ − gᵀd"
+
+
 def test_profile_figure():
     t = np.linspace(-1, 1, 5)
     fig = F.profile_figure(t, t**2, t**2, point=0.5, gradient=1.0, curvature=2.0)
@@ -206,7 +248,73 @@ def test_fd_error_figure():
     assert [t.name for t in fig.data[:2]] == ["float32", "float64"]
     assert np.isnan(fig.data[1].y[0])  # an exact zero is a gap on a log axis
     assert list(fig.data[-1].x) == [1e-4, 1e-4]  # the chosen step
-    assert any(F.V_SHAPE_EXPLANATION[:30] in a.text for a in fig.layout.annotations)
+    caption = " ".join(a.text for a in fig.layout.annotations).replace("<br>", " ")
+    assert "round-off grows like 1/h²" in caption and "truncation" in caption
+    smooth = {"float32": errors["float32"], "float64": 1e-16 / steps**2 + steps**2}
+    fig = F.fd_error_figure(steps, smooth, chosen_step=1e-4)
+    caption = " ".join(a.text for a in fig.layout.annotations).replace("<br>", " ")
+    assert "float32's best is" in caption  # read off the curves, not a fixed sentence
+    assert fig.layout.yaxis.exponentformat == "e"
+
+
+FD_READINGS = {
+    # smooth: round-off left of the dip, truncation ∝ h² right of it
+    "smooth": (
+        lambda h: 1e-16 / h**2 + h**2,
+        1e-7,
+        "round-off",
+        dict(roundoff=True, truncation=True),
+    ),
+    # a ReLU network: round-off noise until the stencil reaches a kink, then a jump
+    "kink": (
+        lambda h: np.where(h < 0.05, 1e-16 / h**2, 3.0),
+        0.5,
+        "kinks",
+        dict(roundoff=True, kinks=True, truncation=False),
+    ),
+    # no dip: the error falls all the way to the largest step
+    "no-dip": (lambda h: 1e-7 / h**2, 1e-4, "round-off", dict(roundoff=True, truncation=False)),
+}
+
+
+@pytest.mark.parametrize("curve, chosen, regime, flags", FD_READINGS.values(), ids=FD_READINGS)
+def test_the_fd_caption_is_read_off_the_curve(curve, chosen, regime, flags):
+    from hessviz.analysis import read_fd_error
+
+    h = np.logspace(-8, 0, 9)
+    reading = read_fd_error(h, {"float64": curve(h)}, chosen_step=chosen)
+    assert reading.regime == regime
+    for name, value in flags.items():
+        assert getattr(reading.curves["float64"], name) is value, name
+    if flags.get("kinks"):
+        assert "kink" in reading.text and "truncation" not in reading.text
+
+
+def test_fd_noise_is_grey_and_does_not_stretch_the_colour_scale():
+    """A ReLU network: the exact Hessian is 0, finite differences give ±1e-10 of round-off."""
+    exact = np.zeros((2, 2))
+    fd = np.array([[5e-10, -3e-10], [-3e-10, 1e-10]])
+    fig = F.hessian_figure(exact, fd, step=1e-4, noise_floor=1e-7)
+    assert [t.name for t in fig.data] == ["exact", "FD", "|exact − FD|", "noise"]
+    np.testing.assert_array_equal(fig.data[1].z, fd)  # the numbers are still there (hover)
+    assert np.all(fig.data[3].z == 1) and fig.data[3].xaxis == "x2"
+    assert fig.layout.coloraxis.cmax == 1.0  # white, not a saturated ±5e-10 scale
+    assert "all noise" in fig.layout.annotations[1].text
+    partly = F.hessian_figure(SYMMETRIC, SYMMETRIC + 1e-9 * (SYMMETRIC == 0), noise_floor=1e-7)
+    assert np.isnan(partly.data[3].z[0, 0]) and partly.data[3].z[1, 2] == 1
+    diag = F.second_order_jacobian_figure(exact, fd, exact, samples=4, noise_floor=1e-7)
+    assert diag.data[-1].name == "noise" and "all noise" in diag.layout.annotations[1].text
+
+
+def test_colour_bars_use_scientific_notation():
+    fig = F.hessian_figure(np.full((2, 2), 4e-10), np.full((2, 2), 4e-10))
+    bar = fig.layout.coloraxis.colorbar
+    assert bar.exponentformat == "e"  # "4e-10", never the SI "400p"
+    g = np.linspace(-1, 1, 5)
+    land = F.landscape_figure(
+        g, g, np.outer(g, g), np.outer(g, g), point=[0, 0], gradient=[0, 0], hessian=np.eye(2)
+    )
+    assert land.layout.coloraxis.colorbar.exponentformat == "e"
 
 
 def test_fd_error_figure_all_zero():

@@ -32,6 +32,10 @@ CELL_FONT = {"size": 11}
 GRID = "#e6e6e6"
 #: Up to this many inputs, heatmaps print their values in the cells.
 MAX_N_WITH_VALUES = 6
+#: Colour of cells that hold round-off, not curvature.
+NOISE = "#bdbdbd"
+#: Tick labels of value colour bars: scientific notation (never SI prefixes like "400p").
+SCIENTIFIC = {"exponentformat": "e", "showexponent": "all", "nticks": 5}
 
 
 def as_array(values, ndim: int, name: str) -> np.ndarray:
@@ -201,8 +205,50 @@ def diverging_coloraxis(
         "colorscale": DIVERGING,
         "cmin": -half_range,
         "cmax": half_range,
-        "colorbar": {**bar, "title": {"text": title}},
+        "colorbar": {**bar, **SCIENTIFIC, "title": {"text": title}},
     }
+
+
+def noise_overlay(k: int, mask: np.ndarray, floor: float, *, what: str = "FD") -> dict:
+    """A grey heatmap over subplot ``k`` that covers the cells where ``mask`` is true.
+
+    Marks finite-difference values below the round-off floor as noise: a reader should not
+    mistake ±1e-10 of rounding for curvature. Cells outside the mask are transparent gaps.
+    """
+    z = np.where(mask, 1.0, np.nan)
+    text = [["noise" if cell else "" for cell in row] for row in mask]
+    return {
+        "type": "heatmap",
+        "name": "noise",
+        "z": z,
+        "x": np.arange(mask.shape[1]),
+        "y": np.arange(mask.shape[0]),
+        "xaxis": axis_ref(k, "x"),
+        "yaxis": axis_ref(k, "y"),
+        "colorscale": [[0, NOISE], [1, NOISE]],
+        "showscale": False,
+        "zmin": 0,
+        "zmax": 1,
+        "text": text,
+        "texttemplate": "%{text}",
+        "textfont": {"size": 10, "color": "#555555"},
+        "hovertemplate": f"{what} value below the round-off floor {floor:.1e}: noise, not "
+        "curvature<extra></extra>",
+        "xgap": 1,
+        "ygap": 1,
+    }
+
+
+def honest_range(exact: np.ndarray, *estimates: np.ndarray, floor: float | None = None) -> float:
+    """Half-width of a colour range set by ``exact`` and the estimates' values above ``floor``.
+
+    Values below the noise floor do not stretch the scale: on a ReLU network the exact Hessian
+    is 0 and FD noise of 1e-10 stays white instead of filling the scale.
+    """
+    kept = [exact]
+    for estimate in estimates:
+        kept.append(estimate if floor is None else np.where(np.abs(estimate) > floor, estimate, 0))
+    return symmetric_range(*kept)
 
 
 def colorbar_below(x_domain: tuple[float, float], y_domain: tuple[float, float]) -> dict:
@@ -253,6 +299,7 @@ def value_and_error_axes(
         ),
         "coloraxis2": {
             "colorscale": ERRORS,
+            "showscale": True,
             "cmin": low,
             "cmax": high,
             "colorbar": {**error_colorbar, **colorbar_below(*error)},

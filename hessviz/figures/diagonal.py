@@ -11,11 +11,12 @@ from ._common import (
     fmt,
     grid_domains,
     heatmap,
+    honest_range,
     log_error_grid,
     matrix_axes,
+    noise_overlay,
     spec,
     subplot_title,
-    symmetric_range,
     value_and_error_axes,
 )
 
@@ -39,6 +40,7 @@ def second_order_jacobian_spec(
     *,
     samples: int,
     show_values: bool | None = None,
+    noise_floor: float | None = None,
 ) -> dict:
     """Exact | FD | Hutchinson | |Hutchinson − exact| heatmaps of the second-order Jacobian.
 
@@ -52,10 +54,12 @@ def second_order_jacobian_spec(
         hutchinson: ``(m, n)`` Hutchinson estimates ``mean_s v_s ⊙ (H v_s)``.
         samples: number of probe vectors used by the estimator.
         show_values: print values in cells; default when ``n ≤ 4`` (the cells are small).
+        noise_floor: FD values below this magnitude are round-off and shown as grey "noise"
+            cells (a 5th trace); they do not stretch the shared colour scale.
 
     Returns:
         Spec dict (``*_figure``: ``go.Figure``) with 4 heatmap traces: exact, FD, Hutchinson,
-        Hutchinson error.
+        Hutchinson error (and ``noise`` when some FD cell is below the floor).
 
     Example:
         >>> d = np.array([[1.0, -2.0]])
@@ -73,7 +77,8 @@ def second_order_jacobian_spec(
     cols = [f"x{j}" for j in range(n)]
     gap = np.abs(hutchinson - exact)
     logs, low, high, colorbar = log_error_grid(gap)
-    half = symmetric_range(exact, fd, hutchinson)
+    half = honest_range(np.concatenate([exact, hutchinson]), fd, floor=noise_floor)
+    noisy = np.abs(fd) <= noise_floor if noise_floor is not None else np.zeros(fd.shape, bool)
     plot_height = 110 + 34 * m  # pixels between the margins (layout height below)
     domains = grid_domains(4, hgap=0.05, bottom=48 / plot_height)
     hover = "∂²y_%{{y}}/∂x_%{{x}}² = %{{z:.6g}}<extra>{}</extra>"
@@ -112,6 +117,8 @@ def second_order_jacobian_spec(
             customdata=gap,
         ),
     ]
+    if noisy.any():
+        data.append(noise_overlay(2, noisy, float(noise_floor)))
     fd_error = relative_error(fd, exact)
     hutchinson_error = relative_error(hutchinson, exact)
     layout: dict = {
@@ -120,7 +127,11 @@ def second_order_jacobian_spec(
         **value_and_error_axes(half, low, high, colorbar, domains),
         "annotations": [
             subplot_title("exact<br>∂²y_i/∂x_j²", domains[0]),
-            subplot_title(f"finite differences<br>rel. err {fmt(fd_error, 2)}", domains[1]),
+            subplot_title(
+                "finite differences<br>"
+                + ("all noise" if noisy.all() else f"rel. err {fmt(fd_error, 2)}"),
+                domains[1],
+            ),
             subplot_title(f"Hutchinson<br>{samples} samples", domains[2]),
             subplot_title(
                 f"|Hutchinson − exact|<br>rel. err {fmt(hutchinson_error, 2)}", domains[3]

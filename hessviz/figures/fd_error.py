@@ -6,9 +6,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from hessviz.analysis import read_fd_error
+
 from ._common import GRID, SERIES, as_array, figure_function, fmt, note_annotation, spec
 
-#: The one-sentence explanation of the V shape printed under the plot.
+#: The textbook explanation of the V shape (the caption itself is read off the curves by
+#: :func:`hessviz.analysis.read_fd_error`).
 V_SHAPE_EXPLANATION = (
     "Right of the dip the error is truncation (the Taylor remainder, ∝ h²); left of it round-off "
     "takes over (about ε·|f|/h², so it explodes as h shrinks, far sooner in float32 with "
@@ -23,8 +26,12 @@ def fd_error_spec(
     chosen_step: float,
     best_steps: Mapping[str, float] | None = None,
     output: int = 0,
+    note: str | None = None,
 ) -> dict:
     """Log-log curves of ``max|FD(h) − exact|`` against the step ``h``, one per precision.
+
+    The caption under the plot says what the curves show (round-off, truncation, kinks,
+    precision), as read by :func:`hessviz.analysis.read_fd_error`, unless ``note`` is given.
 
     Args:
         steps: ``(s,)`` increasing positive steps.
@@ -33,6 +40,7 @@ def fd_error_spec(
         chosen_step: the explorer's current step, drawn as a vertical dashed line.
         best_steps: precision label → rule-of-thumb step ``ε^¼``, drawn as open markers.
         output: output index ``i`` (for the axis title).
+        note: the caption; default: ``read_fd_error(steps, errors, chosen_step=…).text``.
 
     Returns:
         Spec dict (``*_figure``: ``go.Figure``) with one ``lines+markers`` trace per precision
@@ -102,14 +110,15 @@ def fd_error_spec(
             "hovertemplate": "chosen step h = %{x:.2e}<extra></extra>",
         }
     )
-    note = (
-        V_SHAPE_EXPLANATION
-        if values.size
-        else (
-            "Finite differences are exact here at every step (all errors are 0), as for any "
-            "network whose Hessian vanishes."
+    if note is None:
+        note = (
+            read_fd_error(steps, errors, chosen_step=chosen_step).text
+            if values.size
+            else (
+                "Finite differences are exact here at every step (all errors are 0), as for any "
+                "network whose Hessian vanishes."
+            )
         )
-    )
     layout = {
         "height": 400,
         "showlegend": True,
@@ -119,17 +128,17 @@ def fd_error_spec(
             "gridcolor": GRID,
             "type": "log",
             "title": {"text": "step h"},
-            "exponentformat": "power",
+            "exponentformat": "e",
         },
         "yaxis": {
             "gridcolor": GRID,
             "type": "log",
             "title": {"text": "max |FD − exact|"},
             "range": [low, high],
-            "exponentformat": "power",
+            "exponentformat": "e",
         },
         "annotations": [
-            note_annotation(note, y=-0.2, width=130),
+            note_annotation(note, y=-0.2, width=110),
         ],
         "margin": {"l": 60, "r": 30, "t": 60, "b": 110},
     }

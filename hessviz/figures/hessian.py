@@ -12,11 +12,12 @@ from ._common import (
     fmt,
     grid_domains,
     heatmap,
+    honest_range,
     log_error_grid,
     matrix_axes,
+    noise_overlay,
     spec,
     subplot_title,
-    symmetric_range,
     value_and_error_axes,
 )
 
@@ -33,12 +34,15 @@ def hessian_spec(
     output: int = 0,
     step: float | None = None,
     show_values: bool | None = None,
+    noise_floor: float | None = None,
 ) -> dict:
     """Exact | finite-difference | |exact − FD| heatmaps of one output's Hessian.
 
-    The first two panels share one diverging colour axis centred at 0 (``coloraxis``); the third
-    shows the absolute gap on a log colour axis (``coloraxis2``; its hover prints the raw value).
-    Rows are drawn top-down like a matrix and cells are square.
+    The first two panels share one diverging colour axis centred at 0 (``coloraxis``), its range
+    set by the exact values and the FD values above ``noise_floor``; the third shows the absolute
+    gap on a log colour axis (``coloraxis2``; its hover prints the raw value). FD cells whose
+    magnitude is below ``noise_floor`` are covered by a grey "noise" cell (a fourth trace): they
+    are round-off, not curvature. Rows are drawn top-down like a matrix and cells are square.
 
     Args:
         exact: ``(n, n)`` exact Hessian ∂²y_i/∂x_j∂x_k of output ``i = output``.
@@ -46,10 +50,12 @@ def hessian_spec(
         output: index ``i`` of the output, used in titles and hover text.
         step: the finite-difference step, shown in the FD title.
         show_values: print values in the cells; default: when ``n ≤ 6``.
+        noise_floor: FD values below this magnitude are round-off
+            (:func:`hessviz.analysis.fd_noise_floor`); ``None``: no noise marking.
 
     Returns:
         Spec dict (``*_figure``: ``go.Figure``) with 3 heatmap traces (exact, FD, error) in that
-        order.
+        order, and a 4th (``noise``) when some FD cell is below the noise floor.
 
     Example:
         >>> fig = hessian_figure(np.eye(2), np.eye(2) + 1e-9)
@@ -64,9 +70,14 @@ def hessian_spec(
     labels = [f"x{j}" for j in range(n)]
     gap = np.abs(exact - fd)
     logs, low, high, colorbar = log_error_grid(gap)
-    half = symmetric_range(exact, fd)
+    half = honest_range(exact, fd, floor=noise_floor)
     domains = grid_domains(3, hgap=0.06, top=0.97, bottom=0.14)
-    step_text = f" (h = {fmt(step, 2)})" if step is not None else ""
+    step_text = f"<br>h = {fmt(step, 2)}" if step is not None else ""
+    noisy = np.abs(fd) <= noise_floor if noise_floor is not None else np.zeros(fd.shape, bool)
+    if noisy.all():
+        step_text += " · all noise"
+    elif noisy.any():
+        step_text += " · grey: noise"
     data = [
         heatmap(
             1,
@@ -97,13 +108,15 @@ def hessian_spec(
             customdata=gap,
         ),
     ]
+    if noisy.any():
+        data.append(noise_overlay(2, noisy, float(noise_floor)))
     layout: dict = {
         "height": 380,
         **value_and_error_axes(half, low, high, colorbar, domains),
         "annotations": [
             subplot_title(f"exact ∂²y_{output}/∂x²", domains[0]),
             subplot_title(f"finite differences{step_text}", domains[1]),
-            subplot_title(f"|exact − FD| (max {fmt(float(gap.max()), 2)})", domains[2]),
+            subplot_title(f"gap |exact − FD|<br>max {fmt(float(gap.max()), 2)}", domains[2]),
         ],
     }
     for k, domain in enumerate(domains, start=1):

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from hessviz.analysis import sorted_eigh, zero_tolerance
+
 from ._common import (
     GRID,
     NEGATIVE,
     NEUTRAL,
     POSITIVE,
+    SCIENTIFIC,
     as_array,
     figure_function,
     fmt,
     spec,
     subplot_title,
 )
-from .curvature import sorted_eigh, zero_tolerance
 
 _DOMAINS = (((0.0, 0.44), (0.0, 1.0)), ((0.52, 0.96), (0.0, 1.0)))
 
@@ -57,8 +59,13 @@ def landscape_spec(
     hessian,
     axes: tuple[int, int] = (0, 1),
     output: int = 0,
+    part: str = "function",
 ) -> dict:
     """Contours of the function (left) and of its second-order Taylor model (right) in one plane.
+
+    With ``part="curvature"`` the caller passes the curvature part ``f − f₀ − gᵀd`` (see
+    :func:`hessviz.analysis.curvature_part`) and its model ``½dᵀHd`` instead: a steep gradient no
+    longer hides the curvature, and no gradient arrow is drawn.
 
     Args:
         u: ``(p,)`` grid values of ``x_a`` (horizontal axis).
@@ -70,6 +77,8 @@ def landscape_spec(
         hessian: ``(2, 2)`` block of the Hessian for ``(x_a, x_b)``.
         axes: ``(a, b)``, used in labels.
         output: output index ``i``.
+        part: ``"function"`` (``values`` is ``f``) or ``"curvature"`` (``values`` is
+            ``f − f₀ − gᵀd``).
 
     Returns:
         Spec dict (``*_figure``: ``go.Figure``) with, per subplot: a contour, the point, and one
@@ -100,15 +109,20 @@ def landscape_spec(
     curvatures, directions = sorted_eigh(block)
     tol = zero_tolerance(curvatures)
     data: list[dict] = []
-    norm = float(np.linalg.norm(gradient))
-    annotations = [
-        subplot_title(
-            f"y_{output} in the (x{a}, x{b}) plane; arrow: ∇y_{output}, |g| = {fmt(norm)}",
-            _DOMAINS[0],
-        ),
-        subplot_title("second-order Taylor model f₀ + gᵀd + ½dᵀHd", _DOMAINS[1]),
-    ]
-    for k, (grid, name) in enumerate(((values, f"y_{output}"), (taylor, "Taylor model")), start=1):
+    curvature = part == "curvature"
+    norm = 0.0 if curvature else float(np.linalg.norm(gradient))
+    if curvature:
+        titles = (f"y{output} − value − slope (curved part)", "model ½dᵀHd")
+        names = (f"y_{output} − f₀ − gᵀd", "½dᵀHd")
+    else:
+        size = fmt(float(np.linalg.norm(gradient)))
+        titles = (
+            f"y{output} over (x{a}, x{b}); arrow: gradient, |g| = {size}",
+            "Taylor model f₀ + gᵀd + ½dᵀHd",
+        )
+        names = (f"y_{output}", "Taylor model")
+    annotations = [subplot_title(titles[0], _DOMAINS[0]), subplot_title(titles[1], _DOMAINS[1])]
+    for k, (grid, name) in enumerate(((values, names[0]), (taylor, names[1])), start=1):
         ref = "" if k == 1 else str(k)
         data.append(
             {
@@ -171,7 +185,13 @@ def landscape_spec(
             "colorscale": "Cividis",
             "cmin": low,
             "cmax": high,
-            "colorbar": {"x": 0.98, "thickness": 12, "len": 0.9, "title": {"text": f"y_{output}"}},
+            "colorbar": {
+                "x": 0.98,
+                "thickness": 12,
+                "len": 0.9,
+                **SCIENTIFIC,
+                "title": {"text": "f − f₀ − gᵀd" if curvature else f"y{output}"},
+            },
         },
         "annotations": annotations,
     }

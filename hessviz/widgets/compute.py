@@ -2,7 +2,8 @@
 
 No ipywidgets and no plotly here: :class:`Pipeline` turns an :class:`ExplorerState` into a
 :class:`ViewResults` by calling ``hessviz`` (exact Hessians, diagonals, finite differences,
-Hutchinson, layer terms) and the numpy readers in :mod:`hessviz.figures.curvature`. Each stage
+Hutchinson, layer terms) and the compute layer's readers in :mod:`hessviz.analysis` (verdict,
+Taylor model, FD noise floor and error sweep, layer shares). Each stage
 is recomputed only when its inputs change: a new architecture rebuilds the model, a new point
 recomputes the derivatives, a new step recomputes only finite differences, and so on.
 
@@ -22,12 +23,19 @@ import numpy as np
 import torch
 
 import hessviz as hv
-from hessviz.figures.curvature import (
+from hessviz.analysis import (
+    SWEEP_STEPS,
     CurvatureVerdict,
+    FDErrorReading,
+    curvature_part,
     curvature_verdict,
+    fd_error_sweep,
+    fd_noise_floor,
     plane_points,
+    read_fd_error,
     sorted_eigh,
     taylor_model,
+    term_shares,
 )
 
 from .state import ExplorerState
@@ -35,9 +43,9 @@ from .state import ExplorerState
 #: Landscape grid: points per side and half-width around the point.
 GRID_POINTS = 31
 GRID_RADIUS = 1.5
-#: Steps of the finite-difference error sweep: one per decade (enough to draw the V; each step
-#: costs two FD Hessians, and the sweep is the largest part of a point change).
-SWEEP_STEPS = np.logspace(-8, 0, 9)
+#: Steps of the finite-difference error sweep (:data:`hessviz.analysis.SWEEP_STEPS`): one per
+#: decade, enough to draw the V; each step costs two FD Hessians, and the sweep is the largest
+#: part of a point change.
 #: Precisions compared in the sweep; the reference is always the float64 exact Hessian.
 SWEEP_DTYPES = ("float32", "float64")
 
@@ -123,7 +131,8 @@ class Landscape:
     """What the landscape panel draws for one output.
 
     For ``n ≥ 2``: ``u (p,)``, ``v (p,)``, ``values (p, p)`` and ``taylor (p, p)`` on the plane of
-    coordinates ``axes = (a, b)``; ``point (2,)``, ``gradient (2,)``, ``block (2, 2)``.
+    coordinates ``axes = (a, b)``; ``point (2,)``, ``gradient (2,)``, ``block (2, 2)``. With
+    ``part == "curvature"``, ``values`` is ``f − f₀ − gᵀd`` and ``taylor`` is ``½dᵀHd``.
     For ``n = 1``: ``axes = None``, ``u (p,)`` the line, ``values``/``taylor`` ``(p,)``, ``point``,
     ``gradient`` and ``block`` of shape ``(1,)``, ``(1,)``, ``(1, 1)``.
     """
@@ -136,6 +145,7 @@ class Landscape:
     point: np.ndarray
     gradient: np.ndarray
     block: np.ndarray
+    part: str = "function"
 
 
 @dataclass(frozen=True)
@@ -154,7 +164,12 @@ class ViewResults:
         eigenvalues: ``(n,)`` ascending, of output ``state.out``'s Hessian.
         eigenvectors: ``(n, n)`` columns.
         verdict: the curvature verdict.
-        terms: ``(label, (n, n))`` per activation layer for output ``state.out``.
+        terms: ``(label, (n, n))`` per activation layer for output ``state.out``, labelled as the
+            controls are ("hidden layer 1", …).
+        shares: ``(len(terms),)`` each term's share of the Hessian in % (Frobenius norms).
+        values: ``(m,)`` the outputs at the point.
+        noise_floor: FD values below this size are round-off (:func:`fd_noise_floor`).
+        fd_reading: what the FD error sweep shows (:func:`hessviz.analysis.read_fd_error`).
         landscape: see :class:`Landscape`.
         sweep_steps: ``(s,)`` steps of the FD error sweep.
         sweep_errors: precision → ``(s,)`` ``max|FD(h) − exact|`` for output ``state.out``.
@@ -175,6 +190,10 @@ class ViewResults:
     eigenvectors: np.ndarray
     verdict: CurvatureVerdict
     terms: tuple[tuple[str, np.ndarray], ...]
+    shares: np.ndarray
+    values: np.ndarray
+    noise_floor: float
+    fd_reading: FDErrorReading
     landscape: Landscape
     sweep_steps: np.ndarray
     sweep_errors: dict[str, np.ndarray]
@@ -288,8 +307,8 @@ class Pipeline:
             "terms",
             at,
             lambda: [
-                (f"layer {t.index}: {t.name}", numpy(t.hessian))
-                for t in hv.layer_terms(model, x, flat=True)
+                (f"hidden layer {k}", numpy(t.hessian))
+                for k, t in enumerate(hv.layer_terms(model, x, flat=True), start=1)
             ],
         )
         values, jacobian = self._stage("gradient", at, lambda: value_and_jacobian(model, x))
@@ -302,6 +321,8 @@ class Pipeline:
         verdict = curvature_verdict(eigenvalues, rtol=1e3 * eps, atol=10 * eps)
         step = state.step if state.step is not None else self.default_step(state, state.dtype)
         landscape = self._landscape(state, grid, values[out], jacobian[out], hessians[out])
+        terms = tuple((label, term[out]) for label, term in all_terms)
+        sweep_errors = {name: errors[out] for name, errors in sweep.items()}
         return ViewResults(
             state=state,
             method=method,
@@ -314,10 +335,16 @@ class Pipeline:
             eigenvalues=eigenvalues,
             eigenvectors=eigenvectors,
             verdict=verdict,
-            terms=tuple((label, term[out]) for label, term in all_terms),
+            terms=terms,
+            shares=term_shares([term for _, term in terms]),
+            values=values,
+            noise_floor=fd_noise_floor(float(np.abs(values).max(initial=0.0)), eps, step),
+            fd_reading=read_fd_error(
+                SWEEP_STEPS, sweep_errors, chosen_step=step, dtype=state.dtype
+            ),
             landscape=landscape,
             sweep_steps=SWEEP_STEPS,
-            sweep_errors={name: errors[out] for name, errors in sweep.items()},
+            sweep_errors=sweep_errors,
             best_steps={name: self.default_step(state, name) for name in SWEEP_DTYPES},
             seconds=dict(self._seconds),
             keys={name: hit[0] for name, hit in self._memo.items()},
@@ -348,59 +375,59 @@ class Pipeline:
     def _landscape(self, state, grid, value, gradient, hessian) -> Landscape:
         u, v, values = grid
         out = state.out
+        curved = state.view == "curvature"
+
+        def shown(f: np.ndarray, d: np.ndarray, g: np.ndarray, h: np.ndarray):
+            """``(values, model)`` the panel draws: ``f`` and its Taylor model, or the curved
+            part ``f − f₀ − gᵀd`` and ``½dᵀHd``."""
+            if curved:
+                return curvature_part(f, d, float(value), g), taylor_model(d, 0.0, 0 * g, h)
+            return f, taylor_model(d, float(value), g, h)
+
         if state.n == 1:
             d = (u - state.x[0])[:, None]
+            f, model = shown(values[:, out], d, gradient, hessian)
             return Landscape(
                 axes=None,
                 u=u,
                 v=None,
-                values=values[:, out],
-                taylor=taylor_model(d, float(value), gradient, hessian),
+                values=f,
+                taylor=model,
                 point=np.asarray(state.x, dtype=np.float64),
                 gradient=gradient,
                 block=hessian,
+                part=state.view,
             )
         a, b = state.plane
         idx = [a, b]
         block = hessian[np.ix_(idx, idx)]
         point = np.asarray(state.x, dtype=np.float64)[idx]
         d = np.stack(np.meshgrid(u - point[0], v - point[1]), axis=-1)  # (p, p, 2), row = v
+        f, model = shown(values[:, :, out], d, gradient[idx], block)
         return Landscape(
             axes=(a, b),
             u=u,
             v=v,
-            values=values[:, :, out],
-            taylor=taylor_model(d, float(value), gradient[idx], block),
+            values=f,
+            taylor=model,
             point=point,
             gradient=gradient[idx],
             block=block,
+            part=state.view,
         )
 
-    def _fd_sweep(
-        self, state: ExplorerState, reference: np.ndarray | None = None
-    ) -> dict[str, np.ndarray]:
+    def _fd_sweep(self, state: ExplorerState) -> dict[str, np.ndarray]:
         """``max|FD(h) − exact|`` per output for every sweep step, in each precision.
 
         The reference is the float64 exact Hessian of the float64 model (the float32 model is its
         rounding), so the float32 curve shows float32 round-off, not a different function.
 
-        Args:
-            state: the view.
-            reference: the float64 exact Hessians ``(m, n, n)`` if already at hand.
-
         Returns:
-            precision → ``(m, s)`` errors.
+            precision → ``(m, s)`` errors (:func:`hessviz.analysis.fd_error_sweep`).
         """
         models = self.models(state)
-        if reference is None:
-            x64 = self.point(state, "float64")
-            reference = numpy(hv.hessian(models["float64"], x64, flat=True))
-        errors = {}
-        for name in SWEEP_DTYPES:
-            x = self.point(state, name)
-            rows = []
-            for h in SWEEP_STEPS:
-                fd = numpy(fd_hessian(models[name], x, step=float(h)))
-                rows.append(np.abs(fd - reference).max(axis=(1, 2)))
-            errors[name] = np.stack(rows, axis=1)
-        return errors
+        x64 = self.point(state, "float64")
+        reference = numpy(hv.hessian(models["float64"], x64, flat=True))
+        return fd_error_sweep(
+            {name: models[name] for name in SWEEP_DTYPES}, state.x, reference, SWEEP_STEPS
+        )

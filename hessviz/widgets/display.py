@@ -171,6 +171,20 @@ def apply_spec(figure: go.FigureWidget, old_spec: dict, new_spec: dict) -> int:
     return changes
 
 
+def make_panel(name: str):
+    """The panel the explorer draws ``name`` in: ``figure_widget.PlotPanel`` where it exists
+    (a plot widget whose state is its figure), else :class:`FigurePanel`.
+
+    Both have the same API: ``box``, ``figure``, ``spec``, ``rendered_key``, ``show(spec, key)``,
+    ``sync()``.
+    """
+    try:
+        from .figure_widget import PlotPanel
+    except ImportError:
+        return FigurePanel(name)
+    return PlotPanel(name)
+
+
 class FigurePanel:
     """One panel: a FigureWidget inside a Box that carries a stable CSS class ``hv-fig-<name>``.
 

@@ -18,6 +18,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import hessviz as hv
 
+from .lessons import LESSONS
+
 # Limits of the controls (and of the query string). Widths ≤ 64 and ≤ 6 hidden layers keep every
 # update interactive; the input dimension is capped where heatmaps stay readable.
 N_INPUTS = (1, 8)
@@ -35,8 +37,10 @@ DTYPES = ("float64", "float32")
 MAX_QUERY_CHARS = 2000
 MAX_VALUE_CHARS = 200
 #: The keys, in the order :meth:`ExplorerState.to_query` writes them.
-QUERY_KEYS = ("n", "m", "layers", "act", "seed", "x", "out", "dtype", "step", "method", "samples",
-              "plane")  # fmt: skip
+QUERY_KEYS = ("lesson", "n", "m", "layers", "act", "seed", "x", "out", "dtype", "step", "method",
+              "samples", "plane", "view")  # fmt: skip
+#: What the landscape panel shows: the function, or its curved part ``f − f₀ − gᵀd``.
+VIEWS = ("function", "curvature")
 #: Keys that belong to the Jupyter server, not the view: ignored without a note. A Binder link
 #: opens the dashboard with ``?token=…`` (Jupyter's login), which is neither shown nor shared.
 SERVER_KEYS = frozenset({"token"})
@@ -64,6 +68,10 @@ class ExplorerState:
         method: ``"auto"`` or a method that computes the Hessian (see :func:`hessian_methods`).
         samples: Hutchinson probe count, 1–1024.
         plane: the two coordinates the landscape panel varies (``(0, 1)``; ignored for ``n = 1``).
+        view: what the landscape shows: ``"function"`` ``f``, or ``"curvature"``, its curved part
+            ``f − f₀ − gᵀd`` (a steep gradient hides the curvature in ``f`` itself).
+        lesson: the lesson this view started from (a key of
+            :data:`~hessviz.widgets.lessons.LESSONS`), or ``""``.
 
     Example:
         >>> state = ExplorerState(act="relu", x=(0.5, -1.25))
@@ -83,6 +91,13 @@ class ExplorerState:
     method: str = "auto"
     samples: int = 64
     plane: tuple[int, int] = (0, 1)
+    view: str = "function"
+    lesson: str = ""
+
+    @classmethod
+    def for_lesson(cls, name: str) -> ExplorerState:
+        """The preset view of lesson ``name`` (see :data:`~hessviz.widgets.lessons.LESSONS`)."""
+        return cls(lesson=name, **LESSONS[name].changes)
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -123,19 +138,27 @@ class ExplorerState:
         fields["x"] = _point(self.x, n, notes)
         fields["out"] = _int_in(self.out, 0, fields["m"] - 1, 0, "out", notes, quiet_clamp=True)
         fields["plane"] = _plane(self.plane, n)
+        fields["view"] = _choice(self.view, VIEWS, default.view, "view", notes)
+        fields["lesson"] = _choice(self.lesson, ("", *LESSONS), "", "lesson", notes)
         return ExplorerState(**fields), notes
 
     # -- query string ----------------------------------------------------------------------------
     def to_query(self) -> str:
         """The state as a URL query string (no leading ``?``), readable and round-trippable.
 
+        The lesson comes first and only when there is one: a link then reads "this lesson, with
+        these settings".
+
         Example:
             >>> ExplorerState().to_query().split("&")[:6]
             ['n=2', 'm=2', 'layers=8,8', 'act=tanh', 'seed=0', 'x=0.3,-1']
-            >>> ExplorerState(step=1e-05).to_query().split("&")[6:]
-            ['out=0', 'dtype=float64', 'step=1e-05', 'method=auto', 'samples=64', 'plane=0,1']
+            >>> ExplorerState(step=1e-05).to_query().split("&")[6:11]
+            ['out=0', 'dtype=float64', 'step=1e-05', 'method=auto', 'samples=64']
+            >>> ExplorerState.for_lesson("relu-is-flat").to_query().split("&")[:2]
+            ['lesson=relu-is-flat', 'n=2']
         """
         values = {
+            "lesson": self.lesson,
             "n": str(self.n),
             "m": str(self.m),
             "layers": ",".join(str(w) for w in self.layers),
@@ -148,8 +171,10 @@ class ExplorerState:
             "method": self.method,
             "samples": str(self.samples),
             "plane": f"{self.plane[0]},{self.plane[1]}",
+            "view": self.view,
         }
-        return urlencode([(k, values[k]) for k in QUERY_KEYS], safe=",")
+        keys = [k for k in QUERY_KEYS if k != "lesson" or self.lesson]
+        return urlencode([(k, values[k]) for k in keys], safe=",")
 
     @classmethod
     def from_query(cls, query: str | None) -> tuple[ExplorerState, list[str]]:
@@ -157,6 +182,9 @@ class ExplorerState:
 
         Args:
             query: e.g. ``os.environ.get("QUERY_STRING", "")``.
+
+        ``lesson=<name>`` starts from that lesson's preset (:meth:`for_lesson`); the other keys
+        override it.
 
         Returns:
             ``(state, notes)``: missing keys take their defaults silently; every invalid,
@@ -214,7 +242,17 @@ class ExplorerState:
         if point is not None and "n" not in parsed:
             # A point alone defines the input dimension (x=0.1,0.2,0.3 means n = 3).
             parsed["n"] = len(point)
-        state = dataclasses.replace(default, **parsed)
+        base = default
+        lesson = parsed.get("lesson")
+        if lesson in LESSONS:
+            base = cls.for_lesson(lesson)
+        elif lesson:
+            notes.append(
+                f"ignored lesson={echo(raw['lesson'])}: choose one of {', '.join(LESSONS)}; "
+                "showing no lesson"
+            )
+            parsed["lesson"] = ""
+        state = dataclasses.replace(base, **parsed)
         state, repairs = state.normalized()
         if "out" in parsed and state.out != parsed["out"]:
             repairs.append(
@@ -310,6 +348,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "method": str,
     "samples": _to_int,
     "plane": _int_list,
+    "view": str,
+    "lesson": str,
 }
 _EXPECTED = {
     "n": "an integer",
@@ -324,6 +364,8 @@ _EXPECTED = {
     "act": "text",
     "dtype": "text",
     "method": "text",
+    "view": "text",
+    "lesson": "text",
 }
 
 
