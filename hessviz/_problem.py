@@ -158,6 +158,8 @@ def _check_modules(fname: str, f: object, batched: bool) -> None:
     if not isinstance(f, nn.Module):
         return
     for name, mod in f.named_modules():
+        if isinstance(mod, nn.modules.dropout._DropoutNd) and mod.p == 0:
+            continue  # Dropout(p=0) is the identity in either mode (torchvision's MLP keeps one)
         if isinstance(mod, _STOCHASTIC_OR_COUPLING) and mod.training:
             kind = (
                 "Dropout (random)"

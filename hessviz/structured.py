@@ -141,12 +141,14 @@ class _Elementwise:
         self._closed_form = closed_form
 
     def derivs(self, z: torch.Tensor):
+        # The module may work in place (``inplace=True``, or ``z.tanh_()`` in a user's forward):
+        # it gets a copy, so σ' and σ'' below read z, not σ(z).
         if self._closed_form is not None:
-            a = self.module(z)
+            a = self.module(z.clone() if getattr(self.module, "inplace", False) else z)
             return (a, *self._closed_form(self.module, z, a))
         with torch.enable_grad():
-            zz = z.detach().requires_grad_(True)
-            a = self.module(zz)
+            zz = z.detach().clone().requires_grad_(True)
+            a = self.module(zz * 1)  # never the leaf itself: an in-place forward would fail
             (s1,) = torch.autograd.grad(a.sum(), zz, create_graph=True)
             s2 = None
             if s1.requires_grad:
@@ -238,32 +240,54 @@ _AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
               nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)  # fmt: skip
 
 
+def _own_forward(module: nn.Module, base: type, *methods: str) -> bool:
+    """Whether ``module`` (an instance of ``base``) replaces one of ``base``'s ``methods``.
+
+    A subclass of ``nn.Linear`` with its own ``forward`` (a LoRA adapter, a squared weight) is not
+    the affine map ``weight``/``bias`` describe: the engine must not take it for one.
+    """
+    return any(getattr(type(module), name) is not getattr(base, name) for name in methods)
+
+
 def _wrap(module: nn.Module):
     closed = _closed_forms()
     t = type(module)
-    if t in closed:
+    if t in closed:  # exact types only: a subclass may compute something else
         return _Elementwise(module, closed[t])
-    if isinstance(module, _OTHER_ELEMENTWISE) or getattr(module, "hessviz_elementwise", False):
+    if getattr(module, "hessviz_elementwise", False):
         return _Elementwise(module)
-    if isinstance(module, nn.Linear):
+    for base in _OTHER_ELEMENTWISE:
+        if t is base:
+            return _Elementwise(module)
+    if isinstance(module, nn.Linear) and not _own_forward(module, nn.Linear, "forward"):
         return _Linear(module)
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return _Conv(module)
-    if isinstance(module, (nn.Flatten, nn.Unflatten)):
+    for base in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        if isinstance(module, base) and not _own_forward(module, base, "forward", "_conv_forward"):
+            return _Conv(module)
+    if t in (nn.Flatten, nn.Unflatten):
         if (getattr(module, "start_dim", None) == 0) or getattr(module, "dim", 1) == 0:
             raise Unsupported(f"{t.__name__} over the batch dimension")
         return _Reshape(module)
-    if isinstance(module, _AVG_POOLS):
+    if t in _AVG_POOLS:
         return _Affine(module)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+    if t in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
         if module.training or module.running_var is None:
             raise Unsupported(f"{t.__name__} in training mode")
         return _BatchNormEval(module)
-    if isinstance(module, (nn.Identity, nn.modules.dropout._DropoutNd)):
-        if module.training and not isinstance(module, nn.Identity):
-            raise Unsupported(f"{t.__name__} in training mode")
+    if t is nn.Identity:
         return _Identity(module)
-    raise Unsupported(f"layer {t.__name__} is neither affine nor elementwise")
+    if t in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout):
+        if module.training and module.p != 0:
+            raise Unsupported(f"{t.__name__} in training mode")
+        return _Identity(module)  # eval mode, or p = 0: the identity
+    raise Unsupported(
+        f"layer {t.__name__} is not one the engine knows as affine or elementwise"
+        + (" (a subclass that changes forward)" if isinstance(module, _KNOWN_BASES) else "")
+    )
+
+
+_KNOWN_BASES = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm,
+                *_AVG_POOLS, *_OTHER_ELEMENTWISE)  # fmt: skip
 
 
 def _modules(model: nn.Module) -> list[nn.Module]:

@@ -1,0 +1,196 @@
+r"""The graph engine: the layer-wise Hessian identity on any graph of operations.
+
+``f`` (an ``nn.Module`` with a hand-written ``forward``, or any callable) is captured once per
+input shape as a graph of ATen operations (:mod:`.capture`); every node with curvature adds its
+own term to the Hessian (:mod:`.assemble`); linear and piecewise-linear nodes add nothing. A plan
+is built once per (``f``, its parameters' versions, sample shape, dtype, device) and proves itself
+before it is trusted: the Hessian it gives on the first sample, contracted with a random vector
+and random output weights, must equal a double-backward Hessian-vector product of ``f`` to
+round-off. A plan that fails the check is never used (:class:`Unsupported`, with the reason).
+
+Kernels follow :mod:`hessviz.methods`: ``X`` is ``(B, n)``, ``sel`` the selected flat outputs;
+Hessians are ``(B, m, n, n)``, diagonals ``(B, m, n)``, Laplacians ``(B, m)``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+from .._problem import Problem
+from .._selfcheck import mismatch
+from . import assemble
+from .assemble import Executor
+from .capture import Graph, Tap, Unsupported, capture, leaf_tensors
+
+__all__ = ["Plan", "Tap", "Unsupported", "plan", "hessian", "diagonal", "laplacian", "hvp",
+           "node_terms"]  # fmt: skip
+
+
+@dataclass
+class Plan:
+    """A checked graph for one (f, shape, dtype, device): reused while its key holds."""
+
+    graph: Graph
+    executor: Executor
+
+    @property
+    def generic_ops(self) -> list[str]:
+        """Names of the ops whose terms come from per-op Hessian-vector products."""
+        return sorted({t.name for t in self.graph.taps if t.kind == "generic"})
+
+
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_REFUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state(f) -> tuple:
+    """What invalidates a plan: the tensors' identity and versions, the modules' modes."""
+    if not isinstance(f, nn.Module):
+        return ()
+    tensors = [*f.parameters(), *f.buffers()]
+    return (
+        tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors),
+        tuple(m.training for m in f.modules()),
+    )
+
+
+def _key(p: Problem, X: torch.Tensor) -> tuple:
+    rows = X.shape[0] if p.batched else 1
+    return (tuple(p.sample_shape), p.batched, rows, X.dtype, X.device, _state(p.f))
+
+
+def _cache_for(store: weakref.WeakKeyDictionary, f) -> dict | None:
+    try:
+        return store.setdefault(f, {})
+    except TypeError:  # not weak-referenceable: plan every call
+        return None
+
+
+def plan(p: Problem, X: torch.Tensor | None = None) -> Plan:
+    """The checked plan for ``p`` on rows ``X`` (cached). Raises :class:`Unsupported`."""
+    X = p.X if X is None else X
+    key = _key(p, X)
+    plans, refused = _cache_for(_PLANS, p.f), _cache_for(_REFUSED, p.f)
+    if plans is not None and key in plans:
+        return plans[key]
+    if refused is not None and key in refused:
+        raise Unsupported(refused[key])
+    try:
+        graph = capture(p, X)
+        built = Plan(graph, Executor(graph))
+        _self_check(p, X, built)
+    except Unsupported as err:
+        if refused is not None:
+            refused[key] = str(err)
+        raise
+    except Exception as err:  # an op the rules or autograd cannot handle here, say
+        why = f"the graph could not be evaluated ({type(err).__name__}: {err})"
+        if refused is not None:
+            refused[key] = why
+        raise Unsupported(why) from err
+    if plans is not None:
+        stale = [k for k in plans if k[:5] != key[:5] or k[5] != key[5]]
+        for k in stale:  # parameters or modes changed: those plans will not be asked again
+            del plans[k]
+        plans[key] = built
+    return built
+
+
+def _inputs(p: Problem, X: torch.Tensor, V: torch.Tensor | None):
+    """``x`` as ``f`` takes it (with autograd history) and the tangents ``(r, *x.shape)``."""
+    shape = (X.shape[0], *p.sample_shape) if p.batched else tuple(p.sample_shape)
+    leaf = X.reshape(shape).detach().requires_grad_(True)
+    x = leaf.clone()  # in-place view ops of f (unsqueeze_) may act on it, never on a leaf
+    n = p.n
+    if V is not None:
+        return leaf, x, V.reshape(1, *shape)
+    eye = torch.eye(n, dtype=X.dtype, device=X.device)
+    if p.batched:
+        return leaf, x, eye.reshape(n, 1, *p.sample_shape).expand(n, *shape)
+    return leaf, x, eye.reshape(n, *shape)
+
+
+def _rows(p: Problem, sel, X) -> torch.Tensor:
+    return torch.eye(p.M, dtype=X.dtype, device=X.device)[list(sel)]
+
+
+def _run(p: Problem, X: torch.Tensor, sel, need: str, pl: Plan | None = None) -> torch.Tensor:
+    """``(B, m, n, n)`` Hessians or ``(B, m, n)`` diagonals of rows ``X``."""
+    pl = pl or plan(p, X)
+    ex = pl.executor
+    _, x, T0 = _inputs(p, X, None)
+    _, tensors = leaf_tensors(p.f)
+    m, n = len(sel), p.n
+    with torch.enable_grad():
+        env, tan, s2, y = ex.forward(tensors, x, T0, second=True)
+        adjoints = ex.adjoints(env, y, _rows(p, sel, X), retain=False)
+    with torch.no_grad():
+        total = None
+        for term in assemble.terms(ex, env, tan, s2, adjoints, m, n, need):
+            total = term if total is None else total.add_(term)
+    if total is None:
+        shape = (X.shape[0], m, n, n) if need == "hessian" else (X.shape[0], m, n)
+        return X.new_zeros(shape)
+    return total.reshape(X.shape[0], m, *total.shape[2:])
+
+
+def hessian(p: Problem, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+    return _run(p, X, sel, "hessian")
+
+
+def diagonal(p: Problem, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+    return _run(p, X, sel, "diagonal")
+
+
+def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+    return _run(p, X, sel, "diagonal").sum(-1)
+
+
+def hvp(p: Problem, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+    """``(B, m, n)``: one tangent forward, the adjoints, one pull-back per output."""
+    pl = plan(p, X)
+    ex = pl.executor
+    leaf, x, T0 = _inputs(p, X, V)
+    _, tensors = leaf_tensors(p.f)
+    m = len(sel)
+    with torch.enable_grad():
+        env, tan, s2, y = ex.forward(tensors, x, T0, second=True)
+        adjoints = ex.adjoints(env, y, _rows(p, sel, X), retain=True)
+        q = assemble.hvp_pullback(ex, env, tan, s2, adjoints, leaf, m)
+    return q.detach().reshape(m, X.shape[0], -1).transpose(0, 1)
+
+
+def node_terms(p: Problem, X: torch.Tensor, sel: tuple[int, ...]):
+    """``[(tap, term)]``: each curvature node's ``(B, m, n, n)`` term; they sum to ``H``."""
+    pl = plan(p, X)
+    ex = pl.executor
+    _, x, T0 = _inputs(p, X, None)
+    _, tensors = leaf_tensors(p.f)
+    m, n = len(sel), p.n
+    with torch.enable_grad():
+        env, tan, s2, y = ex.forward(tensors, x, T0, second=True)
+        adjoints = ex.adjoints(env, y, _rows(p, sel, X), retain=False)
+    with torch.no_grad():
+        terms = iter(assemble.terms(ex, env, tan, s2, adjoints, m, n, "hessian"))
+        out = []
+        for tap, adj in zip(pl.graph.taps, adjoints):
+            term = next(terms) if adj is not None else X.new_zeros(X.shape[0], m, n, n)
+            out.append((tap, term.reshape(X.shape[0], m, n, n)))
+    return out
+
+
+def _self_check(p: Problem, X: torch.Tensor, pl: Plan) -> None:
+    """The plan's proof: its Hessian of the first sample against autograd on ``f``."""
+    sel = p.sel[:8]
+    H = _run(p, X, sel, "hessian", pl)[0]
+    err = mismatch(p, X[:1], H, sel)
+    if err is not None:
+        raise Unsupported(
+            f"the graph engine's Hessian failed its self-check on this model (off by {err:.1e} "
+            "relative to a double-backward Hessian-vector product)"
+        )

@@ -1,0 +1,306 @@
+r"""Assembly: the Hessian of a captured graph as a sum of per-node terms.
+
+For outputs ``y_i`` of a graph of operations, the second-order chain rule gives exactly
+
+.. math:: H_i = \sum_{\text{nodes } g} \sum_{a, b} J_a^\top\, ∇^2_{ab} \langle \bar g_i, g \rangle\, J_b,
+
+where ``a, b`` run over ``g``'s input-dependent arguments, ``J_a = ∂a/∂x`` and ``\bar g_i =
+∂y_i/∂g`` is the adjoint of ``g``'s value. Linear and piecewise-linear nodes have no second
+derivative and drop out; what is left are the *taps* found by :mod:`.capture`. One call:
+
+1. one pass through the graph computes the values and carries the Jacobians forward, ``r``
+   directions at once (:mod:`.rules`, first-order rules only);
+2. one reverse pass, vectorised over the selected outputs, gives every tap's adjoint;
+3. each tap adds its term: ``Jᵀ diag(σ''(z) ⊙ ḡ) J`` (unary), ``J_aᵀ diag(ḡ) J_b + J_bᵀ diag(ḡ)
+   J_a`` (product), or, for any other op, ``Jᵀ (∇²⟨ḡ, g⟩ J)`` with reverse-over-reverse
+   Hessian-vector products of that op alone — one batched GEMM per tap.
+
+A Hessian-vector product carries the single direction ``v`` instead of ``r = n`` directions and
+pulls the curvature back with one more reverse pass. Shapes: ``X`` is ``(B, n)``; with a batch
+the rows of every input-dependent node along dim 0 are the samples (checked by :mod:`.capture`),
+without one (``B = 1``) every element belongs to the single sample.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+from torch.func import grad, vjp, vmap
+
+from .. import ops
+from .capture import Graph, Tap, tensor_args
+from .rules import full, lift, tangent
+
+
+def _unary_derivatives(tap_or_node, fn, z, a, need_second: bool):
+    """``(σ'(z), σ''(z))`` of an elementwise op: closed form where known, else autograd."""
+    name = tap_or_node
+    s1_form, s2_form = ops.FIRST_DERIVATIVES.get(name), ops.SECOND_DERIVATIVES.get(name)
+    if fn is None and s1_form is not None and (s2_form is not None or not need_second):
+        return s1_form(z, a), (s2_form(z, a) if need_second else None)
+    with torch.enable_grad():
+        zz = z.detach().requires_grad_(True)
+        out = fn(zz)
+        (s1,) = torch.autograd.grad(out.sum(), zz, create_graph=need_second)
+        s2 = None
+        if need_second:
+            s2 = (
+                torch.autograd.grad(s1.sum(), zz)[0]
+                if s1.requires_grad
+                else torch.zeros_like(z)
+            )
+    return s1.detach(), s2
+
+
+class Executor:
+    """Runs a captured graph with Jacobians (or one tangent) and assembles the terms."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.nodes = [n for n in graph.module.graph.nodes if n.op in ("call_function", "get_attr")]
+        self.placeholders = [n for n in graph.module.graph.nodes if n.op == "placeholder"]
+        self.output = next(n for n in graph.module.graph.nodes if n.op == "output")
+        self.tap_of = {t.op: t for t in graph.taps}
+        self.unary = {t.op for t in graph.taps if t.kind == "unary"}
+        self.dep = graph.dependent
+        # unary ops with only the tensor argument can use the closed forms in ops
+        self.closed = {
+            n
+            for n in self.unary
+            if len(n.args) == 1 and not n.kwargs and ops.op_name(n.target) in ops.FIRST_DERIVATIVES
+        }
+
+    # -- the forward pass: values, and tangents of the input-dependent nodes -------------------
+    def forward(self, tensors, x, T0, *, second: bool):
+        """Values (with autograd history from ``x``), tangents and σ'' of unary taps."""
+        env: dict[fx.Node, object] = {}
+        tan: dict[fx.Node, object] = {}
+        s2: dict[fx.Node, torch.Tensor] = {}
+        for node, value in zip(self.placeholders, [*tensors, x]):
+            env[node] = value
+        tan[self.placeholders[-1]] = T0
+        r = T0.shape[0]
+        gm = self.graph.module
+        for node in self.nodes:
+            if node.op == "get_attr":
+                env[node] = getattr(gm, node.target)
+                continue
+            args = fx.map_arg(node.args, lambda a: env[a])
+            kwargs = fx.map_arg(node.kwargs, lambda a: env[a])
+            out = node.target(*args, **kwargs)
+            env[node] = out
+            if node not in self.dep:
+                continue
+            with torch.no_grad():
+                if node in self.unary:
+                    (u,) = self.tap_of[node].inputs
+                    z = env[u].detach()
+                    fn = None
+                    if node not in self.closed:
+                        pos = list(tensor_args(node)).index(u)
+                        fn = _bind(node, env, pos)
+                    name = ops.op_name(node.target)
+                    s1, s2[node] = _unary_derivatives(name, fn, z, out.detach(), second)
+                    tan[node] = tan[u] * s1
+                    continue
+                targs = fx.map_arg(node.args, lambda a: tan.get(a) if a in self.dep else None)
+                dep_positions = [
+                    k for k, a in enumerate(node.args) if isinstance(a, fx.Node) and a in self.dep
+                ]
+                detached = fx.map_arg(node.args, lambda a: _detach(env[a]))
+                tan[node] = tangent(
+                    ops.op_name(node.target),
+                    node.target,
+                    detached,
+                    fx.map_arg(node.kwargs, lambda a: _detach(env[a])),
+                    targs,
+                    _detach(out),
+                    r,
+                    dep_positions,
+                )
+        y = env[self.output.args[0][0]] if isinstance(self.output.args[0], (list, tuple)) else (
+            env[self.output.args[0]]
+        )
+        return env, tan, s2, y
+
+    # -- adjoints ----------------------------------------------------------------------------
+    def adjoints(self, env, y, rows, retain: bool):
+        """Per tap: ``(m, *S_tap)``, the adjoints of the selected outputs (None if unused)."""
+        B = self.graph.rows
+        Y = y.reshape(B, -1)
+        taps = [env[t.node] for t in self.graph.taps]
+        m = rows.shape[0]
+        E = rows[:, None, :].expand(m, B, rows.shape[1])
+        wanted = [t for t in taps if t.requires_grad]
+        if not wanted or not Y.requires_grad:
+            return [None] * len(taps)
+        try:
+            grads = torch.autograd.grad(
+                Y, wanted, E, retain_graph=True, allow_unused=True, is_grads_batched=True
+            )
+        except RuntimeError:  # an op without a batching rule for its backward: one at a time
+            per = [
+                torch.autograd.grad(Y, wanted, E[i], retain_graph=True, allow_unused=True)
+                for i in range(m)
+            ]
+            grads = [
+                None if per[0][k] is None else torch.stack([g[k] for g in per])
+                for k in range(len(wanted))
+            ]
+        it = iter(grads)
+        return [next(it) if t.requires_grad else None for t in taps]
+
+
+def _detach(v):
+    return v.detach() if isinstance(v, torch.Tensor) else v
+
+
+def _bind(node: fx.Node, env: dict, pos: int):
+    """``w ↦ op(…, w, …)``: the op with every argument but tensor number ``pos`` fixed."""
+    count = [-1]
+
+    def swap(a, w):
+        count[0] += 1
+        return w if count[0] == pos else _detach(env[a])
+
+    def g(w):
+        count[0] = -1
+        args = fx.map_arg(node.args, lambda a: swap(a, w))
+        kwargs = fx.map_arg(node.kwargs, lambda a: _detach(env[a]))
+        return node.target(*args, **kwargs)
+
+    return g
+
+
+def _op_fn(tap: Tap, env: dict):
+    """``g(*inputs)``: the tap's op with its other arguments fixed (its item for tuple ops)."""
+    import operator
+
+    def g(*vals):
+        local = dict(zip(tap.inputs, vals))
+        args = fx.map_arg(tap.op.args, lambda a: local[a] if a in local else _detach(env[a]))
+        kwargs = fx.map_arg(tap.op.kwargs, lambda a: local[a] if a in local else _detach(env[a]))
+        out = tap.op.target(*args, **kwargs)
+        if tap.node is not tap.op:
+            out = operator.getitem(out, tap.node.args[1])
+        return out
+
+    return g
+
+
+def _per_sample(T: torch.Tensor, lead: int) -> torch.Tensor:
+    """``(r, *S)`` with the samples along dim 0 of ``S`` → ``(lead, r, K)``."""
+    r = T.shape[0]
+    return T.reshape(r, lead, -1).transpose(0, 1)
+
+
+def _generic_hvps(tap: Tap, env, tan, adj, r):
+    """Per input: ``(m, r, *S_a)``, the op's Hessian (weighted by each adjoint) times each
+    tangent direction, from reverse-over-reverse products of that op alone."""
+    g = _op_fn(tap, env)
+    us = [_detach(env[u]) for u in tap.inputs]
+    Ts = [
+        tan[u] if tan.get(u) is not None else us[k].new_zeros(r, *us[k].shape)
+        for k, u in enumerate(tap.inputs)
+    ]
+    argnums = tuple(range(len(us)))
+
+    def per_output(w):
+        phi = lambda *vals: (g(*vals) * w).sum()  # noqa: E731
+        _, back = vjp(grad(phi, argnums=argnums), *us)
+        return vmap(back)(tuple(Ts))
+
+    with torch.enable_grad():
+        return vmap(per_output)(adj), Ts
+
+
+def terms(ex: Executor, env, tan, s2, adjoints, m: int, n: int, need: str):
+    """Yield each tap's term: ``(lead, m, n, n)`` Hessians or ``(lead, m, n)`` diagonals."""
+    lead = ex.graph.rows
+    for tap, adj in zip(ex.graph.taps, adjoints):
+        if adj is None:
+            continue
+        value = env[tap.node]
+        c = adj.reshape(m, lead, -1).transpose(0, 1)  # (lead, m, K)
+        if tap.kind == "unary":
+            G = _per_sample(tan[tap.inputs[0]], lead)  # (lead, n, K)
+            c = c * s2[tap.op].reshape(lead, 1, -1)
+            if need == "hessian":
+                Gc = G[:, None] * c[:, :, None, :]
+                yield (Gc.reshape(lead, m * n, -1) @ G.mT).reshape(lead, m, n, n)
+            else:
+                yield c @ (G * G).mT
+        elif tap.kind == "product":
+            a, b = tap.inputs
+            shape = value.shape
+            Ga = _per_sample(full(tan[a], shape), lead)
+            Gb = _per_sample(full(tan[b], shape), lead)
+            if need == "hessian":
+                M = ((Ga[:, None] * c[:, :, None, :]).reshape(lead, m * n, -1) @ Gb.mT).reshape(
+                    lead, m, n, n
+                )
+                yield M + M.mT
+            else:
+                yield 2 * (c @ (Ga * Gb).mT)
+        else:
+            HV, Ts = _generic_hvps(tap, env, tan, adj, n)
+            total = 0
+            for T, hv in zip(Ts, HV):
+                G = _per_sample(T, lead)  # (lead, n, K)
+                H = hv.reshape(m, n, lead, -1).permute(2, 0, 1, 3)  # (lead, m, n, K)
+                if need == "hessian":
+                    total = total + (H.reshape(lead, m * n, -1) @ G.mT).reshape(lead, m, n, n)
+                else:
+                    total = total + (H * G[:, None]).sum(-1)
+            yield total
+
+
+def hvp_pullback(ex: Executor, env, tan, s2, adjoints, x, m: int):
+    """``Σ_taps J_aᵀ w_a`` for every selected output: ``(m, *x.shape)``, the HVPs."""
+    outs, weights = [], []
+    for tap, adj in zip(ex.graph.taps, adjoints):
+        if adj is None:
+            continue
+        value = env[tap.node]
+        if tap.kind == "unary":
+            (u,) = tap.inputs
+            t = tan[u]  # (1, *S)
+            w = adj * (s2[tap.op] * t[0])[None]
+            outs.append(env[u])
+            weights.append(w)
+        elif tap.kind == "product":
+            a, b = tap.inputs
+            ta = full(tan[a], value.shape)[0]
+            tb = full(tan[b], value.shape)[0]
+            for u, t_other in ((a, tb), (b, ta)):
+                w = adj * t_other[None]
+                weights.append(_sum_to(w, env[u].shape))
+                outs.append(env[u])
+        else:
+            HV, _ = _generic_hvps(tap, env, tan, adj, 1)
+            for u, hv in zip(tap.inputs, HV):
+                outs.append(env[u])
+                weights.append(hv[:, 0])
+    live = [(o, w) for o, w in zip(outs, weights) if o.requires_grad]
+    if not live:
+        return x.new_zeros(m, *x.shape)
+    grads = torch.autograd.grad(
+        [o for o, _ in live],
+        x,
+        [w for _, w in live],
+        allow_unused=True,
+        is_grads_batched=True,
+    )[0]
+    return x.new_zeros(m, *x.shape) if grads is None else grads
+
+
+def _sum_to(w: torch.Tensor, shape) -> torch.Tensor:
+    """Sum a ``(m, *S_out)`` weight over the dims that ``shape`` was broadcast along."""
+    lead = w.ndim - 1 - len(shape)
+    if lead > 0:
+        w = w.sum(dim=tuple(range(1, 1 + lead)))
+    dims = tuple(k + 1 for k, s in enumerate(shape) if s == 1 and w.shape[k + 1] != 1)
+    return w.sum(dim=dims, keepdim=True) if dims else w
+
+
+__all__ = ["Executor", "terms", "hvp_pullback", "lift"]

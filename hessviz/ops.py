@@ -1,0 +1,258 @@
+r"""The op catalogue: what the graph engine knows about each ATen operation's curvature.
+
+Every operation of a captured graph falls in one of four kinds (see :func:`kind`):
+
+- ``"flat"``: no second derivative in its input-dependent arguments — linear maps (``addmm`` with a
+  constant weight, ``convolution``, views, ``cat``, sums, means, average pooling, eval-mode batch
+  norm, a product with a constant) and piecewise-linear ones (``relu``, ``max_pool``, ``where``,
+  ``abs``, ``clamp``: their second derivative is zero wherever it exists).
+- ``"unary"``: elementwise ``a = σ(z)`` of one input-dependent tensor; its term is
+  :math:`J_z^\top \operatorname{diag}(σ''(z) ⊙ \bar a) J_z`. :data:`SECOND_DERIVATIVES` gives σ''
+  in closed form where one is cheap; the rest get σ'' from autograd on the op alone.
+- ``"product"``: ``a * b`` with both factors input-dependent (broadcasting allowed); its term is
+  :math:`J_a^\top \operatorname{diag}(\bar y) J_b + J_b^\top \operatorname{diag}(\bar y) J_a`.
+- ``"generic"``: anything else (``div`` by an input-dependent tensor, ``layer_norm``, ``softmax``,
+  ``mm`` of two input-dependent matrices, …): its term comes from Hessian-vector products of that
+  one op, reverse-over-reverse — exact, slower than a closed form.
+
+Ops that read tensor values in Python, draw random numbers or change tensors in place are not
+ops of a graph the engine can trust (:data:`REFUSED`).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+aten = torch.ops.aten
+
+# -- flat: linear or piecewise linear in all their input-dependent arguments ---------------------
+_FLAT_NAMES = """
+add sub neg clone alias view _unsafe_view reshape expand expand_as permute transpose t squeeze
+unsqueeze flatten unflatten slice select index index_select gather cat stack split
+split_with_sizes unbind chunk narrow contiguous sum mean constant_pad_nd pad reflection_pad1d
+reflection_pad2d replication_pad1d replication_pad2d avg_pool1d avg_pool2d avg_pool3d
+_adaptive_avg_pool2d _adaptive_avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d
+max_pool1d max_pool2d max_pool3d max_pool2d_with_indices max_pool3d_with_indices
+_native_batch_norm_legit_no_training relu leaky_relu hardtanh relu6 threshold clamp clamp_min
+clamp_max abs where maximum minimum amax amin max min _to_copy to copy lift_fresh_copy detach
+repeat flip roll diagonal diag_embed tril triu upsample_nearest1d upsample_nearest2d
+upsample_bilinear2d linspace zeros_like ones_like full_like empty_like sign
+unfold im2col col2im masked_fill fill scalar_tensor view_as_real movedim squeeze_copy
+unsqueeze_copy view_copy t_copy permute_copy transpose_copy expand_copy slice_copy select_copy
+alias_copy unbind_copy split_copy split_with_sizes_copy diagonal_copy as_strided
+as_strided_copy new_zeros new_ones new_empty zeros ones full arange empty
+"""
+FLAT = frozenset(_FLAT_NAMES.split())
+
+# Ops linear in each tensor argument separately: flat when at most one argument depends on x.
+MULTILINEAR = frozenset({"mul", "mm", "bmm", "matmul", "addmm", "baddbmm", "addbmm", "einsum",
+                         "convolution", "conv1d", "conv2d", "conv3d", "linear", "dot", "mv",
+                         "outer", "bilinear", "_convolution", "addcmul", "conv_transpose1d",
+                         "conv_transpose2d", "native_layer_norm_weight_only"})  # fmt: skip
+# ``div(a, b)`` is linear in ``a``: flat when only the numerator depends on x.
+NUMERATOR_LINEAR = frozenset({"div"})
+
+
+def _tanh2(z, a):
+    return -2 * a * (1 - a * a)
+
+
+def _sigmoid2(z, a):
+    return a * (1 - a) * (1 - 2 * a)
+
+
+def _silu1(z, a):
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+def _silu2(z, a):
+    s = torch.sigmoid(z)
+    return s * (1 - s) * (2 + z * (1 - 2 * s))
+
+
+#: Closed-form σ'(z) given z and a = σ(z), for ops whose only argument is the tensor.
+FIRST_DERIVATIVES = {
+    "tanh": lambda z, a: 1 - a * a,
+    "sigmoid": lambda z, a: a * (1 - a),
+    "silu": _silu1,
+    "sin": lambda z, a: torch.cos(z),
+    "cos": lambda z, a: -torch.sin(z),
+    "exp": lambda z, a: a,
+    "log": lambda z, a: 1 / z,
+    "reciprocal": lambda z, a: -a * a,
+    "sqrt": lambda z, a: 0.5 / a,
+    "rsqrt": lambda z, a: -0.5 * a / z,
+}
+
+#: Closed-form σ''(z) given z and a = σ(z), for ops whose only argument is the tensor.
+SECOND_DERIVATIVES = {
+    "tanh": _tanh2,
+    "sigmoid": _sigmoid2,
+    "silu": _silu2,
+    "sin": lambda z, a: -a,
+    "cos": lambda z, a: -a,
+    "exp": lambda z, a: a,
+    "log": lambda z, a: -1 / (z * z),
+    "reciprocal": lambda z, a: 2 * a * a * a,
+    "sqrt": lambda z, a: -0.25 / (a * z),
+    "rsqrt": lambda z, a: 0.75 * a / (z * z),
+}
+
+#: Elementwise ops of one tensor (possibly with scalar arguments) whose σ'' comes from autograd.
+UNARY = frozenset(SECOND_DERIVATIVES) | frozenset("""
+erf erfc expm1 log1p log2 log10 exp2 sinh cosh asinh acosh atanh atan asin acos tan softplus elu
+celu selu gelu mish logit log_sigmoid hardswish hardsigmoid softshrink hardshrink sinc square
+pow special_erfcx xlogy lgamma digamma
+""".split())
+
+#: Ops the engine never builds a plan around (the reason is shown to the user).
+REFUSED = {
+    "_local_scalar_dense": "it reads a tensor value in Python (.item(), float(t), `if t > 0`)",
+    "item": "it reads a tensor value in Python (.item(), float(t), `if t > 0`)",
+    "is_nonzero": "it branches on a tensor value in Python (`if t:`)",
+    "equal": "it compares tensors in Python (torch.equal)",
+    "nonzero": "its shapes depend on tensor values (nonzero / boolean masks)",
+    "masked_select": "its shapes depend on tensor values (boolean masks)",
+    "unique": "its shapes depend on tensor values (unique)",
+    "native_dropout": "it draws random numbers (dropout in training mode)",
+    "bernoulli": "it draws random numbers",
+    "rand": "it draws random numbers",
+    "randn": "it draws random numbers",
+    "rand_like": "it draws random numbers",
+    "randn_like": "it draws random numbers",
+    "normal": "it draws random numbers",
+    "uniform": "it draws random numbers",
+    "multinomial": "it draws random numbers",
+    "copy_": "it changes a tensor in place that the graph cannot follow",
+}
+
+
+def op_name(target) -> str:
+    """``aten.tanh.default`` → ``"tanh"``; ``operator.getitem`` → ``"getitem"``."""
+    if target is operator.getitem:
+        return "getitem"
+    packet = getattr(target, "overloadpacket", None)
+    name = getattr(packet, "__name__", None) or getattr(target, "__name__", str(target))
+    return name.split(".")[-1]
+
+
+def kind(name: str, dependent: list[bool]) -> str:
+    """The curvature kind of op ``name`` given which tensor arguments depend on the input.
+
+    ``dependent`` lists, for each tensor argument in order, whether it depends on x.
+
+    Example:
+        >>> kind("tanh", [True]), kind("mul", [True, False]), kind("mul", [True, True])
+        ('unary', 'flat', 'product')
+        >>> kind("div", [True, False]), kind("div", [False, True])
+        ('flat', 'generic')
+    """
+    n_dep = sum(dependent)
+    if n_dep == 0 or name in FLAT:
+        return "flat"
+    if name in MULTILINEAR:
+        if n_dep <= 1:
+            return "flat"
+        if name == "mul" and n_dep == 2:
+            return "product"
+        return "generic"
+    if name in NUMERATOR_LINEAR:
+        return "flat" if not any(dependent[1:]) else "generic"
+    if name in UNARY and n_dep == 1:
+        return "unary"
+    return "generic"
+
+
+# -- rows of a batch ------------------------------------------------------------------------------
+# With several samples, every input-dependent value keeps sample b in row b of dim 0; each op is
+# checked to keep it so. ``_ROWWISE`` ops act on each row alone whenever their input-dependent
+# arguments have the output's rank (so dim 0 lines up); the others are checked argument by argument.
+_ROWWISE = (UNARY | {"add", "sub", "neg", "mul", "div", "where", "maximum", "minimum", "relu",
+            "leaky_relu", "hardtanh", "threshold", "clamp", "clamp_min", "clamp_max", "abs",
+            "_to_copy", "to", "clone", "alias", "contiguous", "lift_fresh_copy", "masked_fill",
+            "getitem", "_native_batch_norm_legit_no_training", "convolution", "avg_pool1d",
+            "avg_pool2d", "avg_pool3d", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d",
+            "adaptive_avg_pool1d", "max_pool2d_with_indices", "max_pool1d_with_indices",
+            "constant_pad_nd", "reflection_pad1d", "reflection_pad2d", "replication_pad1d",
+            "replication_pad2d", "upsample_nearest1d", "upsample_nearest2d", "upsample_bilinear2d",
+            "bmm", "baddbmm", "pow", "atan2", "xlogy", "addcmul"})  # fmt: skip
+_VIEWS = {"view", "_unsafe_view", "reshape", "flatten", "unflatten", "expand"}
+_ALONG_DIM = {"slice", "select", "index_select", "narrow", "gather", "cat", "stack", "split",
+              "split_with_sizes", "unbind", "chunk", "squeeze", "unsqueeze", "transpose"}  # fmt: skip
+_REDUCTIONS = {"sum", "mean", "amax", "amin", "max", "min", "var", "std", "prod",
+               "linalg_vector_norm", "norm", "cumsum", "logsumexp"}  # fmt: skip
+
+
+def _shape(node) -> tuple:
+    val = node.meta.get("val") if hasattr(node, "meta") else None
+    if isinstance(val, (list, tuple)) and val and isinstance(val[0], torch.Tensor):
+        val = val[0]
+    return tuple(val.shape) if isinstance(val, torch.Tensor) else ()
+
+
+def _dims(arg, ndim: int) -> list[int]:
+    if arg is None:
+        return list(range(ndim))
+    items = arg if isinstance(arg, (list, tuple)) else [arg]
+    return [d % max(ndim, 1) for d in items] or list(range(ndim))
+
+
+def mixes_rows(name: str, node, dependent: set, rows: int) -> str:
+    """Why ``node`` could mix the samples of a batch ("" when it keeps them apart).
+
+    The invariant: every input-dependent value, read in row-major order, holds the samples one
+    after another, ``B`` equal blocks, and its dim 0 is a multiple of ``B`` (so row ``k`` belongs
+    to sample ``k // (dim0 / B)``). Views and reshapes keep the order; ops that act row by row
+    keep the rows; ops along other dims keep dim 0.
+    """
+    out = _shape(node)
+    if not out or out[0] % rows:
+        return "does not keep the batch along dim 0"
+    args = list(node.args) + list(node.kwargs.values())
+    dep_args = [a for a in args if not isinstance(a, (list, tuple)) and a in dependent]
+    for lst in (a for a in args if isinstance(a, (list, tuple))):
+        dep_args.extend(b for b in lst if b in dependent)
+    same_rows = all(_shape(a)[:1] == out[:1] for a in dep_args)
+    base = name.rstrip("_") if not name.startswith("_") else name
+    if base == "getitem":
+        return ""
+    if base in ("view", "_unsafe_view", "reshape", "flatten", "unflatten", "alias", "clone",
+                "contiguous"):  # fmt: skip
+        return ""
+    if base in _ROWWISE or base == "expand":
+        if any(len(_shape(a)) != len(out) for a in dep_args) or not same_rows:
+            return "broadcasts an input-dependent tensor across the batch"
+        if base == "convolution" and node.args[1] in dependent:
+            return "uses input-dependent weights"
+        return ""
+    if not same_rows and base not in _REDUCTIONS:
+        return "changes the batch dimension"
+    src = _shape(node.args[0][0] if isinstance(node.args[0], (list, tuple)) else node.args[0])
+    ndim = len(src)
+    if base == "permute":
+        return "" if _dims(node.args[1], ndim)[0] == 0 else "moves the batch dimension"
+    if base == "t":
+        return "moves the batch dimension" if ndim == 2 else ""
+    if base == "transpose":
+        dims = [node.args[1] % ndim, node.args[2] % ndim]
+        return "moves the batch dimension" if 0 in dims else ""
+    if base in ("squeeze", "unsqueeze"):
+        return "" if same_rows else "moves the batch dimension"
+    if base == "slice":
+        dim = node.args[1] % ndim if len(node.args) > 1 else 0
+        return "" if dim != 0 or same_rows else "slices the batch"
+    if base in _ALONG_DIM or base in _REDUCTIONS:
+        if base in _REDUCTIONS and (len(node.args) < 2 or node.args[1] in (None, [])):
+            return "reduces over the batch"
+        dim_arg = node.args[1] if len(node.args) > 1 else 0
+        if base in ("split", "split_with_sizes", "chunk"):
+            dim_arg = node.args[2] if len(node.args) > 2 else 0
+        dims = _dims(dim_arg, ndim + (base == "stack"))
+        return "acts along the batch dimension" if 0 in dims else ""
+    if base in ("mm", "addmm"):
+        b = node.args[1] if base == "mm" else node.args[2]
+        return "multiplies by an input-dependent matrix" if b in dependent else ""
+    return "is not known to keep the samples of a batch apart"
