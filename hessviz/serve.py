@@ -8,40 +8,53 @@ so this module runs Voila from there. Only the one notebook is served: there is 
 Options this module does not know are passed on to Voila unchanged (e.g. ``--show_tracebacks=True``
 to debug).
 
+The URL is printed once the server answers. Ctrl+C stops it: Voila shuts its kernels down and the
+command ends without a traceback.
+
 Jupyter's runtime and data directories default to a fresh temporary folder, so connection files
 and kernel state do not land in the home directory (set ``JUPYTER_RUNTIME_DIR`` /
 ``JUPYTER_DATA_DIR`` yourself to override). Kernel specs are still found in the environment.
 
 Kernels of this server get :data:`SERVE_ENV` set, so :func:`page_url` can tell the dashboard the
-address the visitor opened (for its share link), and :data:`BUNDLE_ENV`: the server also serves
-plotly's FigureWidget code at :data:`BUNDLE_ROUTE`, and the dashboard's figures load it from there
-(see :mod:`hessviz.widgets.figure_widget`).
+address the visitor opened (for its share link), and :data:`PLOTLY_JS_ENV`: Voila serves
+plotly.js (its ``extra_labextensions_path`` setting, pointed at a folder holding only that file)
+and the dashboard's plots load it from there, once per page, cached by the browser (see
+:mod:`hessviz.widgets.figure_widget`).
 
 The module is also a Jupyter server extension, for Voila running inside a Jupyter server (Binder:
-``binder/jupyter_server_config.json`` enables it). It adds the same route and page handler there.
-Importing it does not import torch (see :mod:`hessviz`), so no server holds torch for nothing.
+``binder/jupyter_server_config.json`` enables it). It serves plotly.js there too. Voila's bug
+voila#1458 (closed pages keep their kernels) is worked around in :mod:`hessviz._shims`.
+Importing this module does not import torch (see :mod:`hessviz`), so no server holds torch for
+nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import atexit
 import functools
+import importlib.util
 import os
 import re
 import shutil
+import signal
 import socket
-import sys
 import tempfile
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 DASHBOARD = Path("notebooks") / "dashboard.ipynb"
 #: Set (to "1") in the environment of this server's kernels.
 SERVE_ENV = "HESSVIZ_SERVE"
-#: Where the server serves plotly's FigureWidget code, relative to its base URL.
-BUNDLE_ROUTE = "hessviz/static/widgetbundle.js"
-#: Set for the kernels of this server: that code's path, absolute on the server.
-BUNDLE_ENV = "HESSVIZ_WIDGET_BUNDLE_PATH"
+#: Set for the kernels of a server that serves plotly.js: its path, absolute on the server.
+PLOTLY_JS_ENV = "HESSVIZ_PLOTLY_JS_PATH"
+#: Where the Jupyter server extension serves plotly.js (``plotly.min.js?v=<version>``).
+PLOTLY_JS_ROUTE = "hessviz/static"
+#: plotly.js as plotly.py ships it (the same file its offline HTML export embeds).
+PLOTLY_JS_FILE = ("package_data", "plotly.min.js")
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")  # name, IPv4 or [IPv6]
 _PORT = re.compile("[0-9]{1,5}")
 _SCHEMES = ("http", "https")
@@ -117,6 +130,54 @@ def voila_argv(notebook: Path, port: int, extra: list[str]) -> list[str]:
     return [str(notebook), f"--port={port}", "--no-browser", *extra]
 
 
+def plotly_js_file() -> Path:
+    """plotly.py's copy of plotly.js, found without importing plotly (this server does not)."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or spec.origin is None:
+        raise SystemExit("hessviz.serve: plotly is not installed (pip install 'hessviz[explorer]')")
+    return Path(spec.origin).parent.joinpath(*PLOTLY_JS_FILE)
+
+
+@functools.cache
+def plotly_js_version() -> str:
+    """The version of :func:`plotly_js_file`, from its header comment (e.g. ``"4.1.1"``)."""
+    with plotly_js_file().open(encoding="utf-8") as f:
+        head = f.read(200)
+    return head.split("plotly.js v", 1)[1].split()[0]
+
+
+def plotly_js_folder() -> Path:
+    """A temporary folder holding only ``hessviz/plotly-<version>.min.js`` (plotly's file).
+
+    Voila serves it, through its own ``extra_labextensions_path`` setting, at
+    ``<base>/voila/labextensions/hessviz/<name>``; the folder is removed at exit.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="hessviz-static-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    (folder / "hessviz").mkdir()
+    target = folder / "hessviz" / f"plotly-{plotly_js_version()}.min.js"
+    try:  # Voila refuses to serve a symbolic link that leads out of the folder
+        os.link(plotly_js_file(), target)
+    except OSError:  # another file system
+        shutil.copyfile(plotly_js_file(), target)
+    return folder
+
+
+def wait_until_serving(port: int, timeout: float = 120.0) -> bool:
+    """Whether the server on ``port`` answers (a static file: asking for the page would start a
+    kernel) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    probe = f"http://127.0.0.1:{port}/voila/static/voila.js"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(probe, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m hessviz.serve",
@@ -135,76 +196,60 @@ def main(argv: list[str] | None = None) -> None:
 
     os.chdir(root)  # Voila reads voila.json from the working directory
     private_jupyter_dirs()
-    print(f"hessviz dashboard: http://127.0.0.1:{port}/  (Ctrl+C to stop)", flush=True)
+    static = plotly_js_folder()
+    (script,) = (static / "hessviz").iterdir()
+    # Kernels inherit the environment: they learn they run here, and where plotly.js is.
+    os.environ[SERVE_ENV] = "1"
+    os.environ[PLOTLY_JS_ENV] = f"/voila/labextensions/hessviz/{script.name}"
 
-    sys.argv = ["voila"]
-    _voila_app().launch_instance(argv=voila_argv(notebook.relative_to(root), port, extra))
+    from . import _shims
+
+    app = _shims.voila_app().instance()
+    app.initialize(
+        [
+            *voila_argv(notebook.relative_to(root), port, extra),
+            f"--VoilaConfiguration.extra_labextensions_path={static}",
+        ]
+    )
+    url = f"http://127.0.0.1:{app.port}/"
+
+    def announce() -> None:
+        if wait_until_serving(app.port):
+            print(f"hessviz dashboard: {url}  (Ctrl+C to stop)", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl+C, or kill
+        signal.signal(signum, functools.partial(_stop, app))
+    try:
+        app.start()
+    except KeyboardInterrupt:  # before the server ran: nothing to shut down
+        pass
+    print("hessviz dashboard: stopped", flush=True)
 
 
-def _voila_app():
-    """Voila, plus plotly's widget code at :data:`BUNDLE_ROUTE`, and a page that ends its kernel.
+def _stop(app, signum: int, frame=None) -> None:
+    """Ctrl+C / SIGTERM: end the kernels, then the server's loop (a second signal waits).
 
-    - Kernels get :data:`SERVE_ENV` and :data:`BUNDLE_ENV` (the code's path on this server), so
-      :class:`~hessviz.widgets.figure_widget.SharedFigureWidget` pages load plotly's 5 MB of
-      browser code from that URL (cached by the browser) instead of through the kernel's
-      websocket, which also kept a copy in this server per page view.
-    - The page handler is :func:`_page_handlers`' one, which lets a closed page end its kernel.
+    The kernels are ended at once rather than asked to shut down: the pre-heated one is still
+    running its cell (waiting for a visitor), and asked nicely it printed a ``ZMQError``
+    traceback about the reply it could no longer send. They hold nothing worth saving.
     """
-    from jupyter_server.utils import url_path_join
-    from tornado.web import StaticFileHandler
-    from voila.app import Voila
+    loop = getattr(app, "ioloop", None)
+    if loop is None:  # not serving yet
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("hessviz dashboard: stopping", flush=True)
 
-    voila_page, dashboard_page = _page_handlers()
+    async def shutdown() -> None:
+        from jupyter_core.utils import ensure_async
 
-    class HessvizVoila(Voila):
-        def init_settings(self):
-            # Before the kernel manager exists: (pre-heated) kernels inherit the environment.
-            os.environ[SERVE_ENV] = "1"
-            os.environ[BUNDLE_ENV] = url_path_join(self.server_url or self.base_url, BUNDLE_ROUTE)
-            return super().init_settings()
+        try:
+            await ensure_async(app.kernel_manager.shutdown_all(now=True))
+        finally:
+            loop.stop()
 
-        def init_handlers(self):
-            voila_routes = [
-                (route_, dashboard_page if handler is voila_page else handler, *rest)
-                for route_, handler, *rest in super().init_handlers()
-            ]
-            # First: Voila's last route sends every other path to the notebook.
-            return [_bundle_route(self.server_url, StaticFileHandler), *voila_routes]
-
-    return HessvizVoila
-
-
-def _bundle_route(base_url: str, handler: type) -> tuple:
-    """The route that serves plotly's widget code at :data:`BUNDLE_ROUTE`, and only that file."""
-    import plotly
-    from jupyter_server.utils import url_path_join
-
-    folder, name = os.path.split(BUNDLE_ROUTE)
-    bundle_dir = os.path.join(os.path.dirname(plotly.__file__), "package_data")
-    return url_path_join(base_url, folder, f"({re.escape(name)})"), handler, {"path": bundle_dir}
-
-
-@functools.cache
-def _page_handlers():
-    """``(Voila's page handler, hessviz's)``: the same page, and a closed page ends its kernel.
-
-    Closing the page sends Voila's kernel-shutdown beacon with the page's ``_xsrf`` cookie, but
-    Voila 0.5.13 never sets that cookie, so the server refused the beacon (403, voila#1458) and
-    every closed page left its kernel (~360 MB) running until the idle cull. This handler sets
-    the cookie.
-    """
-    import inspect
-
-    from voila.tornado.handler import TornadoVoilaHandler
-
-    class DashboardPageHandler(TornadoVoilaHandler):
-        async def prepare(self):
-            prepared = super().prepare()
-            if inspect.isawaitable(prepared):
-                await prepared
-            self.xsrf_token  # noqa: B018 - reading the token sets the _xsrf cookie
-
-    return TornadoVoilaHandler, DashboardPageHandler
+    loop.asyncio_loop.call_soon_threadsafe(lambda: asyncio.ensure_future(shutdown()))
 
 
 # hessviz.serve as a Jupyter server extension: what Binder runs. There Voila is itself an extension
@@ -217,36 +262,28 @@ def _jupyter_server_extension_points():
 
 
 def _load_jupyter_server_extension(server_app) -> None:
-    """Serve plotly's widget code at :data:`BUNDLE_ROUTE` and point the kernels at it."""
+    """Serve plotly.js at :data:`PLOTLY_JS_ROUTE` and point the kernels at it."""
     from jupyter_server.base.handlers import FileFindHandler
     from jupyter_server.utils import url_path_join
 
     base_url = server_app.web_app.settings["base_url"]
-    server_app.web_app.add_handlers(".*$", [_bundle_route(base_url, FileFindHandler)])
-    os.environ[BUNDLE_ENV] = url_path_join(base_url, BUNDLE_ROUTE)  # before any kernel starts
+    file = plotly_js_file()
+    route = url_path_join(base_url, PLOTLY_JS_ROUTE, f"({re.escape(file.name)})")
+    server_app.web_app.add_handlers(".*$", [(route, FileFindHandler, {"path": str(file.parent)})])
+    # The version in the query: a new plotly is a new URL for the browser's cache.
+    path = url_path_join(base_url, PLOTLY_JS_ROUTE, file.name)
+    os.environ[PLOTLY_JS_ENV] = f"{path}?v={plotly_js_version()}"
 
 
 async def _start_jupyter_server_extension(server_app) -> None:
-    """Once every extension has added its routes: Voila's page handler becomes hessviz's."""
-    web_app = server_app.web_app
-    if not sum(map(_swap_page_handler, (web_app.default_router, web_app.wildcard_router))):
+    """Once every extension has added its routes: the voila#1458 page handler (see _shims)."""
+    from . import _shims
+
+    if _shims.use_page_handler(server_app.web_app) == 0:
         server_app.log.warning(
             "hessviz.serve: no Voila page route found (is Voila's server extension enabled?); "
             "closed Voila pages keep their kernels until the idle cull"
         )
-
-
-def _swap_page_handler(router) -> int:
-    """Replace Voila's page handler by hessviz's in ``router``'s rules (nested routers too)."""
-    voila_page, dashboard_page = _page_handlers()
-    swapped = 0
-    for rule in getattr(router, "rules", ()):
-        if rule.target is voila_page:
-            rule.target = dashboard_page
-            swapped += 1
-        else:
-            swapped += _swap_page_handler(rule.target)
-    return swapped
 
 
 if __name__ == "__main__":

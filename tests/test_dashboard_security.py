@@ -26,6 +26,7 @@ from __future__ import annotations
 import builtins
 import json
 import re
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -118,9 +119,12 @@ def spies(monkeypatch):
     for name in ("eval", "exec"):
         original = getattr(builtins, name)
 
-        def spy(source, *args, _original=original, **kwargs):
+        def spy(source, globals_=None, locals_=None, /, _original=original):
             calls.append(str(source))
-            return _original(source, *args, **kwargs)
+            if globals_ is None:  # eval(text) reads its caller's names (plotly's validators do)
+                caller = sys._getframe(1)
+                globals_, locals_ = caller.f_globals, caller.f_locals
+            return _original(source, globals_, locals_)
 
         monkeypatch.setattr(builtins, name, spy)
     return calls
@@ -298,8 +302,11 @@ FORBIDDEN_PATHS = [
     "/voila/labextensions/../README.md",
     "/voila/api/themes/../README.md",
     "/hessviz/static/../../README.md",
-    "/hessviz/static/widgetbundle.jsx",
+    "/hessviz/static/widgetbundle.js",
     "/hessviz/static/plotly.min.js",
+    "/voila/labextensions/hessviz/../../README.md",
+    "/voila/labextensions/hessviz/widgetbundle.js",
+    "/voila/labextensions/plotly.min.js",
     "/api/contents",
     "/api/contents/README.md",
     "/voila/api/contents",
@@ -371,8 +378,11 @@ def test_only_the_dashboard_is_served(dashboard, server_pid):  # noqa: F811
     assert not exposed, exposed
     # None of those requests started a kernel (each would hold ~400 MB until culled).
     assert set(kernels(server_pid)) == before
-    status, body = fetch(f"{base}/hessviz/static/widgetbundle.js")
-    assert status == 200 and len(body) > 1_000_000  # the one static file hessviz adds
+    # The one static file hessviz adds: plotly.js, through Voila's extra_labextensions_path.
+    status, body = fetch(
+        f"{base}/voila/labextensions/hessviz/plotly-{serve.plotly_js_version()}.min.js"
+    )
+    assert status == 200 and len(body) > 1_000_000 and "plotly.js v" in body[:200]
 
 
 @pytest.mark.browser

@@ -1,85 +1,107 @@
-// The front end of hessviz.widgets.figure_widget.SharedFigureWidget: plotly's own FigureWidget
-// code, loaded once per page and without anywidget's 2 s limit.
+// The front end of hessviz.widgets.figure_widget.PlotWidget: the figure is the model's state
+// (`spec` = {data, layout}, `config`), drawn with plotly.js's public `Plotly.react`.
 //
-// plotly's FigureWidget module is 5 MB. As its own `_esm`, every figure would send and compile a
-// copy, and anywidget (0.11) rejects a model whose module takes more than 2 s to load and then
-// drops every later update of it: on a busy machine whole panels froze. Here each figure's module
-// is this small file; it takes plotly's code from the one PlotlyCode widget the figure points to
-// (`_hv_code`: a URL on the page's server, or the code itself), imports it once per page (cached
-// under `_hv_code_key`), and hands each figure to plotly's own `initialize` and `render`.
-// `initialize` returns at once, so anywidget's timer never sees the load. Model changes that
-// arrive while the code is loading are replayed to plotly's handlers when it is ready, in order,
-// so no update is lost.
+// Public APIs only: anywidget's `render({model, el})` and `model.get`/`model.on`, plotly.js's
+// `Plotly.react`, `Plotly.Plots.resize` and `Plotly.purge`, the browser's `ResizeObserver`.
+// plotly.js (4.8 MB) is loaded once per page, whatever the number of plots: from the URL the
+// PlotlyJS widget names (a server that serves it, cached by the browser), else from the code that
+// widget carries (sent once through the kernel). Every draw reads the model's current state, so
+// a change that arrives while plotly.js loads is simply part of the first draw.
 
-const LOADS = (globalThis.__hessvizPlotlyCode ??= new Map()); // code key -> Promise<module>
-// What the browser tests read: plotly modules imported, from where, and model changes replayed.
+const LOADS = (globalThis.__hessvizPlotlyCode ??= new Map()); // code key -> Promise<Plotly>
+// What the browser tests read: plotly.js loads, from where ("url"/"kernel"/"page"), and how many
+// state changes arrived while plotly.js was still loading (drawn from the latest state).
 const STATS = (globalThis.__hessvizPlotlyStats ??= { loads: 0, via: "", replayed: 0 });
 
-function plotlyModule(model) {
-  const key = model.get("_hv_code_key");
+function classicScript(src) {
+  // plotly.min.js is a UMD bundle that sets `window.Plotly`: load it as a classic script.
+  return new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = src;
+    script.onload = resolve;
+    script.onerror = () => reject(new Error(`could not load ${src}`));
+    document.head.appendChild(script);
+  });
+}
+
+function loadPlotly(model) {
+  const key = model.get("_plotly_key"); // "plotly.js-<version>"
   if (!LOADS.has(key)) {
     const load = (async () => {
-      const id = String(model.get("_hv_code")).replace(/^IPY_MODEL_/, "");
+      const version = key.replace(/^plotly\.js-/, "");
+      if (globalThis.Plotly?.version === version) {
+        STATS.via = "page"; // already on the page (e.g. plotly's own notebook renderer put it there)
+        return globalThis.Plotly;
+      }
+      const id = String(model.get("_plotly")).replace(/^IPY_MODEL_/, "");
       const code = await model.widget_manager.get_model(id);
       STATS.loads += 1;
-      STATS.via = code.get("url") ? "url" : "kernel";
       if (code.get("url")) {
-        const href = new URL(code.get("url"), document.baseURI).href;
-        return await import(/* webpackIgnore: true */ href);
+        STATS.via = "url";
+        await classicScript(new URL(code.get("url"), document.baseURI).href);
+      } else {
+        STATS.via = "kernel";
+        const blob = new Blob([code.get("source")], { type: "text/javascript" });
+        const url = URL.createObjectURL(blob);
+        try {
+          await classicScript(url);
+        } finally {
+          URL.revokeObjectURL(url);
+        }
       }
-      const blob = new Blob([code.get("source")], { type: "text/javascript" });
-      const url = URL.createObjectURL(blob);
-      try {
-        return await import(/* webpackIgnore: true */ url);
-      } finally {
-        URL.revokeObjectURL(url);
-      }
+      if (!globalThis.Plotly) throw new Error("plotly.js loaded but defined no window.Plotly");
+      return globalThis.Plotly;
     })();
-    load.catch(() => LOADS.delete(key)); // a failed load is tried again by the next figure
+    load.catch(() => LOADS.delete(key)); // a failed load is tried again by the next plot
     LOADS.set(key, load);
   }
   return LOADS.get(key);
 }
 
-// Deliver changes plotly's handlers missed: each one, in order, as the event it would have seen.
-function replay(missed) {
-  // Every change was recorded, so each attribute ends at its current value.
-  STATS.replayed += missed.length;
-  for (const [backbone, key, value] of missed) {
-    backbone.attributes[key] = value;
-    backbone.trigger(`change:${key}`, backbone, value, {});
-  }
-}
+const STATE = ["change:spec", "change:config"];
 
-export default () => {
-  let loaded = null; // Promise of plotly's widget ({initialize, render}) for this figure
-  return {
-    initialize(ctx) {
-      const missed = []; // [backbone model, attribute, value] changed before plotly's code loaded
-      const record = (backbone) => {
-        for (const [key, value] of Object.entries(backbone.changedAttributes() || {})) {
-          missed.push([backbone, key, value]);
-        }
-      };
-      ctx.model.on("change", record);
-      loaded = plotlyModule(ctx.model).then((module) => {
-        const widget = module.default();
-        widget.initialize?.(ctx);
-        ctx.model.off("change", record);
-        replay(missed);
-        return widget;
+export default {
+  async render({ model, el }) {
+    const countEarly = () => (STATS.replayed += 1);
+    for (const event of STATE) model.on(event, countEarly);
+    const div = document.createElement("div");
+    div.className = "hv-plot";
+    div.style.width = "100%";
+    el.appendChild(div);
+    let Plotly;
+    try {
+      Plotly = await loadPlotly(model);
+    } catch (error) {
+      console.error("[hessviz] plotly.js did not load:", error);
+      div.textContent = "This plot could not load plotly.js; reload the page.";
+      return undefined;
+    } finally {
+      for (const event of STATE) model.off(event, countEarly);
+    }
+    // Draws are chained, so they reach plotly in order and never overlap; plotly gets copies
+    // (it writes into the objects it is given).
+    let drawing = Promise.resolve();
+    const draw = () => {
+      drawing = drawing.catch(() => undefined).then(() => {
+        const spec = structuredClone(model.get("spec") ?? {});
+        const config = { responsive: true, displaylogo: false, ...model.get("config") };
+        const layout = { autosize: true, ...(spec.layout ?? {}) };
+        return Plotly.react(div, spec.data ?? [], layout, config);
       });
-      loaded.catch((error) => console.error("[hessviz] plotly's widget code did not load:", error));
-    },
-    async render(ctx) {
-      let widget;
-      try {
-        widget = await loaded;
-      } catch (error) {
-        ctx.el.textContent = "This plot could not load plotly's code; reload the page.";
-        return undefined;
-      }
-      return widget.render(ctx);
-    },
-  };
+      drawing.catch((error) => console.error("[hessviz] plotly.js could not draw:", error));
+      return drawing;
+    };
+    for (const event of STATE) model.on(event, draw);
+    await draw();
+    // The plot takes its container's width whenever that changes (first layout included).
+    const resize = new ResizeObserver(() => {
+      if (div.offsetWidth > 0) Plotly.Plots.resize(div);
+    });
+    resize.observe(el);
+    return () => {
+      resize.disconnect();
+      for (const event of STATE) model.off(event, draw);
+      Plotly.purge(div);
+    };
+  },
 };

@@ -1,45 +1,51 @@
-"""A plotly ``FigureWidget`` whose 5 MB of browser code reaches each page once, not once per plot.
+"""A plot widget whose state is the figure: anywidget + plotly.js's public ``Plotly.react``.
 
-plotly's ``FigureWidget`` is an anywidget whose ES module (``_esm``) is plotly's whole widget
-bundle. Every figure sends its own copy to the page, which compiles each one; with the explorer's
-seven panels that is 35 MB per page view. anywidget also gives a module 2 s to load, and a figure
-that misses it drops every later update (its panel freezes), which happened when several pages
-opened at once on a small machine.
+:class:`PlotWidget` holds a plotly figure as plain JSON state (``spec`` = ``{"data", "layout"}``
+and ``config``, synced traitlets); its browser side (``figure_widget.js``) draws that state with
+``Plotly.react`` whenever it changes, and follows its container's width with a
+``ResizeObserver``. Nothing is replayed and nothing needs syncing before display: a page that
+shows the widget later, or inside any container, draws the current state.
 
-:class:`SharedFigureWidget` behaves exactly like ``go.FigureWidget`` in Python. Its ``_esm`` is a
-small loader (``figure_widget.js``) that takes plotly's code from one :class:`PlotlyCode` widget
-per kernel, imports it once per page, and replays any update that arrived while it was loading.
-Works wherever anywidget does: Voila, JupyterLab, Notebook 7, Binder. Under ``hessviz.serve`` the
-code comes from the server's URL for it (cached by the browser); elsewhere through the kernel.
+plotly.js (4.8 MB, shipped by plotly.py as ``package_data/plotly.min.js``) reaches a page once,
+whatever the number of plots: every plot points to this kernel's one :class:`PlotlyJS` widget,
+which names a URL where the server serves it (``hessviz.serve`` and its Jupyter server extension
+do; the browser caches it) or else carries the code itself, sent once through the kernel.
+Works wherever anywidget does: Voila, JupyterLab, Notebook 7, Binder.
+
+:class:`PlotPanel` is one explorer panel: a PlotWidget in a box with a stable CSS class.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import anywidget
 import ipywidgets as widgets
-import plotly
+import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 import traitlets
 
-from ..serve import BUNDLE_ENV
+from ..serve import PLOTLY_JS_ENV, plotly_js_file, plotly_js_version
 
-#: plotly's FigureWidget ES module, as plotly itself ships it.
-PLOTLY_WIDGET_MODULE = Path(plotly.__file__).parent / "package_data" / "widgetbundle.js"
+#: plotly.js as plotly.py ships it (the same file its offline HTML export embeds).
+PLOTLY_JS = plotly_js_file()
+#: Options every plot gets unless its ``config`` says otherwise.
+DEFAULT_CONFIG = {"responsive": True, "displaylogo": False}
 
 
-class PlotlyCode(anywidget.AnyWidget):
-    """Where a page gets plotly's FigureWidget module; never displayed, only referenced by figures.
+class PlotlyJS(anywidget.AnyWidget):
+    """Where a page gets plotly.js; never displayed, only referenced by plots.
 
     Attributes:
-        url: the module's path on the server that serves the page (``hessviz.serve`` serves it),
-            or ``""``; the browser then fetches and caches it like any script.
-        source: without ``url``, the module's text (UTF-8), sent to the page once as a binary
-            message.
-        key: a digest of the module; the page caches the loaded module under it.
+        url: plotly.js's path on the server that serves the page, or ``""``; the browser then
+            fetches and caches it like any script.
+        source: without ``url``, the code itself (UTF-8), sent to the page once.
+        key: ``"plotly.js-<version>"``; a page loads each key once.
     """
 
     _esm = "export default {};"
@@ -48,48 +54,161 @@ class PlotlyCode(anywidget.AnyWidget):
     key = traitlets.Unicode().tag(sync=True)
 
 
-_CODE: PlotlyCode | None = None
+_PLOTLY_JS: PlotlyJS | None = None
 
 
-def plotly_code() -> PlotlyCode:
-    """This kernel's one :class:`PlotlyCode` widget (made again if it was closed).
+def plotly_js() -> PlotlyJS:
+    """This kernel's one :class:`PlotlyJS` widget (made again if it was closed).
 
-    In a kernel of ``hessviz.serve`` it names the server's copy of the module (its path is in
-    the environment variable :data:`hessviz.serve.BUNDLE_ENV`); anywhere else it carries the
-    module itself.
+    In a kernel of a server that serves plotly.js (``hessviz.serve``, or a Jupyter server with
+    its extension), the environment variable :data:`hessviz.serve.PLOTLY_JS_ENV` holds its path
+    and the widget names it; anywhere else the widget carries the code.
     """
-    global _CODE
-    if _CODE is None or _CODE.comm is None:
-        module = PLOTLY_WIDGET_MODULE.read_bytes()
-        key = f"plotly-{plotly.__version__}-{hashlib.sha256(module).hexdigest()[:16]}"
-        url = os.environ.get(BUNDLE_ENV, "")
-        _CODE = PlotlyCode(url=url, source=b"" if url else module, key=key)
-    return _CODE
+    global _PLOTLY_JS
+    if _PLOTLY_JS is None or _PLOTLY_JS.comm is None:
+        url = os.environ.get(PLOTLY_JS_ENV, "")
+        key = f"plotly.js-{plotly_js_version()}"
+        _PLOTLY_JS = PlotlyJS(url=url, source=b"" if url else PLOTLY_JS.read_bytes(), key=key)
+    return _PLOTLY_JS
 
 
-class SharedFigureWidget(go.FigureWidget):
-    """``go.FigureWidget`` that loads plotly's browser code from :func:`plotly_code`.
+def figure_json(figure: go.Figure | Mapping) -> dict:
+    """``{"data": [...], "layout": {...}}`` as plain JSON values (lists, numbers, ``None``).
 
-    Same constructor, properties and update methods as ``go.FigureWidget``.
+    Accepts a ``go.Figure`` or a figure dict (numpy arrays allowed). Arrays become nested lists
+    and NaN/inf become ``None`` (a gap for plotly.js), so the browser's ``gd.data`` holds plain
+    arrays.
 
     Example:
-        >>> fig = SharedFigureWidget(data=[{"type": "heatmap", "z": [[1, 2], [3, 4]]}])
-        >>> fig._hv_code is plotly_code(), fig.data[0].type
-        (True, 'heatmap')
-        >>> len(fig.get_state()["_esm"]) < 10_000  # the loader, not the 5 MB bundle
+        >>> figure_json({"data": [{"type": "heatmap", "z": np.array([[1.0, np.nan]])}]})
+        {'data': [{'type': 'heatmap', 'z': [[1.0, None]]}], 'layout': {}}
+        >>> figure_json(go.Figure(go.Bar(y=np.arange(3))))["data"][0]["y"]
+        [0, 1, 2]
+    """
+    spec = figure.to_plotly_json() if isinstance(figure, go.Figure) else figure
+    spec = {"data": list(spec.get("data") or []), "layout": dict(spec.get("layout") or {})}
+    return json.loads(pio.to_json(_decode_typed_arrays(spec), validate=False, engine="json"))
+
+
+def _decode_typed_arrays(value):
+    """plotly ≥ 6 writes numpy arrays as ``{"dtype", "bdata", "shape"}``; give back the arrays."""
+    if isinstance(value, Mapping):
+        if "bdata" in value and "dtype" in value:
+            array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+            shape = value.get("shape")
+            if shape:
+                array = array.reshape([int(n) for n in str(shape).split(",")])
+            return array
+        return {k: _decode_typed_arrays(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_decode_typed_arrays(v) for v in value]
+    return value
+
+
+class PlotWidget(anywidget.AnyWidget):
+    """A plotly figure as widget state, drawn in the browser with ``Plotly.react``.
+
+    Args:
+        figure: a ``go.Figure`` or a figure dict (``{"data": [...], "layout": {...}}``).
+        config: plotly.js options (merged over :data:`DEFAULT_CONFIG`).
+
+    Attributes:
+        spec: the figure as plain JSON (synced); set :attr:`figure` rather than this.
+        config: plotly.js's options (synced).
+
+    Example:
+        >>> plot = PlotWidget({"data": [{"type": "heatmap", "z": [[1, 2], [3, 4]]}]})
+        >>> plot.spec["data"][0]["z"], plot.figure.data[0].type
+        ([[1, 2], [3, 4]], 'heatmap')
+        >>> plot.figure = {"data": [{"type": "heatmap", "z": [[1, 2], [3, 5]]}]}
+        >>> plot.spec["data"][0]["z"][1]
+        [3, 5]
+        >>> plot._plotly is plotly_js() and len(plot.get_state()["_esm"]) < 10_000
         True
     """
 
     _esm = Path(__file__).with_name("figure_widget.js")
-    _hv_code = traitlets.Instance(PlotlyCode).tag(sync=True, **widgets.widget_serialization)
-    _hv_code_key = traitlets.Unicode().tag(sync=True)
+    spec = traitlets.Dict().tag(sync=True)
+    config = traitlets.Dict().tag(sync=True)
+    _plotly = traitlets.Instance(PlotlyJS).tag(sync=True, **widgets.widget_serialization)
+    _plotly_key = traitlets.Unicode().tag(sync=True)
 
-    # Defaults, not constructor arguments: they must be in the state the widget opens with,
-    # because the page's loader reads them the moment the model is created.
-    @traitlets.default("_hv_code")
-    def _default_code(self) -> PlotlyCode:
-        return plotly_code()
+    # Defaults, not constructor arguments: they are in the state the widget opens with.
+    @traitlets.default("_plotly")
+    def _default_plotly(self) -> PlotlyJS:
+        return plotly_js()
 
-    @traitlets.default("_hv_code_key")
-    def _default_code_key(self) -> str:
-        return self._hv_code.key
+    @traitlets.default("_plotly_key")
+    def _default_plotly_key(self) -> str:
+        return self._plotly.key
+
+    @traitlets.default("config")
+    def _default_config(self) -> dict:
+        return dict(DEFAULT_CONFIG)
+
+    def __init__(
+        self, figure: go.Figure | Mapping | None = None, *, config: Mapping | None = None, **kw
+    ) -> None:
+        super().__init__(**kw)
+        self._figure: go.Figure | Mapping = {"data": [], "layout": {}}
+        if config is not None:
+            self.config = {**DEFAULT_CONFIG, **config}
+        if figure is not None:
+            self.figure = figure
+
+    @property
+    def figure(self) -> go.Figure:
+        """The figure on display, as a new ``go.Figure`` (numpy arrays as they were given)."""
+        return go.Figure(self._figure)
+
+    @figure.setter
+    def figure(self, figure: go.Figure | Mapping) -> None:
+        self._figure = figure
+        self.spec = figure_json(figure)  # an equal spec sends nothing (traitlets compares)
+
+    def to_plotly_json(self) -> dict:
+        """The figure on display as a dict, like ``go.Figure.to_plotly_json``."""
+        return self.figure.to_plotly_json()
+
+
+class PlotPanel:
+    """One explorer panel: a :class:`PlotWidget` in a box with the CSS class ``hv-fig-<name>``.
+
+    Attributes:
+        name: the panel's name (``"hessian"``, ``"layers"``, …).
+        box: the container to place in a layout; its only child is :attr:`plot`.
+        plot: the :class:`PlotWidget` (CSS class ``hv-figure``).
+        spec: the figure spec it shows (as given to :meth:`show`).
+        rendered_key: what the caller said the spec shows (lets it skip identical redraws).
+    """
+
+    def __init__(self, name: str, config: Mapping | None = None) -> None:
+        self.name = name
+        self.plot = PlotWidget(config=config)
+        self.plot.add_class("hv-figure")
+        self.box = widgets.VBox([self.plot], layout=widgets.Layout(width="100%"))
+        self.box.add_class(f"hv-fig-{name}")
+        self.spec: dict = {"data": [], "layout": {}}
+        self.rendered_key: object = None
+
+    @property
+    def figure(self) -> go.Figure:
+        """The figure on display (a ``go.Figure``: read ``.data[0].z``, ``.layout``…)."""
+        return self.plot.figure
+
+    def show(self, figure_spec: go.Figure | Mapping, key: object = None) -> None:
+        """Display a figure spec; ``key`` records what it shows."""
+        self.plot.figure = figure_spec
+        self.spec = figure_spec
+        self.rendered_key = key
+
+    def sync(self) -> None:
+        """Nothing to do: the widget's state is the figure (kept for the old FigurePanel API)."""
+
+
+class SharedFigureWidget(go.FigureWidget):
+    """Deprecated: plotly's own ``go.FigureWidget`` (each plot sends plotly's 5 MB of code).
+
+    Kept so callers written for it keep working while they move to :class:`PlotWidget` /
+    :class:`PlotPanel`; it uses no private internals of plotly.
+    """

@@ -1,0 +1,83 @@
+"""Workarounds for upstream bugs, each limited to the versions that have the bug.
+
+Each one has a test in ``tests/test_shims.py`` that checks the bug is still there in the installed
+version: once upstream fixes it, that test fails, and the workaround (and the test) can go.
+
+**voila#1458** (Voila ≤ 0.5.13 at least): closing a Voila page sends a kernel-shutdown beacon
+with the page's ``_xsrf`` cookie, but Voila's page handler never sets that cookie, so the server
+refuses the beacon (403) and every closed page leaves its kernel (~360 MB with torch) running
+until the idle cull. :class:`XsrfCookiePageHandler` is Voila's page handler plus the cookie.
+:func:`voila_app` (standalone Voila, ``hessviz.serve``) and :func:`use_page_handler` (Voila as a
+Jupyter server extension, Binder) put it in place of Voila's — Voila has no setting for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+#: Voila versions known to have voila#1458 (``tests/test_shims.py`` checks the installed one).
+VOILA_1458_VERSIONS = ("0.5.",)
+
+
+def voila_1458_applies() -> bool:
+    """Whether the installed Voila is one of :data:`VOILA_1458_VERSIONS`."""
+    import voila
+
+    return voila.__version__.startswith(VOILA_1458_VERSIONS)
+
+
+@functools.cache
+def page_handlers() -> tuple[type, type]:
+    """``(Voila's page handler, the same plus the _xsrf cookie)``."""
+    from voila.tornado.handler import TornadoVoilaHandler
+
+    class XsrfCookiePageHandler(TornadoVoilaHandler):
+        async def prepare(self):
+            prepared = super().prepare()
+            if inspect.isawaitable(prepared):
+                await prepared
+            self.xsrf_token  # noqa: B018 - reading the token sets the _xsrf cookie
+
+    return TornadoVoilaHandler, XsrfCookiePageHandler
+
+
+def voila_app() -> type:
+    """Voila's application class; with voila#1458, one whose page handler sets the cookie."""
+    from voila.app import Voila
+
+    if not voila_1458_applies():
+        return Voila
+    voila_page, fixed_page = page_handlers()
+
+    class HessvizVoila(Voila):
+        def init_handlers(self):
+            return [
+                (route, fixed_page if handler is voila_page else handler, *rest)
+                for route, handler, *rest in super().init_handlers()
+            ]
+
+    return HessvizVoila
+
+
+def use_page_handler(web_app) -> int | None:
+    """In a Jupyter server: Voila's page routes get the fixed handler. Returns how many did.
+
+    ``None`` when the installed Voila does not need it. Call it once every extension has added
+    its routes (from an extension's ``_start_jupyter_server_extension``).
+    """
+    if not voila_1458_applies():
+        return None
+    return sum(_swap(router) for router in (web_app.default_router, web_app.wildcard_router))
+
+
+def _swap(router) -> int:
+    voila_page, fixed_page = page_handlers()
+    swapped = 0
+    for rule in getattr(router, "rules", ()):
+        if rule.target is voila_page:
+            rule.target = fixed_page
+            swapped += 1
+        else:
+            swapped += _swap(rule.target)
+    return swapped

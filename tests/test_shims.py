@@ -1,0 +1,90 @@
+"""Each workaround in :mod:`hessviz._shims` is still needed, and still works.
+
+The first test of each pair checks the upstream bug on the installed version: when it fails,
+upstream has fixed the bug; delete the workaround, its version guard and these tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import nbformat
+import pytest
+
+from hessviz import _shims, serve
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tiny_notebook(tmp_path):
+    """A one-cell notebook in ``tmp_path/notebooks/`` (a kernel starts in ~2 s, no torch)."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    path = folder / "tiny.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello')")])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, path)
+    return path
+
+
+def page_cookies(args: list[str], cwd, tmp_path) -> list[str]:
+    """Start ``python <args> --port=N``, GET its page, return the Set-Cookie headers; stop it."""
+    port = serve.free_port()
+    env = {
+        **os.environ,
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    }
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [sys.executable, *args, f"--port={port}"],
+        cwd=cwd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # stopped by its process group id below, never by name
+    )
+    try:
+        assert serve.wait_until_serving(port, timeout=60), (tmp_path / "server.log").read_text()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60) as response:
+            return response.headers.get_all("Set-Cookie") or []
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_voila_1458_plain_voila_still_sets_no_xsrf_cookie(tiny_notebook, tmp_path):
+    """If this fails, Voila sets the cookie itself now: remove the voila#1458 shim."""
+    assert _shims.voila_1458_applies(), "the version guard no longer covers the installed Voila"
+    args = ["-m", "voila", tiny_notebook.name, "--no-browser", "--Voila.ip=127.0.0.1"]
+    cookies = page_cookies(args, tiny_notebook.parent, tmp_path)
+    assert not [c for c in cookies if c.startswith("_xsrf=")], (
+        "Voila now sets the _xsrf cookie (voila#1458 fixed): delete the shim in hessviz/_shims.py"
+    )
+
+
+def test_voila_1458_shim_sets_the_cookie(tiny_notebook, tmp_path):
+    args = ["-m", "hessviz.serve", f"--notebook={tiny_notebook}"]
+    cookies = page_cookies(args, tmp_path, tmp_path)
+    assert [c for c in cookies if c.startswith("_xsrf=")], cookies
+
+
+def test_voila_1458_shim_swaps_only_voilas_page_handler():
+    voila_page, fixed_page = _shims.page_handlers()
+    assert issubclass(fixed_page, voila_page)
+    app = _shims.voila_app()
+    assert app.__mro__[1].__name__ == "Voila" and app.init_handlers is not None
