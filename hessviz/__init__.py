@@ -9,7 +9,7 @@ adds a leading ``B`` of per-sample results. The compute layer imports torch only
 from typing import TYPE_CHECKING
 
 from ._budget import get_memory_budget, memory_budget, set_memory_budget
-from ._errors import HessvizError
+from ._errors import HessvizError, HessvizFallbackWarning
 
 __version__ = "0.1.0"
 
@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 #: server and the Jupyter server extension in :mod:`hessviz.serve` never compute, and stay
 #: ~190 MB smaller.
 _TORCH_NAMES = {
-    "api": "LayerTerm auto_method hessian hessian_diagonal hvp laplacian layer_terms",
+    "api": "Explanation LayerTerm auto_method explain hessian hessian_diagonal hvp laplacian "
+    "layer_terms",
     "finite_differences": "default_fd_step fd_diagonal fd_hessian",
     "hutchinson": "hutchinson_diagonal",
     "models": "ACTIVATIONS mlp",
@@ -41,7 +42,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what editors and type checkers see
-    from .api import LayerTerm, auto_method, hessian, hessian_diagonal, hvp, laplacian, layer_terms
+    from .api import (
+        Explanation,
+        LayerTerm,
+        auto_method,
+        explain,
+        hessian,
+        hessian_diagonal,
+        hvp,
+        laplacian,
+        layer_terms,
+    )
     from .finite_differences import default_fd_step, fd_diagonal, fd_hessian
     from .hutchinson import hutchinson_diagonal
     from .models import ACTIVATIONS, mlp
@@ -65,6 +76,8 @@ __all__ = [
     "METHODS",
     "Method",
     "auto_method",
+    "explain",
+    "Explanation",
     # models
     "mlp",
     "ACTIVATIONS",
@@ -73,4 +86,5 @@ __all__ = [
     "set_memory_budget",
     "memory_budget",
     "HessvizError",
+    "HessvizFallbackWarning",
 ]

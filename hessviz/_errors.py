@@ -8,3 +8,12 @@ class HessvizError(ValueError):
     problem was raised by the user's own function, the original exception is chained
     (``raise HessvizError(...) from err``), so ``err.__cause__`` holds it.
     """
+
+
+class HessvizFallbackWarning(UserWarning):
+    """``method="auto"`` changed path during a call: the message says why and what it costs.
+
+    The result is still exact; only the speed differs. ``hv.explain(f, x)`` shows the path
+    before a call; ``warnings.simplefilter("error", hv.HessvizFallbackWarning)`` turns the
+    change into an error.
+    """

@@ -49,6 +49,7 @@ class Problem:
     batched: bool
     sel: tuple[int, ...]
     outputs_kind: str
+    Y: torch.Tensor | None = None  # (B, M): f's output at X, as computed when validating
 
     @property
     def B(self) -> int:
@@ -276,5 +277,5 @@ def prepare(
         sample_shape, out_shape = X.shape, y.shape
         X = X.reshape(1, -1)
     sel, kind = _parse_outputs(fname, outputs, out_shape.numel())
-    problem = Problem(f, X, sample_shape, out_shape, batched, sel, kind)
+    problem = Problem(f, X, sample_shape, out_shape, batched, sel, kind, y.detach().reshape(X.shape[0], -1))
     return problem, y.detach()

@@ -3,34 +3,81 @@
 from __future__ import annotations
 
 import functools
+import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from . import structured
+from . import engine, structured
 from ._budget import format_bytes, get_memory_budget
-from ._errors import HessvizError
+from ._errors import HessvizError, HessvizFallbackWarning
+from ._selfcheck import hvp_mismatch, projected_mismatch, random_directions
 from ._problem import Problem, check_input, check_method, grad_mode, prepare
 from .registry import METHODS
 
-_GENERIC_FALLBACK = {"hessian": "func", "hvp": "func", "diagonal": "taylor", "laplacian": "taylor"}
 _RESULT_AXES = {"hessian": 2, "diagonal": 1, "hvp": 1, "laplacian": 0}
+#: When a generic method fails on f, auto tries the next one; factors are typical slow-downs.
+_GENERIC_ORDER = ("func", "autograd", "loop")
+_SLOWER = {"func": 1, "autograd": 2, "loop": 45}
 
 
 @dataclass(frozen=True)
 class LayerTerm:
-    """One activation layer's contribution ``J_lᵀ diag(σ_l'' ⊙ ∂y/∂a_l) J_l`` to the Hessian.
+    """One curvature node's contribution to the Hessian; the terms of all nodes sum to it.
+
+    For an ``nn.Sequential`` (the layer-wise engine) the nodes are the activation layers and the
+    term is ``J_lᵀ diag(σ_l'' ⊙ ∂y/∂a_l) J_l``; for any other ``f`` (the graph engine) they are
+    the ops with curvature — activations, products of two input-dependent tensors, norms'
+    reciprocal square roots, softmax exponentials…
 
     Attributes:
-        index: position of the activation in the flattened ``nn.Sequential``.
-        name: the activation's class name, e.g. ``"Tanh"``.
-        hessian: same shape as :func:`hessian` returns; the terms of all layers sum to it.
+        index: position of the node: the activation's index in the flattened ``nn.Sequential``,
+            or the node's rank among the graph's curvature nodes.
+        name: the activation's class name (``"Tanh"``), or the op's name (``"tanh"``).
+        hessian: same shape as :func:`hessian` returns.
+        path: the module path the node belongs to (``"2"``, ``"blocks.1.act"``), or ``""``.
     """
 
     index: int
     name: str
     hessian: torch.Tensor
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What ``method="auto"`` runs for one call, and why (see :func:`explain`).
+
+    Attributes:
+        op: ``"hessian"``, ``"diagonal"``, ``"laplacian"`` or ``"hvp"``.
+        method: the method that runs (a key of :data:`hessviz.METHODS`).
+        reason: one or two sentences: why this method, and why not the faster engines.
+        checked: whether the fast path proved itself against autograd on this model.
+        nodes: the nodes that add curvature terms, ``"tanh (unary) at fc1"``-style (engines only).
+    """
+
+    op: str
+    method: str
+    reason: str
+    checked: bool = False
+    nodes: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        text = f"{self.op}: method {self.method!r}. {self.reason}"
+        if self.nodes:
+            text += "\nCurvature nodes: " + ", ".join(self.nodes)
+        return text
+
+
+@dataclass
+class _Decision:
+    method: str
+    reason: str
+    fw: object = None  # the structured engine's checked pass
+    plan: object = None  # the graph engine's plan
+    checked: bool = False
 
 
 def _public(fn: Callable) -> Callable:
@@ -44,15 +91,56 @@ def _public(fn: Callable) -> Callable:
     return wrapper
 
 
+_STRUCTURED_VERDICTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _structure(p: Problem, y: torch.Tensor):
+    """``(checked pass, None)`` when the layer-wise engine applies and proves itself, else
+    ``(None, reason)``. The proof (a Hessian of the first sample against autograd) is cached per
+    model, input shape, dtype, device and parameter versions."""
     try:
-        return structured.check(p, y), None
+        fw = structured.check(p, y)
     except structured.Unsupported as err:
+        return None, str(err)
+    key = (*engine._key(p, p.X[:1]),)
+    verdicts = engine._cache_for(_STRUCTURED_VERDICTS, p.f)
+    if verdicts is not None and key in verdicts:
+        verdict = verdicts[key]
+    else:
+        sel = p.sel[:8]
+        X0 = p.X[:1]
+        P = random_directions(p, 1, X0)
+        with torch.no_grad():
+            err = hvp_mismatch(p, X0, P[0], structured.hvp(p, X0, P, sel)[0], sel)
+            if err is None and p.n <= 32:  # small: the assembled Hessian too
+                eye = torch.eye(p.n, dtype=X0.dtype, device=X0.device)
+                err = projected_mismatch(p, X0, eye, structured.hessian(p, X0, sel)[0], sel)
+        verdict = None if err is None else (
+            f"the layer-wise engine failed its self-check on this model (off by {err:.1e} "
+            "relative to double backward)"
+        )
+        if verdicts is not None:
+            verdicts[key] = verdict
+    return (fw, None) if verdict is None else (None, verdict)
+
+
+def _graph_plan(p: Problem):
+    try:
+        return engine.plan(p, p.X), None
+    except engine.Unsupported as err:
         return None, str(err)
 
 
-def _choose(fname: str, op: str, p: Problem, method: str, structure: tuple) -> str:
-    """The method that runs ``op``; ``structure`` is :func:`_structure`'s answer (checked once)."""
+def _nodes(pl) -> tuple[str, ...]:
+    if pl is None:
+        return ()
+    return tuple(
+        f"{t.name} ({t.kind})" + (f" at {t.path}" if t.path else "") for t in pl.graph.taps
+    )
+
+
+def _decide(fname: str, op: str, p: Problem, y: torch.Tensor, method: str) -> _Decision:
+    """The method that runs ``op``, with the reason; fast paths are checked before they count."""
     if method != "auto":
         meth = METHODS[method]
         if op not in meth.computes:
@@ -61,36 +149,137 @@ def _choose(fname: str, op: str, p: Problem, method: str, structure: tuple) -> s
                 f"{fname}: method {method!r} does not compute {op}; use 'auto' or one of "
                 f"{', '.join(able)}."
             )
-        if meth.needs_structure:
-            fw, why = structure
+        if method == "structured":
+            fw, why = _structure(p, y)
             if fw is None:
                 raise HessvizError(
                     f"{fname}: method='structured' needs an nn.Sequential of affine layers "
                     f"(Linear, Conv, Flatten, average pooling, eval BatchNorm) and elementwise "
                     f"activations, but {why}. Use method='func', or 'auto' to fall back by itself."
                 )
-        return method
-    fw, _ = structure
-    if fw is None:
-        return _GENERIC_FALLBACK[op]
-    if op != "hessian":
-        return "structured"
-    c = structured.cost(p, fw)
-    return "structured" if c.structured_flops <= c.func_flops else "func"
+            return _Decision(method, "chosen by the caller", fw=fw, checked=True)
+        if method == "graph":
+            pl, why = _graph_plan(p)
+            if pl is None:
+                raise HessvizError(
+                    f"{fname}: method='graph' cannot plan for this f: {why}. Use method='func', "
+                    "or 'auto' to fall back by itself."
+                )
+            return _Decision(method, "chosen by the caller", plan=pl, checked=True)
+        return _Decision(method, "chosen by the caller")
+    fw, why_not_layers = _structure(p, y)
+    if fw is not None:
+        if op == "hessian":
+            c = structured.cost(p, fw)
+            if c.structured_flops > c.func_flops:
+                return _Decision(
+                    "func",
+                    "The layer-wise engine applies, but its cost model predicts torch.func is "
+                    f"cheaper here ({c.structured_flops:.3g} vs {c.func_flops:.3g} multiply-adds "
+                    "per sample).",
+                    fw=fw,
+                )
+        return _Decision(
+            "structured",
+            "f is an nn.Sequential of affine layers and elementwise activations: the layer-wise "
+            "engine applies and agreed with autograd on this model.",
+            fw=fw,
+            checked=True,
+        )
+    pl, why_not_graph = _graph_plan(p)
+    if pl is not None:
+        nodes = _nodes(pl)
+        if op == "hessian":
+            mine, func = pl.cost(p.n, p.m)
+            if mine > func:
+                return _Decision(
+                    "func",
+                    f"The graph engine applies, but its cost model predicts torch.func is cheaper "
+                    f"here ({mine:.3g} vs {func:.3g} multiply-adds per sample).",
+                    plan=pl,
+                )
+        generic = pl.generic_ops
+        return _Decision(
+            "graph",
+            "f was captured as a graph of operations; the graph engine agreed with autograd on "
+            "this model."
+            + (f" Ops without a closed-form rule ({', '.join(generic)}) get their terms from "
+               "Hessian-vector products of that op." if generic else ""),
+            plan=pl,
+            checked=True,
+        )
+    return _Decision(
+        "func",
+        "torch.func forward-over-reverse (exact for every differentiable op). The graph engine "
+        f"was not used: {why_not_graph}.",
+    )
+
+
+_GENERIC_VERDICTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _generic_choice(p: Problem) -> tuple[str, str]:
+    """The first generic method that runs on this ``f``: ``(method, why not the ones before)``.
+
+    torch.func differentiates one sample at a time (``vmap``); an ``f`` that only works on the
+    whole batch (a fixed label tensor, an LSTM's batched kernels) needs ``autograd``, which
+    differentiates the batch-summed output, or the plain ``loop``. Probed once on one output and
+    cached per model, shape, dtype and device.
+    """
+    key = engine._key(p, p.X)
+    verdicts = engine._cache_for(_GENERIC_VERDICTS, p.f)
+    if verdicts is not None and key in verdicts:
+        return verdicts[key]
+    why = ""
+    choice = ("loop", "")
+    for name in _GENERIC_ORDER[:-1]:
+        rows = p.X[:1] if name == "func" else p.X
+        try:
+            with torch.no_grad():  # one Hessian-vector product: cheap whatever n is
+                METHODS[name].kernel("hvp")(p, rows, torch.ones_like(rows), p.sel[:1])
+        except Exception as err:  # noqa: BLE001 - any failure means: not this method
+            why += f" {name} failed on this f ({type(err).__name__}: {_short(err)})."
+            continue
+        choice = (name, why.strip())
+        break
+    else:
+        choice = ("loop", why.strip())
+    if verdicts is not None:
+        verdicts[key] = choice
+    return choice
+
+
+def _short(err: Exception) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return text[:160]
+
+
+def _with_generic(d: _Decision, p: Problem) -> _Decision:
+    """Replace a ``func`` decision by the generic method that really runs on this ``f``."""
+    if d.method != "func":
+        return d
+    name, why = _generic_choice(p)
+    if name == "func":
+        return d
+    return _Decision(name, d.reason + f" {why} Running {name!r} instead.", plan=d.plan)
 
 
 def _needs_structure(method: str) -> bool:
     return method == "auto" or METHODS[method].needs_structure
 
 
-def _work(op: str, name: str, p: Problem, fw) -> tuple[float, float]:
+def _work(op: str, d: _Decision, p: Problem) -> tuple[float, float]:
     """Working memory in elements: ``(per sample, per sample and output)``."""
-    n, M = p.n, p.M
+    n, M, name = p.n, p.M, d.method
     if name == "structured":
-        c = structured.cost(p, fw)
+        c = structured.cost(p, d.fw)
         if op == "hessian":
             return c.work_elems_per_sample, c.work_elems_per_output
         return 2.0 * c.work_elems_per_sample, 4.0 * n  # Jacobians and their squares
+    if name == "graph":
+        per_sample = d.plan.graph.sizes / max(d.plan.graph.rows, 1)
+        r = 1 if op == "hvp" else n
+        return 3.0 * r * per_sample, 2.0 * r * per_sample + r * n
     if op == "hvp" or name == "taylor":  # taylor chunks its basis directions itself
         return 4.0 * (n + M), 8.0 * n
     return 4.0 * n * (n + M), 4.0 * n * (n + M)
@@ -107,23 +296,33 @@ def _describe_request(op: str, p: Problem, dtype: torch.dtype) -> str:
     return f"{axes} = {shown} {str(dtype).replace('torch.', '')}"
 
 
-def _chunks(fname: str, op: str, name: str, p: Problem, fw):
+_WAYS_OUT = (
+    "Ways out: select fewer outputs with outputs=..., ask for hv.hessian_diagonal or hv.hvp "
+    "instead of the full Hessian, use a smaller batch, or raise the budget with "
+    "hv.set_memory_budget(nbytes)."
+)
+
+
+def _check_result_size(fname: str, op: str, p: Problem) -> None:
+    """Refuse a result larger than the memory budget before any work is done."""
+    budget = get_memory_budget()
+    result = p.B * p.m * p.n ** _RESULT_AXES[op] * p.X.element_size()
+    if result > budget:
+        raise HessvizError(
+            f"{fname}: the result {_describe_request(op, p, p.X.dtype)} would need "
+            f"{format_bytes(result)}, over the memory budget of {format_bytes(budget)}. "
+            f"{_WAYS_OUT}"
+        )
+
+
+def _chunks(fname: str, op: str, d: _Decision, p: Problem):
     """Split ``(B, m)`` into chunks whose result and working memory fit the budget."""
     budget = get_memory_budget()
     isz = p.X.element_size()
     per_result = p.n ** _RESULT_AXES[op]
     result = p.B * p.m * per_result * isz
-    ways_out = (
-        "Ways out: select fewer outputs with outputs=..., ask for hv.hessian_diagonal or hv.hvp "
-        "instead of the full Hessian, use a smaller batch, or raise the budget with "
-        "hv.set_memory_budget(nbytes)."
-    )
-    if result > budget:
-        raise HessvizError(
-            f"{fname}: the result {_describe_request(op, p, p.X.dtype)} would need "
-            f"{format_bytes(result)}, over the memory budget of {format_bytes(budget)}. {ways_out}"
-        )
-    per_sample, per_output = _work(op, name, p, fw)
+    ways_out = _WAYS_OUT
+    per_sample, per_output = _work(op, d, p)
     avail = budget - result
     sample_bytes = (per_sample + p.m * (per_output + per_result)) * isz
     if sample_bytes <= avail:
@@ -135,7 +334,7 @@ def _chunks(fname: str, op: str, name: str, p: Problem, fw):
             need = (per_sample + per_output + per_result) * isz
             raise HessvizError(
                 f"{fname}: even one sample and one output needs about {format_bytes(need)} of "
-                f"working memory with method {name!r}, over the memory budget of "
+                f"working memory with method {d.method!r}, over the memory budget of "
                 f"{format_bytes(budget)}. {ways_out}"
             )
     for b0 in range(0, p.B, bc):
@@ -146,39 +345,65 @@ def _chunks(fname: str, op: str, name: str, p: Problem, fw):
 def _execute(
     fname: str, op: str, p: Problem, y: torch.Tensor, method: str, V: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Run ``op`` on the whole problem: ``(B, m, n^k)``."""
-    structure = _structure(p, y) if _needs_structure(method) else (None, None)
-    name = _choose(fname, op, p, method, structure)
+    """Run ``op`` on the whole problem: ``(B, m, n^k)``.
+
+    With ``method="auto"``, a path that fails during the call hands over to the next exact one
+    (graph or layer-wise → func → autograd → loop) with a :class:`HessvizFallbackWarning` that
+    names the reason and the typical cost; the result is exact either way.
+    """
+    _check_result_size(fname, op, p)
+    d = _decide(fname, op, p, y, method)
+    if method == "auto":
+        d = _with_generic(d, p)
     try:
-        return _run(fname, op, name, p, structure[0], V)
+        return _run(fname, op, d, p, V)
     except HessvizError:
         raise
     except Exception as err:
-        if method == "auto" and name != "loop":
-            # e.g. data-dependent control flow or a missing forward-mode rule under torch.func:
-            # the plain autograd loop differentiates anything autograd can.
-            try:
-                return _run(fname, op, "loop", p, None, V)
-            except Exception:
-                pass
-        raise HessvizError(
-            f"{fname}: method {name!r} failed while differentiating f: "
-            f"{type(err).__name__}: {err}. If f uses .item(), .numpy(), in-place changes of its "
-            "input or Python control flow on tensor values, try method='loop'."
-        ) from err
+        if method != "auto":
+            raise HessvizError(
+                f"{fname}: method {d.method!r} failed while differentiating f: "
+                f"{type(err).__name__}: {err}. If f uses .item(), .numpy(), in-place changes of "
+                "its input or Python control flow on tensor values, try method='loop'."
+            ) from err
+        failed, last = d.method, err
+    order = [m for m in _GENERIC_ORDER if m != failed and _GENERIC_ORDER.index(m) >= (
+        _GENERIC_ORDER.index(failed) + 1 if failed in _GENERIC_ORDER else 0)]
+    for name in order:
+        warnings.warn(
+            f"{fname}: method {failed!r} failed on this f ({type(last).__name__}: "
+            f"{_short(last)}); computing with {name!r} instead (exact, typically "
+            f"{_SLOWER[name]}x the time of 'func'). hv.explain(f, x) shows the path before a call.",
+            HessvizFallbackWarning,
+            stacklevel=4,
+        )
+        try:
+            return _run(fname, op, _Decision(name, "fallback"), p, V)
+        except HessvizError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            failed, last = name, err
+    raise HessvizError(
+        f"{fname}: every method failed while differentiating f; the last error was "
+        f"{type(last).__name__}: {last}. If f uses .item(), .numpy(), in-place changes of its "
+        "input or Python control flow on tensor values, it has no Hessian autograd can compute."
+    ) from last
 
 
-def _run(fname, op, name, p, fw, V) -> torch.Tensor:
+def _run(fname, op, d: _Decision, p: Problem, V) -> torch.Tensor:
+    name = d.method
     kernel = METHODS[name].kernel(op)
     per = (p.n,) * _RESULT_AXES[op]
+    graph = name == "graph"
 
     def run(bs, ms):
         # Results are plain tensors: no autograd history through the model's parameters.
+        extra = {"expected": p.Y[bs]} if graph and p.Y is not None else {}
         if op == "hvp":
-            return kernel(p, p.X[bs], V[bs], p.sel[ms]).detach()
-        return kernel(p, p.X[bs], p.sel[ms]).detach()
+            return kernel(p, p.X[bs], V[bs], p.sel[ms], **extra).detach()
+        return kernel(p, p.X[bs], p.sel[ms], **extra).detach()
 
-    chunks = list(_chunks(fname, op, name, p, fw))
+    chunks = list(_chunks(fname, op, d, p))
     if len(chunks) == 1:  # the usual case: no copy into a preallocated result
         return run(*chunks[0]).reshape(p.B, p.m, *per)
     R = p.X.new_empty(p.B, p.m, *per)
@@ -284,11 +509,13 @@ def hvp(f, x, v, *, batched=False, outputs=None, flat=False, method="auto") -> t
 
 @_public
 def layer_terms(f, x, *, batched=False, outputs=None, flat=False) -> list[LayerTerm]:
-    """Per-activation-layer terms of the Hessian from the layer-wise engine.
+    """Per-node terms of the Hessian: what each activation (or curvature op) contributes.
 
-    Returns one :class:`LayerTerm` per elementwise activation, in network order; each
-    ``term.hessian`` has the shape :func:`hessian` returns, and the terms sum to the full Hessian.
-    ReLU and linear networks give terms that are exactly zero (``σ'' = 0``).
+    For an ``nn.Sequential`` of affine layers and activations, one :class:`LayerTerm` per
+    activation layer (layer-wise engine); for any other ``f`` the graph engine captures, one per
+    node with curvature, named by its op and module path. Each ``term.hessian`` has the shape
+    :func:`hessian` returns, and the terms sum to the full Hessian. ReLU and linear networks
+    give terms that are exactly zero (``σ'' = 0``).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(),
@@ -301,25 +528,66 @@ def layer_terms(f, x, *, batched=False, outputs=None, flat=False) -> list[LayerT
         True
     """
     p, y = prepare("layer_terms", f, x, batched=batched, outputs=outputs)
-    _choose("layer_terms", "hessian", p, "structured", _structure(p, y))
+    fw, why_not_layers = _structure(p, y)
+    if fw is not None:
+        return [
+            LayerTerm(index, name, p.shape_result(term, 2, flat), str(index))
+            for index, name, term in structured.layer_terms(p, p.X, p.sel)
+        ]
+    pl, why_not_graph = _graph_plan(p)
+    if pl is None:
+        raise HessvizError(
+            f"layer_terms: neither engine applies to this f: the layer-wise engine needs an "
+            f"nn.Sequential of affine layers and elementwise activations ({why_not_layers}), and "
+            f"the graph engine could not plan for it ({why_not_graph})."
+        )
+    with torch.no_grad():
+        pairs = engine.node_terms(p, p.X, p.sel)
     return [
-        LayerTerm(index, name, p.shape_result(term, 2, flat))
-        for index, name, term in structured.layer_terms(p, p.X, p.sel)
+        LayerTerm(k, tap.name, p.shape_result(term, 2, flat), tap.path)
+        for k, (tap, term) in enumerate(pairs)
     ]
+
+
+def _explain(fname: str, op: str, f, x, batched, outputs) -> Explanation:
+    if op not in _RESULT_AXES:
+        raise HessvizError(f"{fname}: op must be one of {', '.join(_RESULT_AXES)}, got {op!r}.")
+    p, y = prepare(fname, f, x, batched=batched, outputs=outputs)
+    d = _with_generic(_decide(fname, op, p, y, "auto"), p)
+    return Explanation(op, d.method, d.reason, d.checked, _nodes(d.plan))
 
 
 @_public
 def auto_method(f, x, *, op="hessian", batched=False, outputs=None) -> str:
-    """The method ``method="auto"`` would use for ``op`` on this ``f`` and ``x``.
+    """The method ``method="auto"`` uses for ``op`` on this ``f`` and ``x`` (see :func:`explain`).
 
     Example:
         >>> auto_method(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh()).double(),
         ...             torch.zeros(3, dtype=torch.float64))
         'structured'
         >>> auto_method(lambda x: x.sin().sum(), torch.zeros(3), op="diagonal")
-        'taylor'
+        'graph'
     """
-    if op not in _RESULT_AXES:
-        raise HessvizError(f"auto_method: op must be one of {', '.join(_RESULT_AXES)}, got {op!r}.")
-    p, y = prepare("auto_method", f, x, batched=batched, outputs=outputs)
-    return _choose("auto_method", op, p, "auto", _structure(p, y))
+    return _explain("auto_method", op, f, x, batched, outputs).method
+
+
+@_public
+def explain(f, x, *, op="hessian", batched=False, outputs=None) -> Explanation:
+    """Which method ``method="auto"`` runs for ``op`` on this ``f`` and ``x``, and why.
+
+    The fast engines are tried in order — the layer-wise engine (``nn.Sequential`` of affine
+    layers and activations), then the graph engine (any ``f`` it can capture) — and each must
+    agree with a double-backward Hessian-vector product of ``f`` on the first sample before it
+    counts (``checked=True``). Otherwise the generic exact method that runs on this ``f`` is
+    reported with the reason the engines were not used. The verdicts are cached, so the call
+    that follows pays nothing for them.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh()).double()
+        >>> e = explain(lambda x: net(x).sin().sum(), torch.zeros(3, dtype=torch.float64))
+        >>> e.method, e.checked
+        ('graph', True)
+        >>> e.nodes
+        ('tanh (unary)', 'sin (unary)')
+    """
+    return _explain("explain", op, f, x, batched, outputs)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import structured
+from . import engine, structured
 from .methods import autograd, func, loop, taylor
 
 OPERATIONS = ("hessian", "hvp", "diagonal", "laplacian")
@@ -89,8 +89,20 @@ METHODS: dict[str, Method] = {
             needs_structure=True,
         ),
         Method(
+            "graph",
+            "graph engine: f captured as ATen ops, each node with curvature adds its own term",
+            {
+                "hessian": engine.hessian,
+                "diagonal": engine.diagonal,
+                "laplacian": engine.laplacian,
+                "hvp": engine.hvp,
+            },
+        ),
+        Method(
             "taylor",
-            "forward-over-forward jvp∘jvp along each basis vector (diagonal only)",
+            "forward-over-forward jvp∘jvp along each basis vector (diagonal only; never chosen by "
+            "auto: PyTorch's second-order forward mode is wrong for layer_norm, batch_norm and "
+            "solve)",
             {"diagonal": taylor.diagonal},
         ),
     ]

@@ -280,8 +280,9 @@ def test_every_public_name_resolves_to_its_submodules_object():
 def test_auto_picks_structured_for_small_mlps_and_generic_otherwise(model, X):
     assert hv.auto_method(model, X, batched=True) == "structured"
     assert hv.auto_method(model, X, batched=True, op="diagonal") == "structured"
-    assert hv.auto_method(lambda x: x.sin().sum(), X[0]) == "func"
-    assert hv.auto_method(lambda x: x.sin().sum(), X[0], op="laplacian") == "taylor"
+    assert hv.auto_method(lambda x: x.sin().sum(), X[0]) in ("graph", "func")  # by cost
+    # never forward-over-forward (taylor): PyTorch gets it wrong for some ops
+    assert hv.auto_method(lambda x: x.sin().sum(), X[0], op="laplacian") == "graph"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

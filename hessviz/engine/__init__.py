@@ -22,7 +22,7 @@ from torch import nn
 
 
 from .._problem import Problem
-from .._selfcheck import mismatch
+from .._selfcheck import hvp_mismatch, projected_mismatch, random_directions, relative_error
 from . import assemble
 from .assemble import Executor
 from .capture import Graph, Tap, Unsupported, capture, leaf_tensors
@@ -37,6 +37,21 @@ class Plan:
 
     graph: Graph
     executor: Executor
+
+    def cost(self, n: int, m: int) -> tuple[float, float]:
+        """Multiply-adds per sample: ``(graph engine, torch.func jacfwd(jacrev))`` for ``m``
+        full Hessians. The engine carries ``n`` directions through the graph, sweeps back once
+        per output and adds one ``n × K × n`` product per tap and output; torch.func runs ``n``
+        forward-over-reverse passes per output."""
+        rows = max(self.graph.rows, 1)
+        fwd = self.graph.flops / rows
+        taps = 0.0
+        for t in self.graph.taps:
+            K = t.node.meta["val"].numel() / rows
+            taps += K * (2 if t.kind == "product" else 1) * (n if t.kind == "generic" else 1)
+        engine = n * fwd + m * fwd + m * n * n * taps
+        func = n * (1 + 2 * m) * fwd + m * n * n
+        return engine, func
 
     @property
     def generic_ops(self) -> list[str]:
@@ -101,33 +116,58 @@ def plan(p: Problem, X: torch.Tensor | None = None) -> Plan:
     return built
 
 
-def _inputs(p: Problem, X: torch.Tensor, V: torch.Tensor | None):
-    """``x`` as ``f`` takes it (with autograd history) and the tangents ``(r, *x.shape)``."""
+def _inputs(p: Problem, X: torch.Tensor, V: torch.Tensor | None, directions=None):
+    """The leaf ``x``, the input ``f`` takes (with autograd history) and the tangents
+    ``(r, *x.shape)``: ``V`` (one per sample), or the ``(r, n)`` ``directions`` (default: the
+    ``n`` unit vectors) in every sample."""
     shape = (X.shape[0], *p.sample_shape) if p.batched else tuple(p.sample_shape)
     leaf = X.reshape(shape).detach().requires_grad_(True)
     x = leaf.clone()  # in-place view ops of f (unsqueeze_) may act on it, never on a leaf
-    n = p.n
     if V is not None:
         return leaf, x, V.reshape(1, *shape)
-    eye = torch.eye(n, dtype=X.dtype, device=X.device)
+    D = torch.eye(p.n, dtype=X.dtype, device=X.device) if directions is None else directions
+    r = D.shape[0]
     if p.batched:
-        return leaf, x, eye.reshape(n, 1, *p.sample_shape).expand(n, *shape)
-    return leaf, x, eye.reshape(n, *shape)
+        return leaf, x, D.reshape(r, 1, *p.sample_shape).expand(r, *shape)
+    return leaf, x, D.reshape(r, *shape)
 
 
 def _rows(p: Problem, sel, X) -> torch.Tensor:
     return torch.eye(p.M, dtype=X.dtype, device=X.device)[list(sel)]
 
 
-def _run(p: Problem, X: torch.Tensor, sel, need: str, pl: Plan | None = None) -> torch.Tensor:
-    """``(B, m, n, n)`` Hessians or ``(B, m, n)`` diagonals of rows ``X``."""
+class Stale(Unsupported):
+    """The graph no longer computes ``f`` (f's output differs from the graph's)."""
+
+
+def _check_output(p: Problem, y: torch.Tensor, expected: torch.Tensor | None) -> None:
+    """The graph must still compute ``f``: a closure's module replaced after the trace, or a
+    value-dependent branch the trace did not take, shows up as a different output."""
+    if expected is None:
+        return
+    y = y.detach().reshape(expected.shape)
+    scale = 1.0 + float(expected.abs().max())
+    if float((y - expected).abs().max()) > 10 * torch.finfo(y.dtype).eps ** 0.5 * scale:
+        plans = _cache_for(_PLANS, p.f)
+        if plans is not None:
+            plans.clear()
+        raise Stale("f's output at x differs from the captured graph's")
+
+
+def _run(
+    p: Problem, X: torch.Tensor, sel, need: str, pl: Plan | None = None, expected=None,
+    directions=None,
+) -> torch.Tensor:
+    """``(B, m, n, n)`` Hessians or ``(B, m, n)`` diagonals of rows ``X`` (projected on
+    ``directions``, ``(r, n)``, when given: ``(B, m, r, r)`` / ``(B, m, r)``)."""
     pl = pl or plan(p, X)
     ex = pl.executor
-    _, x, T0 = _inputs(p, X, None)
+    _, x, T0 = _inputs(p, X, None, directions)
     _, tensors = leaf_tensors(p.f)
-    m, n = len(sel), p.n
+    m, n = len(sel), T0.shape[0]
     with torch.enable_grad():
         env, tan, s2, y = ex.forward(tensors, x, T0, second=True)
+        _check_output(p, y, expected)
         adjoints = ex.adjoints(env, y, _rows(p, sel, X), retain=False)
     with torch.no_grad():
         total = None
@@ -139,27 +179,30 @@ def _run(p: Problem, X: torch.Tensor, sel, need: str, pl: Plan | None = None) ->
     return total.reshape(X.shape[0], m, *total.shape[2:])
 
 
-def hessian(p: Problem, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
-    return _run(p, X, sel, "hessian")
+def hessian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], expected=None) -> torch.Tensor:
+    return _run(p, X, sel, "hessian", expected=expected)
 
 
-def diagonal(p: Problem, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
-    return _run(p, X, sel, "diagonal")
+def diagonal(p: Problem, X: torch.Tensor, sel: tuple[int, ...], expected=None) -> torch.Tensor:
+    return _run(p, X, sel, "diagonal", expected=expected)
 
 
-def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
-    return _run(p, X, sel, "diagonal").sum(-1)
+def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], expected=None) -> torch.Tensor:
+    return _run(p, X, sel, "diagonal", expected=expected).sum(-1)
 
 
-def hvp(p: Problem, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+def hvp(
+    p: Problem, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], expected=None, pl=None
+) -> torch.Tensor:
     """``(B, m, n)``: one tangent forward, the adjoints, one pull-back per output."""
-    pl = plan(p, X)
+    pl = pl or plan(p, X)
     ex = pl.executor
     leaf, x, T0 = _inputs(p, X, V)
     _, tensors = leaf_tensors(p.f)
     m = len(sel)
     with torch.enable_grad():
         env, tan, s2, y = ex.forward(tensors, x, T0, second=True)
+        _check_output(p, y, expected)
         adjoints = ex.adjoints(env, y, _rows(p, sel, X), retain=True)
         q = assemble.hvp_pullback(ex, env, tan, s2, adjoints, leaf, m)
     return q.detach().reshape(m, X.shape[0], -1).transpose(0, 1)
@@ -185,12 +228,23 @@ def node_terms(p: Problem, X: torch.Tensor, sel: tuple[int, ...]):
 
 
 def _self_check(p: Problem, X: torch.Tensor, pl: Plan) -> None:
-    """The plan's proof: its Hessian of the first sample against autograd on ``f``."""
+    """The plan's proof on the first sample: its Hessians projected on two random directions,
+    the diagonals of those projections, and one Hessian-vector product, each against double
+    backward of ``f`` (:mod:`hessviz._selfcheck`). Costs a few gradients, whatever ``n``."""
     sel = p.sel[:8]
-    H = _run(p, X, sel, "hessian", pl)[0]
-    err = mismatch(p, X[:1], H, sel)
-    if err is not None:
+    P = random_directions(p, 2, X)
+    HP = _run(p, X, sel, "hessian", pl, directions=P)[0]
+    DP = _run(p, X, sel, "diagonal", pl, directions=P)[0]
+    Hv = hvp(p, X, P[:1].expand(X.shape[0], -1), sel, pl=pl)[0]
+    checks = {
+        "Hessian": projected_mismatch(p, X[:1], P, HP, sel),
+        "diagonal": relative_error(DP, torch.diagonal(HP, dim1=-2, dim2=-1), p.n),
+        "Hessian-vector product": hvp_mismatch(p, X[:1], P[0], Hv, sel),
+    }
+    bad = {k: v for k, v in checks.items() if v is not None}
+    if bad:
+        what = ", ".join(f"{k} off by {v:.1e}" for k, v in bad.items())
         raise Unsupported(
-            f"the graph engine's Hessian failed its self-check on this model (off by {err:.1e} "
-            "relative to a double-backward Hessian-vector product)"
+            f"the graph engine failed its self-check on this model ({what} relative to double "
+            "backward)"
         )
