@@ -23,8 +23,14 @@ _STOCHASTIC_OR_COUPLING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._
 
 @contextlib.contextmanager
 def grad_mode() -> Iterator[None]:
-    """Autograd on, inference mode off: works inside ``no_grad()`` and ``inference_mode()``."""
-    with torch.inference_mode(False), torch.enable_grad():
+    """Autograd on, inference mode off: works inside ``no_grad()`` and ``inference_mode()``.
+
+    Attention runs on PyTorch's math backend: the fused CPU/GPU attention kernels have first
+    derivatives only, and every method here needs second ones.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with torch.inference_mode(False), torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
         yield
 
 
@@ -82,7 +88,15 @@ class Problem:
     def sample_fn(self, x: torch.Tensor) -> torch.Tensor:
         """``(n,) → (M,)``: ``f`` on one flat sample (used under ``torch.func`` transforms)."""
         if self.batched:
-            return self.f(x.reshape(1, *self.sample_shape)).reshape(-1)
+            out = self.f(x.reshape(1, *self.sample_shape))
+            if out.shape[:1] != (1,) or out[0].numel() != self.M:
+                # e.g. a loss with a fixed label tensor for the whole batch: f is only defined
+                # on the batch it was given, and one row cannot be differentiated on its own.
+                raise RuntimeError(
+                    f"f maps one sample to shape {tuple(out.shape)}, not (1, {self.M}): it is "
+                    "only defined on the whole batch"
+                )
+            return out.reshape(-1)
         return self.f(x.reshape(self.sample_shape)).reshape(-1)
 
     def shape_result(self, R: torch.Tensor, n_input_axes: int, flat: bool) -> torch.Tensor:

@@ -127,8 +127,8 @@ def _inputs(p: Problem, X: torch.Tensor, V: torch.Tensor | None, directions=None
         return leaf, x, V.reshape(1, *shape)
     D = torch.eye(p.n, dtype=X.dtype, device=X.device) if directions is None else directions
     r = D.shape[0]
-    if p.batched:
-        return leaf, x, D.reshape(r, 1, *p.sample_shape).expand(r, *shape)
+    if p.batched:  # the same directions in every sample: shared, (r, 1, *S)
+        return leaf, x, D.reshape(r, 1, *p.sample_shape)
     return leaf, x, D.reshape(r, *shape)
 
 

@@ -76,8 +76,10 @@ class Executor:
         env: dict[fx.Node, object] = {}
         tan: dict[fx.Node, object] = {}
         s2: dict[fx.Node, torch.Tensor] = {}
+        shapes: dict[fx.Node, torch.Size | None] = {}
         for node, value in zip(self.placeholders, [*tensors, x]):
             env[node] = value
+            shapes[node] = value.shape
         tan[self.placeholders[-1]] = T0
         r = T0.shape[0]
         gm = self.graph.module
@@ -89,6 +91,8 @@ class Executor:
             kwargs = fx.map_arg(node.kwargs, lambda a: env[a])
             out = node.target(*args, **kwargs)
             env[node] = out
+            # shapes as computed: an in-place view (squeeze_) later changes the object's shape
+            shapes[node] = out.shape if isinstance(out, torch.Tensor) else None
             if node not in self.dep:
                 continue
             with torch.no_grad():
@@ -103,13 +107,26 @@ class Executor:
                     s1, s2[node] = _unary_derivatives(name, fn, z, out.detach(), second)
                     tan[node] = tan[u] * s1
                     continue
-                targs = fx.map_arg(node.args, lambda a: tan.get(a) if a in self.dep else None)
+                name = ops.op_name(node.target)
+                keep = name in _SHARED_OK
+
+                def tangent_of(a, keep=keep):
+                    if a not in self.dep:
+                        return None
+                    t = tan.get(a)
+                    shape = shapes.get(a)
+                    if isinstance(t, torch.Tensor) and shape is not None and not keep:
+                        if t.shape[1:] != shape:
+                            t = t.expand(t.shape[0], *shape)  # shared → per sample
+                    return t
+
+                targs = fx.map_arg(node.args, tangent_of)
                 dep_positions = [
                     k for k, a in enumerate(node.args) if isinstance(a, fx.Node) and a in self.dep
                 ]
                 detached = fx.map_arg(node.args, lambda a: _detach(env[a]))
                 tan[node] = tangent(
-                    ops.op_name(node.target),
+                    name,
                     node.target,
                     detached,
                     fx.map_arg(node.kwargs, lambda a: _detach(env[a])),
@@ -151,6 +168,12 @@ class Executor:
         return [next(it) if t.requires_grad else None for t in taps]
 
 
+#: Ops whose rules accept a tangent shared by all samples, ``(r, 1, *S)`` for a value
+#: ``(B, *S)``: the input's unit vectors stay shared through the affine stem (every sample has
+#: the same Jacobian there), and the first activation's term is one GEMM for the whole batch.
+_SHARED_OK = frozenset({"addmm", "mm", "add", "sub", "mul", "div", "neg", "_to_copy", "clone"})
+
+
 def _detach(v):
     return v.detach() if isinstance(v, torch.Tensor) else v
 
@@ -189,8 +212,11 @@ def _op_fn(tap: Tap, env: dict):
 
 
 def _per_sample(T: torch.Tensor, lead: int) -> torch.Tensor:
-    """``(r, *S)`` with the samples along dim 0 of ``S`` → ``(lead, r, K)``."""
+    """``(r, *S)`` with the samples along dim 0 of ``S`` → ``(lead, r, K)``; a tangent shared
+    by all samples (``(r, 1, …)``) → ``(1, r, K)``, which broadcasts in the products below."""
     r = T.shape[0]
+    if lead > 1 and T.ndim > 1 and T.shape[1] == 1:
+        return T.reshape(r, -1)[None]
     return T.reshape(r, lead, -1).transpose(0, 1)
 
 
@@ -200,9 +226,10 @@ def _generic_hvps(tap: Tap, env, tan, adj, r):
     g = _op_fn(tap, env)
     us = [_detach(env[u]) for u in tap.inputs]
     Ts = [
-        tan[u] if tan.get(u) is not None else us[k].new_zeros(r, *us[k].shape)
+        tan[u].expand(r, *us[k].shape) if tan.get(u) is not None
+        else us[k].new_zeros(r, *us[k].shape)
         for k, u in enumerate(tap.inputs)
-    ]
+    ]  # fmt: skip
     argnums = tuple(range(len(us)))
 
     def per_output(w):
@@ -227,7 +254,12 @@ def terms(ex: Executor, env, tan, s2, adjoints, m: int, n: int, need: str):
             c = c * s2[tap.op].reshape(lead, 1, -1)
             if need == "hessian":
                 Gc = G[:, None] * c[:, :, None, :]
-                yield (Gc.reshape(lead, m * n, -1) @ G.mT).reshape(lead, m, n, n)
+                if G.shape[0] == 1:  # shared by the samples: one GEMM for the whole batch
+                    yield (Gc.reshape(-1, G.shape[-1]) @ G[0].T).reshape(lead, m, n, n)
+                else:
+                    yield (Gc.reshape(lead, m * n, -1) @ G.mT).reshape(lead, m, n, n)
+            elif G.shape[0] == 1:
+                yield (c.reshape(-1, c.shape[-1]) @ (G[0] * G[0]).T).reshape(lead, m, n)
             else:
                 yield c @ (G * G).mT
         elif tap.kind == "product":

@@ -121,3 +121,40 @@ def div(a, b):
 
 
 TABLE[aten.div.Tensor] = div
+
+
+# -- losses: per element, then the reduction (0 none, 1 mean, 2 sum) ------------------------------
+def _reduce(loss, reduction):
+    return loss if reduction == 0 else (loss.mean() if reduction == 1 else loss.sum())
+
+
+def mse_loss(x, target, reduction=1):
+    d = x - target
+    return _reduce(d * d, reduction)
+
+
+def nll_loss_forward(x, target, weight, reduction, ignore_index):
+    if x.ndim != 2 or weight is not None:
+        return NotImplemented
+    picked = -x.gather(1, target.unsqueeze(1)).squeeze(1)
+    keep = (target != ignore_index).to(x.dtype)
+    picked = picked * keep
+    if reduction == 1:
+        total = picked.sum() / keep.sum()
+    else:
+        total = _reduce(picked, reduction)
+    return total, keep.sum()
+
+
+def binary_cross_entropy_with_logits(x, target, weight=None, pos_weight=None, reduction=1):
+    if pos_weight is not None:
+        return NotImplemented
+    loss = torch.nn.functional.softplus(x) - x * target
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction)
+
+
+TABLE[aten.mse_loss.default] = mse_loss
+TABLE[aten.nll_loss_forward.default] = nll_loss_forward
+TABLE[aten.binary_cross_entropy_with_logits.default] = binary_cross_entropy_with_logits
