@@ -47,6 +47,8 @@ import urllib.request
 from pathlib import Path
 
 DASHBOARD = Path("notebooks") / "dashboard.ipynb"
+#: hessviz's Voila template, in ``share/jupyter/voila/templates/`` of the checkout.
+TEMPLATE = "hessviz"
 #: Set (to "1") in the environment of this server's kernels.
 SERVE_ENV = "HESSVIZ_SERVE"
 #: Set for the kernels of a server that serves plotly.js: its path, absolute on the server.
@@ -130,6 +132,10 @@ def voila_argv(notebook: Path, port: int, extra: list[str]) -> list[str]:
     return [str(notebook), f"--port={port}", "--no-browser", *extra]
 
 
+def _has_template(root: Path) -> bool:
+    return (root / "share" / "jupyter" / "voila" / "templates" / TEMPLATE / "conf.json").is_file()
+
+
 def plotly_js_file() -> Path:
     """plotly.py's copy of plotly.js, found without importing plotly (this server does not)."""
     spec = importlib.util.find_spec("plotly")
@@ -163,11 +169,11 @@ def plotly_js_folder() -> Path:
     return folder
 
 
-def wait_until_serving(port: int, timeout: float = 120.0) -> bool:
+def wait_until_serving(port: int, timeout: float = 120.0, base: str = "/") -> bool:
     """Whether the server on ``port`` answers (a static file: asking for the page would start a
     kernel) within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    probe = f"http://127.0.0.1:{port}/voila/static/voila.js"
+    probe = f"http://127.0.0.1:{port}{base}voila/static/voila.js"
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(probe, timeout=2) as response:
@@ -196,25 +202,28 @@ def main(argv: list[str] | None = None) -> None:
 
     os.chdir(root)  # Voila reads voila.json from the working directory
     private_jupyter_dirs()
+    # hessviz's Voila template (share/jupyter/voila/templates/hessviz: the "lab" template with a
+    # loading message that says what the visitor waits for) is found through Jupyter's data path.
+    data_path = [str(root / "share" / "jupyter"), os.environ.get("JUPYTER_PATH", "")]
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in data_path if p)
     static = plotly_js_folder()
     (script,) = (static / "hessviz").iterdir()
-    # Kernels inherit the environment: they learn they run here, and where plotly.js is.
-    os.environ[SERVE_ENV] = "1"
-    os.environ[PLOTLY_JS_ENV] = f"/voila/labextensions/hessviz/{script.name}"
-
     from . import _shims
 
     app = _shims.voila_app().instance()
-    app.initialize(
-        [
-            *voila_argv(notebook.relative_to(root), port, extra),
-            f"--VoilaConfiguration.extra_labextensions_path={static}",
-        ]
-    )
-    url = f"http://127.0.0.1:{app.port}/"
+    ours = [f"--VoilaConfiguration.extra_labextensions_path={static}"]
+    if _has_template(root):
+        ours.append(f"--VoilaConfiguration.template={TEMPLATE}")
+    app.initialize(voila_argv(notebook.relative_to(root), port, [*ours, *extra]))  # extra wins
+    base = "/" + app.base_url.strip("/") + "/" if app.base_url.strip("/") else "/"
+    # Kernels (started by app.start()) inherit the environment: they learn they run here, and
+    # where plotly.js is.
+    os.environ[SERVE_ENV] = "1"
+    os.environ[PLOTLY_JS_ENV] = f"{base}voila/labextensions/hessviz/{script.name}"
+    url = f"http://127.0.0.1:{app.port}{base}"
 
     def announce() -> None:
-        if wait_until_serving(app.port):
+        if wait_until_serving(app.port, base=base):
             print(f"hessviz dashboard: {url}  (Ctrl+C to stop)", flush=True)
 
     threading.Thread(target=announce, daemon=True).start()
