@@ -15,10 +15,12 @@ node to the samples; an op that mixes rows, or moves the batch elsewhere, would 
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from dataclasses import dataclass, field
 
 import torch
+import torch.fx.traceback as fx_traceback
 from torch import fx, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -131,13 +133,47 @@ def _flops(node: fx.Node, name: str) -> float:
 
 
 def _module_path(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return ""
-    path = list(stack.values())[-1][0]
-    for prefix in ("L['self'].", "L__self___", "self."):
-        path = path.replace(prefix, "")
-    return path
+    """The path of the innermost module of ``f`` whose forward created ``node`` (or "")."""
+    return (node.meta.get("custom") or {}).get("hessviz_path", "")
+
+
+@contextlib.contextmanager
+def _module_paths(f):
+    """While tracing, annotate each node with the module path it was created in.
+
+    Global module hooks (removed on exit) open ``torch.fx.traceback.annotate`` for the duration
+    of each submodule's forward; the user's modules are not touched. Names only: no number
+    depends on them.
+    """
+    if not isinstance(f, nn.Module) or not hasattr(fx_traceback, "annotate"):
+        yield
+        return
+    names = {id(m): name for name, m in f.named_modules() if name}
+    open_: list[contextlib.ExitStack] = []
+
+    def enter(module, args):
+        name = names.get(id(module))
+        if name is not None:
+            stack = contextlib.ExitStack()
+            stack.enter_context(fx_traceback.annotate({"hessviz_path": name}))
+            open_.append(stack)
+
+    def leave(module, args, out):
+        if names.get(id(module)) is not None and open_:
+            open_.pop().close()
+
+    hooks = [
+        nn.modules.module.register_module_forward_pre_hook(enter),
+        nn.modules.module.register_module_forward_hook(leave),
+    ]
+    try:
+        with fx_traceback.preserve_node_meta():
+            yield
+    finally:
+        for h in hooks:
+            h.remove()
+        while open_:
+            open_.pop().close()
 
 
 def capture(p: Problem, X: torch.Tensor) -> Graph:
@@ -150,7 +186,7 @@ def capture(p: Problem, X: torch.Tensor) -> Graph:
     call = _caller(p, names)
     x = X.reshape(X.shape[0], *p.sample_shape) if p.batched else X.reshape(p.sample_shape)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _module_paths(p.f):
             gm = make_fx(
                 torch.func.functionalize(call, remove="mutations"),
                 decomposition_table=decompositions.TABLE,
