@@ -71,7 +71,7 @@ def test_hessian_figure_draws_matrices_like_matrices():
         assert yaxis.scaleanchor == f"x{k}" and yaxis.scaleratio == 1
     assert exact_trace.hovertemplate.startswith("∂²y_1/∂x_%{y}∂x_%{x} = %{z")
     assert exact_trace.texttemplate == "%{text}"  # n = 3: values printed in cells
-    assert "h = 0.0001" in fig.layout.annotations[1].text
+    assert "h = 1.0e-4" in fig.layout.annotations[1].text
 
 
 def test_hessian_figure_hides_cell_values_for_large_n_and_survives_exact_zeros():

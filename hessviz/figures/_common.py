@@ -16,9 +16,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import get_colorscale
 
-#: Diverging scale for signed second derivatives: blue < 0 < red, white at 0.
-DIVERGING = "RdBu_r"
+#: Diverging scale for signed second derivatives: blue < 0 < red, white at 0. Written out as
+#: colours: plotly.js knows no "_r" names (only plotly.py's validation expands them), and a plot
+#: widget sends the spec to plotly.js as it is.
+DIVERGING = get_colorscale("RdBu_r")
 #: Sequential scale for (log) errors.
 ERRORS = "Viridis"
 #: Colours for signs and series (plotly 7 accepts only 0–255 rgb or hex colours).
@@ -125,6 +128,7 @@ def matrix_axes(
             "tickvals": list(range(len(col_labels))),
             "ticktext": list(col_labels),
             "side": "top",
+            "ticks": "",
             "showgrid": False,
             "zeroline": False,
             "constrain": "domain",
@@ -136,6 +140,7 @@ def matrix_axes(
             "tickmode": "array",
             "tickvals": list(range(len(row_labels))),
             "ticktext": list(row_labels) if show_row_labels else [""] * len(row_labels),
+            "ticks": "",
             "showgrid": False,
             "zeroline": False,
             "scaleanchor": axis_ref(k, "x"),

@@ -137,10 +137,8 @@ def fd_error_spec(
             "range": [low, high],
             "exponentformat": "e",
         },
-        "annotations": [
-            note_annotation(note, y=-0.2, width=110),
-        ],
-        "margin": {"l": 60, "r": 30, "t": 60, "b": 110},
+        "annotations": [note_annotation(note, y=-0.2, width=110)] if note else [],
+        "margin": {"l": 60, "r": 30, "t": 60, "b": 110 if note else 50},
     }
     return spec(data, layout)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hessviz.analysis import scientific
+
 from ._common import (
     MAX_N_WITH_VALUES,
     as_array,
@@ -72,7 +74,7 @@ def hessian_spec(
     logs, low, high, colorbar = log_error_grid(gap)
     half = honest_range(exact, fd, floor=noise_floor)
     domains = grid_domains(3, hgap=0.06, top=0.97, bottom=0.14)
-    step_text = f"<br>h = {fmt(step, 2)}" if step is not None else ""
+    step_text = f"<br>h = {scientific(step)}" if step is not None else ""
     noisy = np.abs(fd) <= noise_floor if noise_floor is not None else np.zeros(fd.shape, bool)
     if noisy.all():
         step_text += " · all noise"

@@ -179,8 +179,8 @@ def landscape_spec(
     layout: dict = {
         "height": 420,
         "showlegend": True,
-        "legend": {"orientation": "h", "y": -0.12, "x": 0.0},
-        "margin": {"l": 50, "r": 30, "t": 60, "b": 60},
+        "legend": {"orientation": "h", "y": -0.2, "x": 0.0, "yanchor": "top"},
+        "margin": {"l": 50, "r": 30, "t": 60, "b": 90},
         "coloraxis": {
             "colorscale": "Cividis",
             "cmin": low,
@@ -217,7 +217,15 @@ def landscape_spec(
 
 
 def profile_spec(
-    t, values, taylor, *, point: float, gradient: float, curvature: float, output: int = 0
+    t,
+    values,
+    taylor,
+    *,
+    point: float,
+    gradient: float,
+    curvature: float,
+    output: int = 0,
+    part: str = "function",
 ) -> dict:
     """One input: ``y_i(x₀)`` along the line beside the Taylor parabola, with the point marked.
 
@@ -229,6 +237,8 @@ def profile_spec(
         gradient: ``dy_i/dx₀`` at the point.
         curvature: ``d²y_i/dx₀²`` at the point.
         output: output index ``i``.
+        part: ``"function"``, or ``"curvature"`` when ``values`` is ``f − f₀ − g d`` and
+            ``taylor`` is ``½ h d²``.
 
     Returns:
         Spec dict (``*_figure``: ``go.Figure``) with three traces: function, Taylor model, point.
@@ -246,10 +256,11 @@ def profile_spec(
     finite = values[np.isfinite(values)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
     pad = max(0.25 * (high - low), 1e-3)
+    curved = part == "curvature"
     data = [
         {
             "type": "scatter",
-            "name": f"y_{output}",
+            "name": f"y_{output} − f₀ − g·d" if curved else f"y_{output}",
             "x": t,
             "y": values,
             "mode": "lines",
@@ -257,7 +268,7 @@ def profile_spec(
         },
         {
             "type": "scatter",
-            "name": "Taylor model",
+            "name": "½·h·d²" if curved else "Taylor model",
             "x": t,
             "y": taylor,
             "mode": "lines",

@@ -63,6 +63,16 @@ def vanishing_explanation(activation: str, hidden_layers: int) -> str | None:
     return _PIECEWISE_LINEAR.get(activation)
 
 
+def share_text(share: float) -> str:
+    """A share in % for a label: ``"87%"``, ``"<1%"`` for a small non-zero one, ``"0%"``.
+
+    Example:
+        >>> share_text(86.7), share_text(0.2), share_text(0.0)
+        ('87%', '<1%', '0%')
+    """
+    return "<1%" if 0 < share < 0.5 else f"{share:.0f}%"
+
+
 def network_diagram(
     sizes: Sequence[int], shares: Sequence[float], *, domain, max_nodes: int = 6
 ) -> tuple[list[dict], list[dict], dict]:
@@ -100,7 +110,7 @@ def network_diagram(
             name, detail, colour = "outputs", f"m = {width}", "#e8e8e8"
         else:
             share = float(shares[c - 1]) if c - 1 < len(shares) else 0.0
-            name, detail = f"hidden layer {c}", f"share {share:.0f}%"
+            name, detail = f"hidden layer {c}", f"share {share_text(share)}"
             colour = share
         for y in ys:
             nodes_x.append(c)
@@ -238,7 +248,9 @@ def layer_terms_spec(
         summed = np.sum(matrices, axis=0)
         check = float(np.abs(summed - total).max())
         panels = [*zip(labels, matrices), ("Σ terms", summed), ("H", total)]
-        titles = [f"{label}<br>share {share:.0f}%" for label, share in zip(labels, shares)] + [
+        titles = [
+            f"{label}<br>share {share_text(share)}" for label, share in zip(labels, shares)
+        ] + [
             "sum of the terms",
             f"Hessian of y{output}",
         ]
@@ -256,11 +268,14 @@ def layer_terms_spec(
     rows = math.ceil(len(panels) / columns)
     columns = math.ceil(len(panels) / rows)  # 5 panels: 3 + 2, not 4 + 1
     diagram_px = 160 if sizes is not None else 0
-    grid_px = 230 * rows
+    grid_px = 230 * rows + 40 * (rows - 1)
     height = 90 + diagram_px + grid_px + (40 if note else 0)
-    plot_px = height - 100 - (70 if note else 20)
+    margin_top, margin_bottom = (100 if sizes is None else 60), (70 if note else 20)
+    plot_px = height - margin_top - margin_bottom
     top = 1.0 - (diagram_px + 60) / plot_px if sizes is not None else 1.0
-    domains = grid_domains(columns, rows, hgap=0.05, vgap=0.18 / rows, right=0.92, top=top)
+    # Between rows: the next row's titles (two lines) and column labels, ~95 px.
+    vgap = 95 / plot_px if rows > 1 else 0.0
+    domains = grid_domains(columns, rows, hgap=0.05, vgap=vgap, right=0.92, top=top)
     axis_labels = [f"x{j}" for j in range(n)]
     hover = "∂²y_{i}/∂x_%{{y}}∂x_%{{x}} = %{{z:.6g}}<extra>{name}</extra>"
     data, annotations = [], []
@@ -290,12 +305,7 @@ def layer_terms_spec(
         {
             "height": height,
             "title": {"text": headline, "x": 0.0, "xanchor": "left", "font": {"size": 14}},
-            "margin": {
-                "l": 50,
-                "r": 30,
-                "t": 100 if sizes is None else 60,
-                "b": 70 if note else 20,
-            },
+            "margin": {"l": 50, "r": 30, "t": margin_top, "b": margin_bottom},
             "coloraxis": diverging_coloraxis(half, colorbar_x=0.94),
             "annotations": annotations,
         }

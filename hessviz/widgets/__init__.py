@@ -11,30 +11,37 @@ Example (a notebook or Voila dashboard)::
 
 Modules: :mod:`~hessviz.widgets.state` (the view as a dataclass ⇄ query string),
 :mod:`~hessviz.widgets.compute` (engine calls, memoised per stage; no widgets),
-:mod:`~hessviz.widgets.display` (FigureWidget updates and the sync before display),
+:mod:`~hessviz.widgets.display` (where the explorer makes its plot panels),
 :mod:`~hessviz.widgets.figure_widget` (a plot widget: the figure is its state, drawn with
 ``Plotly.react``; plotly.js reaches a page once),
-:mod:`~hessviz.widgets.errors` (the one error wrapper), :mod:`~hessviz.widgets.explorer`.
+:mod:`~hessviz.widgets.errors` (the one error wrapper), :mod:`~hessviz.widgets.controls`
+(the controls, their tooltips and CSS classes), :mod:`~hessviz.widgets.panels` (titles, captions,
+redraws), :mod:`~hessviz.widgets.race` (the method race), :mod:`~hessviz.widgets.lessons`
+(presets that say what to look at), :mod:`~hessviz.widgets.explorer` (wiring and layout). The
+numbers the panels read (verdict, Taylor model, FD noise floor and error reading, layer shares)
+come from :mod:`hessviz.analysis`.
 """
 
 from .compute import Pipeline, ViewResults
-from .display import FigurePanel, sync_for_display
+from .display import FigurePanel
 from .errors import ErrorGuard, friendly_message
 from .explorer import PANELS, HessianExplorer
 from .figure_widget import PlotPanel, PlotWidget, SharedFigureWidget
+from .lessons import LESSONS, Lesson
 from .state import ExplorerState, hessian_methods
 
 __all__ = [
     "HessianExplorer",
     "ExplorerState",
     "PANELS",
+    "LESSONS",
+    "Lesson",
     "Pipeline",
     "ViewResults",
     "FigurePanel",
     "PlotWidget",
     "PlotPanel",
     "SharedFigureWidget",
-    "sync_for_display",
     "ErrorGuard",
     "friendly_message",
     "hessian_methods",

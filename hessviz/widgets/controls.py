@@ -34,7 +34,7 @@ from .state import (
 
 X_STEP = 0.01
 LOG_STEP = 0.1
-_DESCRIPTION = {"description_width": "92px"}
+_DESCRIPTION = {"description_width": "96px"}
 
 #: Control name → CSS class (a browser test selects widgets by these).
 CSS_CLASSES: dict[str, str] = {
@@ -81,8 +81,8 @@ TOOLTIPS: dict[str, str] = {
     "and the curve's shape does.",
     "step_auto": "Use the rule-of-thumb step h = ε^¼ · max(1, |x|) (ε: the precision's rounding "
     "unit).",
-    "samples": "Random probe vectors of Hutchinson's estimate of the diagonal: more probes, less "
-    "noise (error ~ 1/√probes).",
+    "samples": "How many random probe vectors Hutchinson's estimate of the diagonal averages: "
+    "more probes, less noise (error ~ 1/√probes).",
     "view": "Show the output itself, or only its curved part f − f₀ − gᵀd (value and slope taken "
     "away), where a steep slope would hide the curvature.",
     "plane_a": "The coordinate along the landscape's horizontal axis.",
@@ -248,7 +248,7 @@ class Controls:
         c["samples"] = widgets.IntSlider(
             min=SAMPLES[0],
             max=SAMPLES[1],
-            description="Hutchinson probes",
+            description="probes",
             layout=_wide(),
             **slider,
         )
@@ -259,7 +259,7 @@ class Controls:
             layout=_wide(),
         )
         c["plane_a"] = widgets.Dropdown(
-            options=[("x0", 0)], description="plane: across", style=_DESCRIPTION, layout=_wide()
+            options=[("x0", 0)], description="across", style=_DESCRIPTION, layout=_wide()
         )
         c["plane_b"] = widgets.Dropdown(
             options=[("x1", 1)], description="up", style=_DESCRIPTION, layout=_wide()
@@ -315,7 +315,8 @@ class Controls:
                 ),
                 section(
                     "Numerics",
-                    "Precision, exact method, and the two estimates compared with it.",
+                    "Precision, the exact method, and the two estimates: finite differences and "
+                    "Hutchinson's random probes.",
                     c["dtype"],
                     c["method"],
                     self.method_info,

@@ -31,7 +31,6 @@ from hessviz.analysis import scientific
 
 from .compute import DEFAULT_THREADS, Pipeline, ViewResults, torch_threads
 from .controls import CSS_CLASSES, Controls, set_text, text_of
-from .display import ResizeNudge
 from .errors import ErrorGuard
 from .lessons import LESSONS
 from .panels import PANELS, Panels
@@ -49,16 +48,24 @@ SIDEBAR_PX = 310
 #: reflows the same in a narrow notebook output as in a narrow window.
 CSS = f"""
 <style>
-.hv-app {{ container-type: inline-size; width: 100%; }}
-.hv-app .hv-body {{ height: max(560px, calc(100vh - 150px)); gap: 14px; overflow: hidden; }}
+.hv-app {{ container-type: inline-size; width: 100%; height: calc(100vh - 32px);
+  min-height: 640px; overflow: hidden; }}
+.hv-app > .hv-header {{ flex: 0 0 auto; }}
+.hv-app .hv-body {{ flex: 1 1 0; min-height: 0; gap: 14px; overflow: hidden; }}
 .hv-app .hv-controls {{ flex: 0 0 {SIDEBAR_PX}px; width: {SIDEBAR_PX}px; height: 100%;
   overflow-y: auto; overflow-x: hidden; padding-right: 6px; box-sizing: border-box;
   border-right: 1px solid #e3e3e3; }}
 .hv-app .hv-main {{ flex: 1 1 0; min-width: 0; height: 100%; overflow-y: auto;
   overflow-x: hidden; }}
+.hv-app .hv-controls > *, .hv-app .hv-controls .widget-box > *, .hv-app .hv-main > * {{
+  flex-shrink: 0; }}
+.hv-app .hv-controls .widget-box {{ overflow: visible; }}
+.hv-app .hv-status {{ position: sticky; top: 0; z-index: 3; background: white;
+  border-bottom: 1px solid #e3e3e3; padding-bottom: 3px; }}
 .hv-app .hv-panels {{ display: grid; grid-template-columns: repeat(auto-fill,
   minmax(min(100%, 640px), 1fr)); gap: 6px 18px; width: 100%; overflow: visible; }}
-.hv-app .hv-panel {{ min-width: 0; overflow: visible; border-top: 1px solid #e3e3e3; }}
+.hv-app .hv-panel {{ min-width: 0; overflow: visible; border-top: 1px solid #e3e3e3;
+  scroll-margin-top: 64px; }}
 .hv-app .hv-panel-title {{ margin: 8px 0 2px 0; font-size: 15px; }}
 .hv-app .hv-caption, .hv-app .hv-reading, .hv-app .hv-formula, .hv-app .hv-help,
 .hv-app .hv-intro, .hv-app .hv-lesson-text {{ white-space: normal; line-height: 1.35;
@@ -78,14 +85,19 @@ CSS = f"""
 .hv-app .hv-header {{ width: 100%; }}
 .hv-app .hv-lesson-text {{ background: #f3f7fb; border-left: 3px solid #14507a;
   padding: 4px 8px; margin: 4px 0; }}
-.hv-app .hv-status {{ color: #222; }}
 .hv-app .hv-view .widget-toggle-button {{ width: 88px; }}
 @container (max-width: {NARROW_PX}px) {{
-  .hv-app .hv-body {{ flex-direction: column; height: max(560px, calc(100vh - 110px)); }}
+  .hv-app .hv-body {{ flex-direction: column; }}
   .hv-app .hv-controls {{ flex: 0 0 auto; width: 100%; height: auto; max-height: 40%;
-    border-right: none; border-bottom: 1px solid #d0d0d0; }}
+    border-right: none; border-bottom: 1px solid #d0d0d0; display: grid;
+    grid-template-columns: repeat(auto-fill, minmax(min(100%, 330px), 1fr)); gap: 0 16px; }}
   .hv-app .hv-main {{ flex: 1 1 0; height: auto; min-height: 0; }}
-  .hv-app .hv-panels {{ grid-template-columns: minmax(0, 1fr); }}
+  .hv-app .hv-controls > *, .hv-app .hv-controls .widget-box > *, .hv-app .hv-main > * {{
+  flex-shrink: 0; }}
+.hv-app .hv-controls .widget-box {{ overflow: visible; }}
+.hv-app .hv-status {{ position: sticky; top: 0; z-index: 3; background: white;
+  border-bottom: 1px solid #e3e3e3; padding-bottom: 3px; }}
+.hv-app .hv-panels {{ grid-template-columns: minmax(0, 1fr); }}
   .hv-app .hv-intro-more {{ display: none; }}
 }}
 </style>
@@ -94,8 +106,8 @@ CSS = f"""
 INTRO = (
     "<h2 style='margin:2px 0'>hessviz explorer: how a neural network curves</h2>"
     "<div class='hv-intro'>The Hessian of a network is the table of its second derivatives: how "
-    "each output bends when two inputs move together. Change the network or the point on the "
-    "left and watch the exact Hessian, its estimates and what it means change on the right."
+    "each output bends when two inputs move together. Change the network or the point with the "
+    "controls and watch the exact Hessian, its estimates and what they mean change in the panels."
     "<span class='hv-intro-more'> New here? Pick a lesson.</span></div>"
 )
 
@@ -113,7 +125,7 @@ class HessianExplorer:
     Attributes:
         controls: control name → widget (``"act"``, ``"x0"``, ``"layers"``, ``"lesson"``, …);
             each has the CSS class ``hv-<name>`` listed in :data:`CSS_CLASSES` and a tooltip.
-        panels: panel name → :class:`~hessviz.widgets.display.FigurePanel`.
+        panels: panel name → :class:`~hessviz.widgets.figure_widget.PlotPanel`.
         results: the :class:`~hessviz.widgets.compute.ViewResults` on display (``None`` before the
             first successful update).
         last_update_seconds: wall time of the last update (compute + redraw).
@@ -215,16 +227,14 @@ class HessianExplorer:
         main.add_class("hv-main")
         body = widgets.HBox([self._controls.column, main], layout=widgets.Layout(width="100%"))
         body.add_class("hv-body")
-        root = widgets.VBox([header, body, ResizeNudge()], layout=widgets.Layout(width="100%"))
+        root = widgets.VBox([header, body], layout=widgets.Layout(width="100%"))
         root.add_class("hv-app")
         return root
 
     # -- public ----------------------------------------------------------------------------------
     @property
     def widget(self) -> widgets.Widget:
-        """The root widget to ``display``; its figures are synced for display first."""
-        for panel in self.panels.values():
-            panel.sync()
+        """The root widget to ``display`` (each plot's state is its figure: nothing to sync)."""
         return self.root
 
     def _repr_mimebundle_(self, **kwargs):

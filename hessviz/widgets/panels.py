@@ -1,6 +1,6 @@
 """The explorer's panels: a title, a caption in plain words (formula one click away) and a plot.
 
-:class:`Panels` owns one :class:`~hessviz.widgets.display.FigurePanel` per entry of
+:class:`Panels` owns one :class:`~hessviz.widgets.figure_widget.PlotPanel` per entry of
 :data:`PANELS` and redraws, from a :class:`~hessviz.widgets.compute.ViewResults`, only the panels
 whose inputs changed. Figures come from :mod:`hessviz.figures`; words that depend on the numbers
 (the FD caption, why the layer terms vanish) come from :mod:`hessviz.analysis` and are escaped.
@@ -115,7 +115,7 @@ class Panels:
     """The plots and their captions.
 
     Attributes:
-        plots: panel name → :class:`~hessviz.widgets.display.FigurePanel`.
+        plots: panel name → :class:`~hessviz.widgets.figure_widget.PlotPanel`.
         captions: panel name → its caption (an HTML widget, class ``hv-caption-<name>``).
         sections: panel name → the whole panel (title, caption, extras, plot; class
             ``hv-panel hv-panel-<name>``).
@@ -215,6 +215,7 @@ class Panels:
                     gradient=float(land.gradient[0]),
                     curvature=float(land.block[0, 0]),
                     output=out,
+                    part=land.part,
                 ),
             )
         else:

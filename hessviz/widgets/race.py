@@ -12,7 +12,7 @@ import hessviz as hv
 from hessviz.analysis import median_seconds
 from hessviz.figures import RaceEntry, race_spec
 
-from .display import FigurePanel
+from .figure_widget import PlotPanel
 
 #: Seconds of repeated calls per method in the race (at least 3 calls, at most 50).
 RACE_SECONDS_PER_METHOD = 0.15
@@ -47,7 +47,7 @@ class Race:
         key: what the panel's timings belong to (``None``: not timed).
     """
 
-    def __init__(self, panel: FigurePanel, button: widgets.Button) -> None:
+    def __init__(self, panel: PlotPanel, button: widgets.Button) -> None:
         self.panel = panel
         self.button = button
         self.progress = widgets.IntProgress(
