@@ -1,22 +1,38 @@
-"""Every notebook runs top to bottom in a fresh kernel, within a per-notebook time limit.
+"""Every notebook runs top to bottom in a fresh kernel, within a per-notebook time limit, and its
+executed HTML export (what ``jupyter nbconvert --to html --execute`` writes) shows every figure.
 
-The notebooks are executed with nbclient (what nbmake and Voila use underneath) in their own
-folder, so relative paths behave as in JupyterLab. They are committed without outputs (checked).
+The notebooks are executed with nbclient (what nbmake, nbconvert and Voila use underneath) in their
+own folder, so relative paths behave as in JupyterLab. They are committed without outputs (checked).
 """
 
+import json
+import re
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from nbconvert import HTMLExporter
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+ARTIFACTS = NOTEBOOKS.parent / "test-artifacts" / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 #: Wall-clock seconds for a whole notebook, kernel start included (each needs a few to ~25 here).
 NOTEBOOK_TIMEOUT = 90
-
-pytestmark = pytest.mark.notebooks
+#: The figures each story notebook shows, by a text its drawing carries (a title, a trace name).
+FIGURES = {
+    "01_hessian_basics": ["finite differences", "second derivative dᵀ H d along the line"],
+    "02_methods": ["batch of 16 inputs, n = 16", "forum loop"],
+    "03_diagonal": ["full, then diagonal", "Hutchinson, relative error"],
+    "04_finite_differences": ["finite differences", "float32"],
+    "05_your_own_model": [
+        "the input: a synthetic 28×28",
+        "pixel j (rows) × pixel k (columns)",
+        "as a 28×28 image",
+        "diagonal of the loss Hessian",
+    ],
+}
 
 
 @pytest.fixture
@@ -45,8 +61,17 @@ def test_committed_without_outputs(path):
     assert not dirty, f"{path.name}: clear the outputs of cells {dirty} before committing"
 
 
-@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
-def test_runs_top_to_bottom(path, kernel_env):
+_EXECUTED: dict[Path, tuple[nbformat.NotebookNode, float]] = {}
+
+
+def executed(path: Path) -> tuple[nbformat.NotebookNode, float]:
+    """``(notebook with outputs, seconds)``: each notebook runs once per test session."""
+    if path not in _EXECUTED:
+        _EXECUTED[path] = _execute(path)
+    return _EXECUTED[path]
+
+
+def _execute(path: Path) -> tuple[nbformat.NotebookNode, float]:
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
     deadline = start + NOTEBOOK_TIMEOUT
@@ -63,8 +88,41 @@ def test_runs_top_to_bottom(path, kernel_env):
 
     client.on_cell_execute = shrink_timeout
     client.execute()
-    elapsed = time.perf_counter() - start
+    return nb, time.perf_counter() - start
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_runs_top_to_bottom(path, kernel_env):
+    nb, elapsed = executed(path)
     print(f"{path.name}: {elapsed:.1f} s")
     assert elapsed < NOTEBOOK_TIMEOUT
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+
+
+STORIES = [p for p in PATHS if p.stem in FIGURES]
+
+
+@pytest.mark.parametrize("path", STORIES, ids=[p.stem for p in STORIES])
+def test_html_export_shows_every_figure(path, kernel_env):
+    """nbconvert drops plotly's own mimetype; each figure must also carry an HTML copy that draws
+    with the plotly.js embedded once in the page (offline: no CDN)."""
+    nb, _ = executed(path)
+    figures = [
+        o
+        for c in nb.cells
+        for o in c.get("outputs", [])
+        if "application/vnd.plotly.v1+json" in o.get("data", {})
+    ]
+    assert figures, f"{path.name} shows no figure"
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)  # to open and look at
+    (ARTIFACTS / f"{path.stem}.html").write_text(html)
+    assert len(re.findall(r"\* plotly\.js v\d", html)) == 1, "plotly.js should be embedded once"
+    assert not re.search(r"<script[^>]*src=\"https?://[^\"]*plotly", html), "plotly.js from a CDN"
+    drawings = [o["data"].get("text/html", "") for o in figures]
+    assert all("Plotly.newPlot(" in d for d in drawings), "a figure without its HTML copy"
+    assert len(re.findall(r"Plotly\.newPlot\(", html)) == len(figures)
+    for text in FIGURES[path.stem]:
+        escaped = json.dumps(text)[1:-1]
+        assert any(text in d or escaped in d for d in drawings), f"no figure shows {text!r}"
