@@ -14,10 +14,10 @@ _budget: contextvars.ContextVar[int] = contextvars.ContextVar(
 )
 
 
-def _check(nbytes: object) -> int:
+def _check(fname: str, nbytes: object) -> int:
     if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
         raise HessvizError(
-            f"memory budget: expected a positive number of bytes (an int), got {nbytes!r}; "
+            f"{fname}: expected a positive number of bytes (an int), got {nbytes!r}; "
             "for example hv.set_memory_budget(4 * 2**30) for 4 GiB."
         )
     return nbytes
@@ -34,13 +34,13 @@ def set_memory_budget(nbytes: int) -> None:
     Work below the budget is split into chunks; a result that alone exceeds it is refused with a
     size estimate before anything large is allocated.
     """
-    _budget.set(_check(nbytes))
+    _budget.set(_check("set_memory_budget", nbytes))
 
 
 @contextlib.contextmanager
 def memory_budget(nbytes: int) -> Iterator[None]:
     """Temporarily set the memory budget, e.g. ``with hv.memory_budget(2**28): ...``."""
-    token = _budget.set(_check(nbytes))
+    token = _budget.set(_check("memory_budget", nbytes))
     try:
         yield
     finally:

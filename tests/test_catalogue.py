@@ -9,6 +9,7 @@ soundness, and that ``hv.explain`` names the method that really runs.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 
@@ -81,11 +82,25 @@ def relative_error(result: torch.Tensor, want: torch.Tensor, H_ref: torch.Tensor
     return (result.to(F64) - want).abs().max().item() / scale
 
 
+@functools.cache
+def built(c, dtype: torch.dtype):
+    """``c.build(dtype)``, once per session: the same model object across the four operations,
+    as a user calling them in turn would have (hessviz plans once per model and shape)."""
+    return c.build(dtype)
+
+
+@functools.cache
+def first_sample(c, dtype: torch.dtype):
+    """``c.one_sample`` of the cached build, once per session."""
+    f, x, _ = built(c, dtype)
+    return c.one_sample(f, x)
+
+
 def problem(c, dtype: str, layout: str, H_ref: torch.Tensor):
     """``(f, x, batched, H)``: the case built in ``dtype``, as built or on its first sample."""
-    f, x, batched = c.build(DTYPES[dtype])
+    f, x, batched = built(c, DTYPES[dtype])
     if layout == "one-sample":
-        f, x = c.one_sample(f, x)
+        f, x = first_sample(c, DTYPES[dtype])
         return f, x, False, H_ref[0]
     return f, x, batched, H_ref
 
@@ -96,6 +111,7 @@ def test_matches_the_float64_reference(c, dtype, layout, op, catalogue_reference
     x_ref = x.detach().to(F64)
     want = expected(op, H_ref, x_ref, batched)
     result = compute(op, f, x, batched)
+    assert torch.equal(x, x_ref.to(x.dtype)), "x changed (it is reused by the other operations)"
     assert result.shape == want.shape, f"shape {tuple(result.shape)}, expected {tuple(want.shape)}"
     assert result.dtype == x.dtype
     assert torch.isfinite(result).all()
@@ -109,7 +125,7 @@ def test_matches_the_float64_reference(c, dtype, layout, op, catalogue_reference
 @pytest.mark.parametrize("c", CASES)
 def test_results_agree_with_each_other(c, catalogue_reference):
     """Symmetric Hessian, HVP with e_j = column j, diagonal = diag(H), Laplacian = trace."""
-    f, x, batched = c.build(F64)
+    f, x, batched = built(c, F64)
     B = x.shape[0] if batched else 1
     n = (x[0] if batched else x).numel()
     H = hv.hessian(f, x, batched=batched, flat=True).reshape(B, -1, n, n)
@@ -175,7 +191,7 @@ def test_explain_names_the_method_that_runs(c, op, monkeypatch):
     comes with a warning."""
     if not hasattr(hv, "explain"):
         pytest.skip("hv.explain does not exist yet")
-    f, x, batched = c.build(F64)
+    f, x, batched = built(c, F64)
     kwargs = {"batched": batched}
     if "op" in inspect.signature(hv.explain).parameters:
         kwargs["op"] = op

@@ -129,7 +129,7 @@ CATALOGUE = [
     ("method-not-str", lambda: hv.hessian(M, X, method=None), r"unknown method None"),
     ("method-cannot", lambda: hv.hessian(M, X, method="taylor"), r"'taylor' does not compute hessian"),
     ("method-structured-generic", lambda: hv.hessian(lambda x: x.sin().sum(), X, method="structured"), r"needs an nn.Sequential.*method='func'"),
-    ("layer-terms-generic", lambda: hv.layer_terms(lambda x: x.sin().sum(), X), r"needs an nn.Sequential"),
+    ("layer-terms-value-branch", lambda: hv.layer_terms(lambda x: x.sin().sum() * float(x.sum() > 0), X), r"neither engine applies.*tensor value"),
     ("auto-method-bad-op", lambda: hv.auto_method(M, X, op="jacobian"), r"op must be one of"),
     # finite differences and Hutchinson
     ("fd-step-zero", lambda: hv.fd_hessian(M, X, step=0), r"step must be a positive number.*None"),

@@ -193,7 +193,11 @@ def capture(p: Problem, X: torch.Tensor) -> Graph:
                 record_module_stack=True,
             )(tensors, x.detach())
     except Exception as err:
-        raise Unsupported(f"f could not be traced ({type(err).__name__}: {err})") from err
+        text = str(err)
+        for op, why in ops.REFUSED.items():
+            if f"aten.{op}." in text:
+                raise Unsupported(f"f uses {op}: {why}") from err
+        raise Unsupported(f"f could not be traced ({type(err).__name__}: {text[:300]})") from err
     rows = X.shape[0] if p.batched else 1
     graph = Graph(gm, p.batched, rows)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
