@@ -29,11 +29,17 @@ def _weights(m: int, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(m, generator=gen, dtype=torch.float64).to(like)
 
 
-def _autograd_hvps(p: Problem, X0: torch.Tensor, w: torch.Tensor, sel, V: torch.Tensor):
-    """``(r, n)``: ``(Σ_i w_i H_i) v`` for each row ``v`` of ``V``, by double backward."""
+def _autograd_hvps(p: Problem, X: torch.Tensor, w: torch.Tensor, sel, V: torch.Tensor):
+    """``(r, n)``: ``(Σ_i w_i H_i) v`` of the first sample for each row ``v`` of ``V``.
+
+    Double backward of the batch: samples are independent, so the gradient of ``Σ_b w·y_b``
+    holds each sample's own gradient, and a direction nonzero in the first row only picks that
+    sample's Hessian. (Some ``f`` are only defined on their whole batch, e.g. with a fixed
+    label tensor, so the batch is kept.)
+    """
     with torch.enable_grad():
-        xg = X0.detach().clone().requires_grad_(True)
-        y = p.batch_fn(xg)[0, list(sel)] @ w
+        xg = X.detach().clone().requires_grad_(True)
+        y = (p.batch_fn(xg)[:, list(sel)] @ w).sum()
         if not y.requires_grad:
             return torch.zeros_like(V)
         (g,) = torch.autograd.grad(y, xg, create_graph=True, allow_unused=True)
@@ -41,8 +47,8 @@ def _autograd_hvps(p: Problem, X0: torch.Tensor, w: torch.Tensor, sel, V: torch.
             return torch.zeros_like(V)
         rows = []
         for v in V:
-            (h,) = torch.autograd.grad(g.reshape(-1) @ v, xg, retain_graph=True, allow_unused=True)
-            rows.append(torch.zeros_like(v) if h is None else h.reshape(-1))
+            (h,) = torch.autograd.grad(g[0] @ v, xg, retain_graph=True, allow_unused=True)
+            rows.append(torch.zeros_like(v) if h is None else h[0])
         return torch.stack(rows)
 
 
@@ -53,18 +59,18 @@ def relative_error(mine: torch.Tensor, ref: torch.Tensor, n: int) -> float | Non
     return None if err <= 1e3 * eps**0.75 * scale * max(1.0, n**0.5) else err / scale
 
 
-def projected_mismatch(p: Problem, X0, P: torch.Tensor, HP: torch.Tensor, sel) -> float | None:
-    """``HP``: ``(m, r, r)``, the Hessians of sample ``X0`` (``(1, n)``) projected on the rows of
-    ``P`` (``(r, n)``), i.e. ``P H_i Pᵀ``."""
-    w = _weights(len(sel), X0)
+def projected_mismatch(p: Problem, X, P: torch.Tensor, HP: torch.Tensor, sel) -> float | None:
+    """``HP``: ``(m, r, r)``, the Hessians of the first sample of ``X`` (``(B, n)``) projected
+    on the rows of ``P`` (``(r, n)``), i.e. ``P H_i Pᵀ``."""
+    w = _weights(len(sel), X)
     mine = torch.einsum("i,ipq->pq", w, HP)
-    ref = P @ _autograd_hvps(p, X0, w, sel, P).T
+    ref = P @ _autograd_hvps(p, X, w, sel, P).T
     return relative_error(mine, ref, p.n)
 
 
-def hvp_mismatch(p: Problem, X0, v: torch.Tensor, Hv: torch.Tensor, sel) -> float | None:
-    """``Hv``: ``(m, n)``, the products ``H_i v`` of sample ``X0`` (``(1, n)``) with ``v``."""
-    w = _weights(len(sel), X0)
+def hvp_mismatch(p: Problem, X, v: torch.Tensor, Hv: torch.Tensor, sel) -> float | None:
+    """``Hv``: ``(m, n)``, the products ``H_i v`` of the first sample of ``X`` with ``v``."""
+    w = _weights(len(sel), X)
     mine = w @ Hv
-    ref = _autograd_hvps(p, X0, w, sel, v[None])[0]
+    ref = _autograd_hvps(p, X, w, sel, v[None])[0]
     return relative_error(mine, ref, p.n)

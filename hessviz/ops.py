@@ -170,7 +170,7 @@ def kind(name: str, dependent: list[bool]) -> str:
 # With several samples, every input-dependent value keeps sample b in row b of dim 0; each op is
 # checked to keep it so. ``_ROWWISE`` ops act on each row alone whenever their input-dependent
 # arguments have the output's rank (so dim 0 lines up); the others are checked argument by argument.
-_ROWWISE = (UNARY | {"add", "sub", "neg", "mul", "div", "where", "maximum", "minimum", "relu",
+_ROWWISE = (UNARY | {"add", "sub", "rsub", "neg", "native_batch_norm", "fill", "sign", "mul", "div", "where", "maximum", "minimum", "relu",
             "leaky_relu", "hardtanh", "threshold", "clamp", "clamp_min", "clamp_max", "abs",
             "_to_copy", "to", "clone", "alias", "contiguous", "lift_fresh_copy", "masked_fill",
             "getitem", "_native_batch_norm_legit_no_training", "convolution", "avg_pool1d",
@@ -248,6 +248,10 @@ def mixes_rows(name: str, node, dependent: set, rows: int) -> str:
         if base in _REDUCTIONS and (len(node.args) < 2 or node.args[1] in (None, [])):
             return "reduces over the batch"
         dim_arg = node.args[1] if len(node.args) > 1 else 0
+        if base == "linalg_vector_norm":
+            dim_arg = node.args[2] if len(node.args) > 2 else None
+            if dim_arg is None:
+                return "reduces over the batch"
         if base in ("split", "split_with_sizes", "chunk"):
             dim_arg = node.args[2] if len(node.args) > 2 else 0
         dims = _dims(dim_arg, ndim + (base == "stack"))

@@ -46,10 +46,13 @@ class Plan:
         rows = max(self.graph.rows, 1)
         fwd = self.graph.flops / rows
         taps = 0.0
+        generic = 0.0
         for t in self.graph.taps:
             K = t.node.meta["val"].numel() / rows
-            taps += K * (2 if t.kind == "product" else 1) * (n if t.kind == "generic" else 1)
-        engine = n * fwd + m * fwd + m * n * n * taps
+            if t.kind == "generic":  # n double-backward products of the op, per output
+                generic += 20 * n * _op_flops(t) / rows  # measured: slow per flop
+            taps += K * (2 if t.kind == "product" else 1)
+        engine = n * fwd + m * fwd + m * n * n * taps + m * n * generic
         func = n * (1 + 2 * m) * fwd + m * n * n
         return engine, func
 
@@ -61,6 +64,13 @@ class Plan:
 
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _REFUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _op_flops(tap: Tap) -> float:
+    """Multiply-adds of one call of a tap's op (its output size times its inner dimension)."""
+    from .capture import _flops
+
+    return max(_flops(tap.op, tap.name), float(tap.node.meta["val"].numel()))
 
 
 def _state(f) -> tuple:
@@ -237,9 +247,9 @@ def _self_check(p: Problem, X: torch.Tensor, pl: Plan) -> None:
     DP = _run(p, X, sel, "diagonal", pl, directions=P)[0]
     Hv = hvp(p, X, P[:1].expand(X.shape[0], -1), sel, pl=pl)[0]
     checks = {
-        "Hessian": projected_mismatch(p, X[:1], P, HP, sel),
+        "Hessian": projected_mismatch(p, X, P, HP, sel),
         "diagonal": relative_error(DP, torch.diagonal(HP, dim1=-2, dim2=-1), p.n),
-        "Hessian-vector product": hvp_mismatch(p, X[:1], P[0], Hv, sel),
+        "Hessian-vector product": hvp_mismatch(p, X, P[0], Hv, sel),
     }
     bad = {k: v for k, v in checks.items() if v is not None}
     if bad:

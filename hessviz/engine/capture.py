@@ -176,6 +176,18 @@ def _module_paths(f):
             open_.pop().close()
 
 
+def _out_of_place(node: fx.Node):
+    """The plain twin of an in-place op (``add_`` → ``add``) when only this node reads the
+    tensor it overwrites, else None."""
+    target = node.args[0] if node.args else None
+    if not isinstance(target, fx.Node) or set(target.users) != {node}:
+        return None
+    packet = getattr(node.target, "overloadpacket", None)
+    plain = getattr(torch.ops.aten, getattr(packet, "__name__", "")[:-1], None)
+    overload = getattr(node.target, "_overloadname", "default")
+    return getattr(plain, overload, None) if plain is not None else None
+
+
 def capture(p: Problem, X: torch.Tensor) -> Graph:
     """Trace ``p.f`` on ``X`` (``(B, n)``, flat rows of the problem) and classify its nodes.
 
@@ -219,6 +231,10 @@ def capture(p: Problem, X: torch.Tensor) -> Graph:
         name = ops.op_name(node.target)
         tags = getattr(node.target, "tags", ())
         in_place = name.endswith("_") and not name.startswith("_")
+        if in_place and torch.Tag.inplace_view not in tags:
+            plain = _out_of_place(node)
+            if plain is not None:  # nothing else reads the old value: the plain op is the same
+                node.target, name, in_place = plain, name[:-1], False
         if name in ops.REFUSED or (in_place and torch.Tag.inplace_view not in tags):
             why = ops.REFUSED.get(name, "it changes a tensor in place that the graph cannot follow")
             raise Unsupported(f"f uses {name}: {why}")
@@ -244,6 +260,8 @@ def capture(p: Problem, X: torch.Tensor) -> Graph:
             continue
         flags = [a in dep for a in args]
         kind = ops.kind(name, flags)
+        if name == "native_batch_norm" and len(node.args) > 5 and not node.args[5]:
+            kind = "flat"  # eval mode: an affine map of the input
         if kind == "flat":
             continue
         inputs = list(dict.fromkeys(a for a in args if a in dep))

@@ -300,6 +300,18 @@ def _batch_norm_eval(args, targs, out, r):
     return (targs[0] * scale, None, None)
 
 
+@rule("native_batch_norm")
+def _batch_norm_eval_native(args, targs, out, r):
+    if len(args) > 5 and args[5]:
+        return None  # training mode: not affine (refused before it gets here)
+    x, weight, _, _, var = args[:5]
+    eps = args[7] if len(args) > 7 else 1e-5
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    return (targs[0] * scale.reshape(-1, *([1] * (x.ndim - 2))), None, None)
+
+
 @rule("getitem")
 def _getitem(args, targs, out, r):
     return None if targs[0] is None else targs[0][args[1]]
