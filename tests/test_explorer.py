@@ -267,6 +267,7 @@ def test_layer_terms_are_labelled_as_the_controls_are(fresh):
     names = [t.name for t in fresh.figures["layers"].data if t.type == "heatmap"]
     assert names == ["hidden layer 1", "hidden layer 2", "Σ terms", "H"]
     assert fresh.controls["width1"].description == "layer 2 width"
+    assert "hidden layer 2 is model[3] (Tanh)" in fresh.captions["layers"]
 
 
 # -- piecewise-linear networks --------------------------------------------------------------------

@@ -126,6 +126,17 @@ def value_and_jacobian(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndar
     return numpy(values), numpy(jacobian)
 
 
+def term_source(term) -> str:
+    """Where a ``hv.layer_terms`` item comes from: ``"model[1] (Tanh)"``.
+
+    Uses the term's module ``path`` where the engine gives one, else its ``index`` in the
+    ``nn.Sequential``.
+    """
+    path = getattr(term, "path", None) or str(getattr(term, "index", "?"))
+    where = f"model[{path}]" if path.isdigit() else f"model.{path}"
+    return f"{where} ({term.name})"
+
+
 @dataclass(frozen=True)
 class Landscape:
     """What the landscape panel draws for one output.
@@ -166,6 +177,7 @@ class ViewResults:
         verdict: the curvature verdict.
         terms: ``(label, (n, n))`` per activation layer for output ``state.out``, labelled as the
             controls are ("hidden layer 1", …).
+        term_sources: per term, the module it comes from (``"model[1] (Tanh)"``).
         shares: ``(len(terms),)`` each term's share of the Hessian in % (Frobenius norms).
         values: ``(m,)`` the outputs at the point.
         noise_floor: FD values below this size are round-off (:func:`fd_noise_floor`).
@@ -190,6 +202,7 @@ class ViewResults:
     eigenvectors: np.ndarray
     verdict: CurvatureVerdict
     terms: tuple[tuple[str, np.ndarray], ...]
+    term_sources: tuple[str, ...]
     shares: np.ndarray
     values: np.ndarray
     noise_floor: float
@@ -307,7 +320,7 @@ class Pipeline:
             "terms",
             at,
             lambda: [
-                (f"hidden layer {k}", numpy(t.hessian))
+                (f"hidden layer {k}", term_source(t), numpy(t.hessian))
                 for k, t in enumerate(hv.layer_terms(model, x, flat=True), start=1)
             ],
         )
@@ -321,7 +334,7 @@ class Pipeline:
         verdict = curvature_verdict(eigenvalues, rtol=1e3 * eps, atol=10 * eps)
         step = state.step if state.step is not None else self.default_step(state, state.dtype)
         landscape = self._landscape(state, grid, values[out], jacobian[out], hessians[out])
-        terms = tuple((label, term[out]) for label, term in all_terms)
+        terms = tuple((label, term[out]) for label, _, term in all_terms)
         sweep_errors = {name: errors[out] for name, errors in sweep.items()}
         return ViewResults(
             state=state,
@@ -336,6 +349,7 @@ class Pipeline:
             eigenvectors=eigenvectors,
             verdict=verdict,
             terms=terms,
+            term_sources=tuple(source for _, source, _ in all_terms),
             shares=term_shares([term for _, term in terms]),
             values=values,
             noise_floor=fd_noise_floor(float(np.abs(values).max(initial=0.0)), eps, step),

@@ -196,7 +196,14 @@ class Panels:
                 output=out,
             ),
         )
-        self._caption("layers", vanishing_explanation(s.act, len(s.layers)) or "")
+        sources = "; ".join(
+            f"{label} is {source}" for (label, _), source in zip(r.terms, r.term_sources)
+        )
+        self._caption(
+            "layers",
+            vanishing_explanation(s.act, len(s.layers))
+            or (f"In the PyTorch model, {sources}." if sources else ""),
+        )
         self._show(
             "layers",
             (k["terms"], k["hessian"], out),
