@@ -213,7 +213,12 @@ def main(argv: list[str] | None = None) -> None:
     app = _shims.voila_app().instance()
     ours = [f"--VoilaConfiguration.extra_labextensions_path={static}"]
     if _has_template(root):
-        ours.append(f"--VoilaConfiguration.template={TEMPLATE}")
+        # The template has the page fetch plotly.js while the notebook runs (see its index.html.j2).
+        resources = {"hessviz": {"plotly_js": f"voila/labextensions/hessviz/{script.name}"}}
+        ours += [
+            f"--VoilaConfiguration.template={TEMPLATE}",
+            f"--VoilaConfiguration.resources={resources!r}",
+        ]
     app.initialize(voila_argv(notebook.relative_to(root), port, [*ours, *extra]))  # extra wins
     base = "/" + app.base_url.strip("/") + "/" if app.base_url.strip("/") else "/"
     # Kernels (started by app.start()) inherit the environment: they learn they run here, and

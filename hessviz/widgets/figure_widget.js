@@ -9,8 +9,9 @@
 // a change that arrives while plotly.js loads is simply part of the first draw.
 
 const LOADS = (globalThis.__hessvizPlotlyCode ??= new Map()); // code key -> Promise<Plotly>
-// What the browser tests read: plotly.js loads, from where ("url"/"kernel"/"page"), and how many
-// state changes arrived while plotly.js was still loading (drawn from the latest state).
+// What the browser tests read: plotly.js loads, from where ("url": the server's, fetched by the page
+// or by a plot; "kernel"; "page": already there), and how many state changes arrived while plotly.js
+// was still loading (drawn from the latest state).
 const STATS = (globalThis.__hessvizPlotlyStats ??= { loads: 0, via: "", replayed: 0 });
 
 function classicScript(src) {
@@ -29,8 +30,19 @@ function loadPlotly(model) {
   if (!LOADS.has(key)) {
     const load = (async () => {
       const version = key.replace(/^plotly\.js-/, "");
+      // hessviz's Voila template fetches plotly.js with the page, from the server's URL.
+      const tag = document.querySelector("script[data-hessviz-plotly]");
+      if (tag && globalThis.Plotly?.version !== version) {
+        await new Promise((resolve) => {
+          tag.addEventListener("load", resolve, { once: true });
+          tag.addEventListener("error", resolve, { once: true });
+          if (globalThis.Plotly) resolve();
+        });
+      }
       if (globalThis.Plotly?.version === version) {
-        STATS.via = "page"; // already on the page (e.g. plotly's own notebook renderer put it there)
+        // Already on the page: from the template (the server's URL) or plotly's notebook renderer.
+        STATS.loads += 1;
+        STATS.via = tag ? "url" : "page";
         return globalThis.Plotly;
       }
       const id = String(model.get("_plotly")).replace(/^IPY_MODEL_/, "");
