@@ -13,8 +13,8 @@ import torch
 from . import engine, structured
 from ._budget import format_bytes, get_memory_budget
 from ._errors import HessvizError, HessvizFallbackWarning
-from ._selfcheck import hvp_mismatch, projected_mismatch, random_directions
 from ._problem import Problem, check_input, check_method, grad_mode, prepare
+from ._selfcheck import hvp_mismatch, projected_mismatch, random_directions
 from .registry import METHODS
 
 _RESULT_AXES = {"hessian": 2, "diagonal": 1, "hvp": 1, "laplacian": 0}
@@ -122,9 +122,13 @@ def _structure(p: Problem, y: torch.Tensor):
             if err is None and p.n <= 32:  # small: the assembled Hessian too
                 eye = torch.eye(p.n, dtype=X0.dtype, device=X0.device)
                 err = projected_mismatch(p, X0, eye, structured.hessian(p, X0, sel)[0], sel)
-        verdict = None if err is None else (
-            f"the layer-wise engine failed its self-check on this model (off by {err:.1e} "
-            "relative to double backward)"
+        verdict = (
+            None
+            if err is None
+            else (
+                f"the layer-wise engine failed its self-check on this model (off by {err:.1e} "
+                "relative to double backward)"
+            )
         )
         if verdicts is not None:
             verdicts[key] = verdict
@@ -195,7 +199,6 @@ def _decide(fname: str, op: str, p: Problem, y: torch.Tensor, method: str) -> _D
         )
     pl, why_not_graph = _graph_plan(p)
     if pl is not None:
-        nodes = _nodes(pl)
         if op == "hessian":
             mine, func = pl.cost(p.n, p.m)
             if mine > GRAPH_EDGE * func:
@@ -210,8 +213,12 @@ def _decide(fname: str, op: str, p: Problem, y: torch.Tensor, method: str) -> _D
             "graph",
             "f was captured as a graph of operations; the graph engine agreed with autograd on "
             "this model."
-            + (f" Ops without a closed-form rule ({', '.join(generic)}) get their terms from "
-               "Hessian-vector products of that op." if generic else ""),
+            + (
+                f" Ops without a closed-form rule ({', '.join(generic)}) get their terms from "
+                "Hessian-vector products of that op."
+                if generic
+                else ""
+            ),
             plan=pl,
             checked=True,
         )
@@ -363,7 +370,11 @@ def _execute(
     if method == "auto":
         d = _with_generic(d, p)
     try:
-        return _run(fname, op, d, p, V)
+        try:
+            return _run(fname, op, d, p, V)
+        except engine.Stale:  # f changed since its graph was captured: capture it again, once
+            d = _decide(fname, op, p, y, method)
+            return _run(fname, op, d, p, V)
     except HessvizError:
         raise
     except Exception as err:
@@ -374,8 +385,13 @@ def _execute(
                 "its input or Python control flow on tensor values, try method='loop'."
             ) from err
         failed, last = d.method, err
-    order = [m for m in _GENERIC_ORDER if m != failed and _GENERIC_ORDER.index(m) >= (
-        _GENERIC_ORDER.index(failed) + 1 if failed in _GENERIC_ORDER else 0)]
+    order = [
+        m
+        for m in _GENERIC_ORDER
+        if m != failed
+        and _GENERIC_ORDER.index(m)
+        >= (_GENERIC_ORDER.index(failed) + 1 if failed in _GENERIC_ORDER else 0)
+    ]
     for name in order:
         warnings.warn(
             f"{fname}: method {failed!r} failed on this f ({type(last).__name__}: "

@@ -102,11 +102,13 @@ SECOND_DERIVATIVES = {
 }
 
 #: Elementwise ops of one tensor (possibly with scalar arguments) whose σ'' comes from autograd.
-UNARY = frozenset(SECOND_DERIVATIVES) | frozenset("""
+UNARY = frozenset(SECOND_DERIVATIVES) | frozenset(
+    """
 erf erfc expm1 log1p log2 log10 exp2 sinh cosh asinh acosh atanh atan asin acos tan softplus elu
 celu selu gelu mish logit log_sigmoid hardswish hardsigmoid softshrink hardshrink sinc square
 pow special_erfcx xlogy lgamma digamma
-""".split())
+""".split()
+)
 
 #: Ops the engine never builds a plan around (the reason is shown to the user).
 REFUSED = {
@@ -170,8 +172,9 @@ def kind(name: str, dependent: list[bool]) -> str:
 # With several samples, every input-dependent value keeps sample b in row b of dim 0; each op is
 # checked to keep it so. ``_ROWWISE`` ops act on each row alone whenever their input-dependent
 # arguments have the output's rank (so dim 0 lines up); the others are checked argument by argument.
-_ROWWISE = (UNARY | {"add", "sub", "rsub", "neg", "native_batch_norm", "fill", "sign", "mul", "div", "where", "maximum", "minimum", "relu",
-            "leaky_relu", "hardtanh", "threshold", "clamp", "clamp_min", "clamp_max", "abs",
+_ROWWISE = (UNARY | {"add", "sub", "rsub", "neg", "native_batch_norm", "fill", "sign", "mul",
+            "div", "where", "maximum", "minimum", "relu", "leaky_relu", "hardtanh", "threshold",
+            "clamp", "clamp_min", "clamp_max", "abs",
             "_to_copy", "to", "clone", "alias", "contiguous", "lift_fresh_copy", "masked_fill",
             "getitem", "_native_batch_norm_legit_no_training", "convolution", "avg_pool1d",
             "avg_pool2d", "avg_pool3d", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d",
@@ -180,8 +183,22 @@ _ROWWISE = (UNARY | {"add", "sub", "rsub", "neg", "native_batch_norm", "fill", "
             "replication_pad2d", "upsample_nearest1d", "upsample_nearest2d", "upsample_bilinear2d",
             "bmm", "baddbmm", "pow", "atan2", "xlogy", "addcmul"})  # fmt: skip
 _VIEWS = {"view", "_unsafe_view", "reshape", "flatten", "unflatten", "expand"}
-_ALONG_DIM = {"slice", "select", "index_select", "narrow", "gather", "cat", "stack", "split",
-              "split_with_sizes", "unbind", "chunk", "squeeze", "unsqueeze", "transpose"}  # fmt: skip
+_ALONG_DIM = {
+    "slice",
+    "select",
+    "index_select",
+    "narrow",
+    "gather",
+    "cat",
+    "stack",
+    "split",
+    "split_with_sizes",
+    "unbind",
+    "chunk",
+    "squeeze",
+    "unsqueeze",
+    "transpose",
+}
 _REDUCTIONS = {"sum", "mean", "amax", "amin", "max", "min", "var", "std", "prod",
                "linalg_vector_norm", "norm", "cumsum", "logsumexp"}  # fmt: skip
 

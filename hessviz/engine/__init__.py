@@ -20,14 +20,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-
 from .._problem import Problem
 from .._selfcheck import hvp_mismatch, projected_mismatch, random_directions, relative_error
 from . import assemble
 from .assemble import Executor
 from .capture import Graph, Tap, Unsupported, capture, leaf_tensors
 
-__all__ = ["Plan", "Tap", "Unsupported", "plan", "hessian", "diagonal", "laplacian", "hvp",
+__all__ = ["Plan", "Stale", "Tap", "Unsupported", "plan", "hessian", "diagonal", "laplacian", "hvp",
            "node_terms"]  # fmt: skip
 
 
@@ -132,7 +131,8 @@ def _inputs(p: Problem, X: torch.Tensor, V: torch.Tensor | None, directions=None
     ``n`` unit vectors) in every sample."""
     shape = (X.shape[0], *p.sample_shape) if p.batched else tuple(p.sample_shape)
     leaf = X.reshape(shape).detach().requires_grad_(True)
-    x = leaf.clone()  # in-place view ops of f (unsqueeze_) may act on it, never on a leaf
+    with torch.enable_grad():  # x must carry history from the leaf, whatever the caller's mode
+        x = leaf.clone()  # in-place view ops of f (unsqueeze_) may act on it, never on a leaf
     if V is not None:
         return leaf, x, V.reshape(1, *shape)
     D = torch.eye(p.n, dtype=X.dtype, device=X.device) if directions is None else directions
@@ -165,7 +165,12 @@ def _check_output(p: Problem, y: torch.Tensor, expected: torch.Tensor | None) ->
 
 
 def _run(
-    p: Problem, X: torch.Tensor, sel, need: str, pl: Plan | None = None, expected=None,
+    p: Problem,
+    X: torch.Tensor,
+    sel,
+    need: str,
+    pl: Plan | None = None,
+    expected=None,
     directions=None,
 ) -> torch.Tensor:
     """``(B, m, n, n)`` Hessians or ``(B, m, n)`` diagonals of rows ``X`` (projected on

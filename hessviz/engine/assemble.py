@@ -2,7 +2,8 @@ r"""Assembly: the Hessian of a captured graph as a sum of per-node terms.
 
 For outputs ``y_i`` of a graph of operations, the second-order chain rule gives exactly
 
-.. math:: H_i = \sum_{\text{nodes } g} \sum_{a, b} J_a^\top\, ∇^2_{ab} \langle \bar g_i, g \rangle\, J_b,
+.. math::
+    H_i = \sum_{\text{nodes } g} \sum_{a, b} J_a^\top\, ∇^2_{ab} \langle \bar g_i, g \rangle\, J_b,
 
 where ``a, b`` run over ``g``'s input-dependent arguments, ``J_a = ∂a/∂x`` and ``\bar g_i =
 ∂y_i/∂g`` is the adjoint of ``g``'s value. Linear and piecewise-linear nodes have no second
@@ -44,11 +45,7 @@ def _unary_derivatives(tap_or_node, fn, z, a, need_second: bool):
         (s1,) = torch.autograd.grad(out.sum(), zz, create_graph=need_second)
         s2 = None
         if need_second:
-            s2 = (
-                torch.autograd.grad(s1.sum(), zz)[0]
-                if s1.requires_grad
-                else torch.zeros_like(z)
-            )
+            s2 = torch.autograd.grad(s1.sum(), zz)[0] if s1.requires_grad else torch.zeros_like(z)
     return s1.detach(), s2
 
 
@@ -135,8 +132,10 @@ class Executor:
                     r,
                     dep_positions,
                 )
-        y = env[self.output.args[0][0]] if isinstance(self.output.args[0], (list, tuple)) else (
-            env[self.output.args[0]]
+        y = (
+            env[self.output.args[0][0]]
+            if isinstance(self.output.args[0], (list, tuple))
+            else (env[self.output.args[0]])
         )
         return env, tan, s2, y
 

@@ -15,8 +15,6 @@ from collections.abc import Callable
 import torch
 from torch.func import jvp, vmap
 
-from .. import ops
-
 aten = torch.ops.aten
 RULES: dict[str, Callable] = {}
 
@@ -113,9 +111,7 @@ def _gather(args, targs, out, r):
 
 
 def _pieces(args, targs, r):
-    return [
-        t if t is not None else a.new_zeros(r, *a.shape) for a, t in zip(args[0], targs[0])
-    ]
+    return [t if t is not None else a.new_zeros(r, *a.shape) for a, t in zip(args[0], targs[0])]
 
 
 @rule("cat")
@@ -178,7 +174,7 @@ def _mul(args, targs, out, r):
 
 @rule("div")
 def _div(args, targs, out, r):
-    a, b = args[0], args[1]
+    b = args[1]
     ta, tb = targs[0], targs[1] if _tensor(b) else None
     total = None
     if ta is not None:
@@ -317,12 +313,33 @@ def _getitem(args, targs, out, r):
     return None if targs[0] is None else targs[0][args[1]]
 
 
-_BY_NAME_PER_CALL = {"split", "split_with_sizes", "unbind", "chunk", "split_copy", "unbind_copy",
-                     "sum", "mean", "avg_pool1d", "avg_pool2d", "avg_pool3d",
-                     "_adaptive_avg_pool2d", "_adaptive_avg_pool3d", "adaptive_avg_pool1d",
-                     "upsample_nearest1d", "upsample_nearest2d", "upsample_bilinear2d",
-                     "reflection_pad1d", "reflection_pad2d", "replication_pad1d",
-                     "replication_pad2d", "maximum", "minimum", "clamp_max", "clamp_min"}  # fmt: skip
+_BY_NAME_PER_CALL = {
+    "split",
+    "split_with_sizes",
+    "unbind",
+    "chunk",
+    "split_copy",
+    "unbind_copy",
+    "sum",
+    "mean",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "_adaptive_avg_pool2d",
+    "_adaptive_avg_pool3d",
+    "adaptive_avg_pool1d",
+    "upsample_nearest1d",
+    "upsample_nearest2d",
+    "upsample_bilinear2d",
+    "reflection_pad1d",
+    "reflection_pad2d",
+    "replication_pad1d",
+    "replication_pad2d",
+    "maximum",
+    "minimum",
+    "clamp_max",
+    "clamp_min",
+}
 
 
 def _per_call(name, target, args, targs, out, r):
