@@ -300,6 +300,7 @@ def test_fd_noise_is_grey_and_does_not_stretch_the_colour_scale():
     assert np.all(fig.data[3].z == 1) and fig.data[3].xaxis == "x2"
     assert fig.layout.coloraxis.cmax == 1.0  # white, not a saturated ±5e-10 scale
     assert "all noise" in fig.layout.annotations[1].text
+    assert "(round-off)" in fig.layout.annotations[2].text  # the gap is rounding too
     partly = F.hessian_figure(SYMMETRIC, SYMMETRIC + 1e-9 * (SYMMETRIC == 0), noise_floor=1e-7)
     assert np.isnan(partly.data[3].z[0, 0]) and partly.data[3].z[1, 2] == 1
     diag = F.second_order_jacobian_figure(exact, fd, exact, samples=4, noise_floor=1e-7)

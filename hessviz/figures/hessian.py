@@ -118,7 +118,11 @@ def hessian_spec(
         "annotations": [
             subplot_title(f"exact ∂²y_{output}/∂x²", domains[0]),
             subplot_title(f"finite differences{step_text}", domains[1]),
-            subplot_title(f"gap |exact − FD|<br>max {fmt(float(gap.max()), 2)}", domains[2]),
+            subplot_title(
+                f"gap |exact − FD|<br>max {fmt(float(gap.max()), 2)}"
+                + (" (round-off)" if noise_floor is not None and gap.max() <= noise_floor else ""),
+                domains[2],
+            ),
         ],
     }
     for k, domain in enumerate(domains, start=1):
