@@ -98,8 +98,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="measure peak memory per row (default: on, off with --quick)",
     )
     ap.add_argument("--no-jax", action="store_true", help="leave JAX out even if installed")
+    ap.add_argument(
+        "--suite",
+        choices=("all", "grid", "graph"),
+        default="all",
+        help="grid: the tanh-MLP grid above; graph: user-style models through the graph engine "
+        "(benchmarks/graph_models.py, CPU; results/graph.*); all (default): both",
+    )
     ap.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    # as given, for the graph suite (which has its own defaults)
+    args.rounds_given, args.budget_given, args.tag_given = args.rounds, args.budget, args.tag
     args.tasks = [t for t in args.tasks.split(",") if t]
     unknown = set(args.tasks) - set(peers.TASKS)
     if unknown:
@@ -394,6 +403,36 @@ def main(argv=None) -> int:
     if args.memory_worker:
         memory_worker(args)
         return 0
+    if args.suite in ("all", "grid"):
+        run_grid(args)
+    if args.suite in ("all", "graph"):
+        run_graph_suite(args)
+    return 0
+
+
+def run_graph_suite(args) -> None:
+    """benchmarks/graph_models.py with this run's options (CPU only; hessian and diagonal)."""
+    import graph_models
+
+    ops = [t for t in args.tasks if t in graph_models.OPS]
+    if not args.device.startswith("cpu") or not ops:
+        why = "it runs on CPU only" if ops else "--tasks names neither hessian nor diagonal"
+        print(f"graph-models suite (benchmarks/graph_models.py) skipped: {why}.")
+        return
+    argv = ["--quick"] if args.quick else []
+    argv += ["--threads", str(args.threads)] if args.threads != 1 else []
+    argv += ["--ops", ",".join(ops)] if len(ops) < len(graph_models.OPS) else []
+    argv += ["--rounds", str(args.rounds_given)] if args.rounds_given else []
+    argv += ["--budget", str(args.budget_given)] if args.budget_given else []
+    argv += ["--tag", f"{args.tag_given}-graph"] if args.tag_given else []
+    argv += ["--out", args.out] if Path(args.out).resolve() != HERE / "results" else []
+    if args.suite == "all":
+        print()
+    graph_models.main(argv, command=" ".join(["./dev bench", *sys.argv[1:]]))
+
+
+def run_grid(args) -> None:
+    """The tanh-MLP grid: every method and peer, every task; results/<tag>.md, .csv, .html."""
     jdev, jax_reason = setup(args)
     sync = timing.synchronizer(args.device)
     grid = QUICK_GRID if args.quick else GRID
@@ -428,7 +467,6 @@ def main(argv=None) -> int:
     figure_note = report.write_figure(out / f"{args.tag}.html", rows, env)
     print("\n".join(summary))
     print(f"results: {out / args.tag}.md, .csv, .html{figure_note}")
-    return 0
 
 
 if __name__ == "__main__":
