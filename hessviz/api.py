@@ -421,7 +421,11 @@ def _run(fname, op, d: _Decision, p: Problem, V) -> torch.Tensor:
 
     def run(bs, ms):
         # Results are plain tensors: no autograd history through the model's parameters.
-        extra = {"expected": p.Y[bs]} if graph and p.Y is not None else {}
+        extra = {}
+        if graph:  # the checked plan of the whole batch serves a whole-batch chunk directly
+            extra["expected"] = None if p.Y is None else p.Y[bs]
+            if d.plan is not None and bs.stop - bs.start == p.B:
+                extra["pl"] = d.plan
         if op == "hvp":
             return kernel(p, p.X[bs], V[bs], p.sel[ms], **extra).detach()
         return kernel(p, p.X[bs], p.sel[ms], **extra).detach()

@@ -29,7 +29,7 @@ aten = torch.ops.aten
 
 # -- flat: linear or piecewise linear in all their input-dependent arguments ---------------------
 _FLAT_NAMES = """
-add sub neg clone alias view _unsafe_view reshape expand expand_as permute transpose t squeeze
+add sub rsub neg clone alias view _unsafe_view reshape expand expand_as permute transpose t squeeze
 unsqueeze flatten unflatten slice select index index_select gather cat stack split
 split_with_sizes unbind chunk narrow contiguous sum mean constant_pad_nd pad reflection_pad1d
 reflection_pad2d replication_pad1d replication_pad2d avg_pool1d avg_pool2d avg_pool3d

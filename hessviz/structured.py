@@ -343,12 +343,21 @@ class _Pass:
 
 
 def _model_sample_shape(p: Problem) -> torch.Size:
-    """The per-sample shape ``S`` such that the model sees its input as ``(B, *S)``."""
+    """The per-sample shape ``S`` such that the model sees its input as ``(B, *S)``.
+
+    An unbatched ``x`` gets a batch dimension of 1: ``(5,)`` → ``(1, 5)``; ``(1, 8)`` for a
+    ``Conv1d`` is one single-channel signal → ``(1, 1, 8)``. Only when the first convolution
+    needs one dimension fewer is a leading 1 read as the user's own batch of one (a
+    ``(1, 1, 28, 28)`` image for a ``Conv2d``).
+    """
+    S = p.sample_shape
     if p.batched:
-        return p.sample_shape
-    if len(p.sample_shape) >= 2 and p.sample_shape[0] == 1:  # e.g. a (1, 1, 28, 28) image
-        return p.sample_shape[1:]
-    return p.sample_shape  # a batch dimension of 1 is added: (5,) → (1, 5)
+        return S
+    if len(S) >= 2 and S[0] == 1 and isinstance(p.f, nn.Module):
+        conv = next((m for m in p.f.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+        if conv is not None and len(S) == len(conv.kernel_size) + 2:
+            return S[1:]
+    return S
 
 
 def _stem_jacobian(stem: list, S: torch.Size, X: torch.Tensor) -> torch.Tensor:

@@ -194,16 +194,22 @@ def _run(
     return total.reshape(X.shape[0], m, *total.shape[2:])
 
 
-def hessian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], expected=None) -> torch.Tensor:
-    return _run(p, X, sel, "hessian", expected=expected)
+def hessian(
+    p: Problem, X: torch.Tensor, sel: tuple[int, ...], expected=None, pl=None
+) -> torch.Tensor:
+    return _run(p, X, sel, "hessian", pl, expected=expected)
 
 
-def diagonal(p: Problem, X: torch.Tensor, sel: tuple[int, ...], expected=None) -> torch.Tensor:
-    return _run(p, X, sel, "diagonal", expected=expected)
+def diagonal(
+    p: Problem, X: torch.Tensor, sel: tuple[int, ...], expected=None, pl=None
+) -> torch.Tensor:
+    return _run(p, X, sel, "diagonal", pl, expected=expected)
 
 
-def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], expected=None) -> torch.Tensor:
-    return _run(p, X, sel, "diagonal", expected=expected).sum(-1)
+def laplacian(
+    p: Problem, X: torch.Tensor, sel: tuple[int, ...], expected=None, pl=None
+) -> torch.Tensor:
+    return _run(p, X, sel, "diagonal", pl, expected=expected).sum(-1)
 
 
 def hvp(
