@@ -69,8 +69,7 @@ def test_closed_forms(case):
 
 
 def test_layer_terms_sum_to_hessian(problem, case):
-    if not case.structured:
-        pytest.skip("layer terms come from the layer-wise engine")
+    """Per-node terms (activation layers, or the graph engine's curvature nodes) sum to H."""
     f, x, batched, H_ref = problem
     terms = hv.layer_terms(f, x, batched=batched)
     assert all(t.hessian.shape == H_ref.shape for t in terms)
