@@ -291,5 +291,7 @@ def prepare(
         sample_shape, out_shape = X.shape, y.shape
         X = X.reshape(1, -1)
     sel, kind = _parse_outputs(fname, outputs, out_shape.numel())
-    problem = Problem(f, X, sample_shape, out_shape, batched, sel, kind, y.detach().reshape(X.shape[0], -1))
+    problem = Problem(
+        f, X, sample_shape, out_shape, batched, sel, kind, y.detach().reshape(X.shape[0], -1)
+    )
     return problem, y.detach()
