@@ -275,7 +275,11 @@ def _with_generic(d: _Decision, p: Problem) -> _Decision:
     name, why = _generic_choice(p)
     if name == "func":
         return d
-    return _Decision(name, d.reason + f" {why} Running {name!r} instead.", plan=d.plan)
+    engines = d.reason.split(" The graph engine was not used: ", 1)
+    reason = f"{METHODS[name].description}: it runs on this f where torch.func does not. {why}"
+    if len(engines) == 2:
+        reason += " The graph engine was not used: " + engines[1]
+    return _Decision(name, reason, plan=d.plan)
 
 
 def _needs_structure(method: str) -> bool:

@@ -59,7 +59,17 @@ class Executor:
         self.output = next(n for n in graph.module.graph.nodes if n.op == "output")
         self.tap_of = {t.op: t for t in graph.taps}
         self.unary = {t.op for t in graph.taps if t.kind == "unary"}
-        self.dep = graph.dependent
+        # Tangents are carried only where a tap needs them: nodes after the last curvature
+        # node (an output layer, say) add nothing and are never differentiated forward.
+        self.dep = set()
+        stack = [u for t in graph.taps for u in t.inputs]
+        stack += [t.op for t in graph.taps if t.kind == "unary"]  # their σ'' is computed there
+        while stack:
+            node = stack.pop()
+            if node in self.dep or node not in graph.dependent:
+                continue
+            self.dep.add(node)
+            stack.extend(a for a in tensor_args(node) if a in graph.dependent)
         # unary ops with only the tensor argument can use the closed forms in ops
         self.closed = {
             n
