@@ -26,7 +26,7 @@ from .compute import Pipeline, ViewResults
 from .display import FigurePanel
 from .errors import ErrorGuard, friendly_message
 from .explorer import PANELS, HessianExplorer
-from .figure_widget import PlotPanel, PlotWidget, SharedFigureWidget
+from .figure_widget import PlotPanel, PlotWidget
 from .lessons import LESSONS, Lesson
 from .state import ExplorerState, hessian_methods
 
@@ -41,7 +41,6 @@ __all__ = [
     "FigurePanel",
     "PlotWidget",
     "PlotPanel",
-    "SharedFigureWidget",
     "ErrorGuard",
     "friendly_message",
     "hessian_methods",

@@ -204,20 +204,3 @@ class PlotPanel:
 
     def sync(self) -> None:
         """Nothing to do: the widget's state is the figure (kept for the old FigurePanel API)."""
-
-
-def __getattr__(name: str):
-    # The old name, built on first use only: go.FigureWidget imports ~1 s of modules (nbformat,
-    # jsonschema) that a page's kernel does not need.
-    if name == "SharedFigureWidget":
-        global SharedFigureWidget
-
-        class SharedFigureWidget(go.FigureWidget):
-            """Deprecated: plotly's own ``go.FigureWidget`` (each plot sends plotly's 5 MB code).
-
-            Kept so callers written for it keep working while they move to :class:`PlotWidget`
-            / :class:`PlotPanel`; it uses no private internals of plotly.
-            """
-
-        return SharedFigureWidget
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
