@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import hessviz as hv
 
 SMOOTH = ["tanh", "sigmoid", "softplus", "elu", "gelu", "silu", "sin", "square"]
-EXACT = ["loop", "autograd", "func", "structured"]
+EXACT = ["loop", "autograd", "func", "structured", "graph"]
 PROFILE = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -56,7 +56,7 @@ def test_hvp_diagonal_and_laplacian_are_consistent_with_the_hessian(net, data):
     j = data.draw(st.integers(0, n - 1))
     e = torch.zeros_like(X)
     e[:, j] = 1
-    for method in ["auto", "structured", "func"]:
+    for method in ["auto", "structured", "graph", "func"]:
         col = hv.hvp(model, X, e, batched=True, method=method)
         assert (col - H[..., j]).abs().max() <= tol  # hvp(e_j) = column j
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 100)))
