@@ -146,6 +146,8 @@ def matrix_axes(
             "scaleanchor": axis_ref(k, "x"),
             "scaleratio": 1,
             "constrain": "domain",
+            # A narrow plot shrinks the square cells: they stay under their title, not adrift.
+            "constraintoward": "top",
         },
     }
 
@@ -214,14 +216,17 @@ def diverging_coloraxis(
     }
 
 
-def noise_overlay(k: int, mask: np.ndarray, floor: float, *, what: str = "FD") -> dict:
+def noise_overlay(
+    k: int, mask: np.ndarray, floor: float, *, what: str = "FD", label: bool = True
+) -> dict:
     """A grey heatmap over subplot ``k`` that covers the cells where ``mask`` is true.
 
     Marks finite-difference values below the round-off floor as noise: a reader should not
-    mistake ±1e-10 of rounding for curvature. Cells outside the mask are transparent gaps.
+    mistake ±1e-10 of rounding for curvature. Cells outside the mask are transparent gaps;
+    with ``label`` the grey cells say "noise" (leave it off where cells are too small).
     """
     z = np.where(mask, 1.0, np.nan)
-    text = [["noise" if cell else "" for cell in row] for row in mask]
+    text = [["noise" if cell and label else "" for cell in row] for row in mask]
     return {
         "type": "heatmap",
         "name": "noise",

@@ -118,7 +118,7 @@ def second_order_jacobian_spec(
         ),
     ]
     if noisy.any():
-        data.append(noise_overlay(2, noisy, float(noise_floor)))
+        data.append(noise_overlay(2, noisy, float(noise_floor), label=show_values))
     fd_error = relative_error(fd, exact)
     hutchinson_error = relative_error(hutchinson, exact)
     layout: dict = {

@@ -111,7 +111,7 @@ def hessian_spec(
         ),
     ]
     if noisy.any():
-        data.append(noise_overlay(2, noisy, float(noise_floor)))
+        data.append(noise_overlay(2, noisy, float(noise_floor), label=show_values))
     layout: dict = {
         "height": 380,
         **value_and_error_axes(half, low, high, colorbar, domains),
