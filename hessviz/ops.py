@@ -11,6 +11,8 @@ Every operation of a captured graph falls in one of four kinds (see :func:`kind`
   in closed form where one is cheap; the rest get σ'' from autograd on the op alone.
 - ``"product"``: ``a * b`` with both factors input-dependent (broadcasting allowed); its term is
   :math:`J_a^\top \operatorname{diag}(\bar y) J_b + J_b^\top \operatorname{diag}(\bar y) J_a`.
+- ``"matmul"``: ``A @ B`` (``mm``/``bmm``) with both factors input-dependent (attention scores);
+  its term is the same cross term, contracted over the inner dimension.
 - ``"generic"``: anything else (``div`` by an input-dependent tensor, ``layer_norm``, ``softmax``,
   ``mm`` of two input-dependent matrices, …): its term comes from Hessian-vector products of that
   one op, reverse-over-reverse — exact, slower than a closed form.
@@ -160,6 +162,8 @@ def kind(name: str, dependent: list[bool]) -> str:
             return "flat"
         if name == "mul" and n_dep == 2:
             return "product"
+        if name in ("mm", "bmm") and n_dep == 2:
+            return "matmul"
         return "generic"
     if name in NUMERATOR_LINEAR:
         return "flat" if not any(dependent[1:]) else "generic"

@@ -50,7 +50,9 @@ class Plan:
             K = t.node.meta["val"].numel() / rows
             if t.kind == "generic":  # n double-backward products of the op, per output
                 generic += 20 * n * _op_flops(t) / rows  # measured: slow per flop
-            taps += K * (2 if t.kind == "product" else 1)
+            taps += K * (2 if t.kind in ("product", "matmul") else 1)
+            if t.kind == "matmul":  # the inner dimension of the contraction
+                taps += K * t.inputs[0].meta["val"].shape[-1]
         engine = n * fwd + m * fwd + m * n * n * taps + m * n * generic
         func = n * (1 + 2 * m) * fwd + m * n * n
         return engine, func

@@ -229,6 +229,27 @@ def _per_sample(T: torch.Tensor, lead: int) -> torch.Tensor:
     return T.reshape(r, lead, -1).transpose(0, 1)
 
 
+def _as_batched_matrices(t: torch.Tensor) -> torch.Tensor:
+    """``(…, i, k)`` → ``(nb, i, k)``: a matrix, or a batch of them, as a 3-D stack."""
+    return t.reshape(-1, *t.shape[-2:])
+
+
+def _matmul_half(tap: Tap, env, tan, adj, lead: int, n: int):
+    """For ``Y = A @ B`` with both input-dependent: ``W[l,m,p,b,k,j] = Σ_i Ȳ[m,l,b,i,j]
+    TA[p,l,b,i,k]`` and ``TB`` as ``(r, lead, b, k, j)``; the term is ``W·TB`` plus its
+    transpose (``b`` are the matrices of one sample, ``l`` the samples)."""
+    a, b = tap.inputs
+    A, Bm = env[a], env[b]
+    TA = tan[a].expand(n, *A.shape).reshape(n, -1, *A.shape[-2:])
+    TB = tan[b].expand(n, *Bm.shape).reshape(n, -1, *Bm.shape[-2:])
+    nb = TA.shape[1]
+    TA = TA.reshape(n, lead, nb // lead, *A.shape[-2:])
+    TB = TB.reshape(n, lead, nb // lead, *Bm.shape[-2:])
+    m = adj.shape[0]
+    Y = adj.reshape(m, lead, nb // lead, A.shape[-2], Bm.shape[-1])
+    return torch.einsum("mlbij,plbik->lmpbkj", Y, TA), TB
+
+
 def _generic_hvps(tap: Tap, env, tan, adj, r):
     """Per input: ``(m, r, *S_a)``, the op's Hessian (weighted by each adjoint) times each
     tangent direction, from reverse-over-reverse products of that op alone."""
@@ -283,6 +304,13 @@ def terms(ex: Executor, env, tan, s2, adjoints, m: int, n: int, need: str):
                 yield M + M.mT
             else:
                 yield 2 * (c @ (Ga * Gb).mT)
+        elif tap.kind == "matmul":
+            W, TB = _matmul_half(tap, env, tan, adj, lead, n)
+            if need == "hessian":
+                M = torch.einsum("lmpbkj,qlbkj->lmpq", W, TB)
+                yield M + M.mT
+            else:
+                yield 2 * torch.einsum("lmpbkj,plbkj->lmp", W, TB)
         else:
             HV, Ts = _generic_hvps(tap, env, tan, adj, n)
             total = 0
@@ -317,6 +345,16 @@ def hvp_pullback(ex: Executor, env, tan, s2, adjoints, x, m: int):
                 w = adj * t_other[None]
                 weights.append(_sum_to(w, env[u].shape))
                 outs.append(env[u])
+        elif tap.kind == "matmul":
+            a, b = tap.inputs
+            A, Bm = _as_batched_matrices(env[a]), _as_batched_matrices(env[b])
+            tA = _as_batched_matrices(tan[a].expand(1, *env[a].shape)[0])
+            tB = _as_batched_matrices(tan[b].expand(1, *env[b].shape)[0])
+            Y = adj.reshape(adj.shape[0], *A.shape[:-1], Bm.shape[-1])  # (m, nb, i, j)
+            for u, w in ((a, torch.einsum("mnij,nkj->mnik", Y, tB)),
+                         (b, torch.einsum("mnij,nik->mnkj", Y, tA))):  # fmt: skip
+                outs.append(env[u])
+                weights.append(w.reshape(w.shape[0], *env[u].shape))
         else:
             HV, _ = _generic_hvps(tap, env, tan, adj, 1)
             for u, hv in zip(tap.inputs, HV):

@@ -265,7 +265,7 @@ def capture(p: Problem, X: torch.Tensor) -> Graph:
         if kind == "flat":
             continue
         inputs = list(dict.fromkeys(a for a in args if a in dep))
-        if kind == "product" and len(inputs) == 1:
+        if kind in ("product", "matmul") and len(inputs) == 1:
             inputs = inputs * 2  # x * x
         targets = [node]
         if not isinstance(val, torch.Tensor):  # a tuple op: one tap per item used
