@@ -7,42 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import ops as _ops
 from ._errors import HessvizError
 
-
-class Sin(nn.Module):
-    """Elementwise ``sin``: smooth, with curvature of both signs."""
-
-    hessviz_elementwise = True
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sin(z)
-
-
-class Square(nn.Module):
-    """Elementwise ``z**2``: constant second derivative 2."""
-
-    hessviz_elementwise = True
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z * z
-
-
-_ACTIVATION_MODULES = {
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "softplus": nn.Softplus,
-    "elu": nn.ELU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "relu": nn.ReLU,
-    "sin": Sin,
-    "square": Square,
-    "linear": None,
-}
-
-#: Activation names accepted by :func:`mlp`; ``"linear"`` means no nonlinearity at all.
-ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATION_MODULES)
+#: Activation names accepted by :func:`mlp` (the catalogue :data:`hessviz.ops.ACTIVATIONS`);
+#: ``"linear"`` means no nonlinearity at all.
+ACTIVATIONS: tuple[str, ...] = tuple(_ops.ACTIVATIONS)
+Sin, Square = _ops.Sin, _ops.Square
 
 
 def mlp(
@@ -82,7 +53,7 @@ def mlp(
             f"mlp: sizes must be at least two positive ints [n_in, ..., n_out], "
             f"got {list(sizes)!r}."
         )
-    if activation not in _ACTIVATION_MODULES:
+    if activation not in _ops.ACTIVATIONS:
         raise HessvizError(
             f"mlp: unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}."
         )
@@ -90,7 +61,7 @@ def mlp(
         raise HessvizError(f"mlp: dtype must be a floating torch dtype, got {dtype!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise HessvizError(f"mlp: seed must be an int, got {seed!r}.")
-    act = _ACTIVATION_MODULES[activation]
+    act = _ops.ACTIVATIONS[activation].module
     layers: list[nn.Module] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

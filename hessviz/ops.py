@@ -24,8 +24,10 @@ ops of a graph the engine can trust (:data:`REFUSED`).
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 aten = torch.ops.aten
 
@@ -281,3 +283,57 @@ def mixes_rows(name: str, node, dependent: set, rows: int) -> str:
         b = node.args[1] if base == "mm" else node.args[2]
         return "multiplies by an input-dependent matrix" if b in dependent else ""
     return "is not known to keep the samples of a batch apart"
+
+
+# -- the activations of hessviz's own models (hv.mlp, the explorer) -------------------------------
+class Sin(nn.Module):
+    """Elementwise ``sin``: smooth, with curvature of both signs."""
+
+    hessviz_elementwise = True
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sin(z)
+
+
+class Square(nn.Module):
+    """Elementwise ``z**2``: constant second derivative 2."""
+
+    hessviz_elementwise = True
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * z
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation offered by :func:`hessviz.mlp` and the explorer.
+
+    Attributes:
+        name: its name in ``hv.ACTIVATIONS`` (``"tanh"``).
+        module: the ``nn.Module`` class, or ``None`` for ``"linear"`` (no nonlinearity).
+        op: the ATen op it captures as (its σ', σ'' come from this catalogue's tables when the
+            op has them there; from autograd otherwise).
+        piecewise_linear: σ'' = 0 wherever it exists, so every Hessian of the network is zero.
+    """
+
+    name: str
+    module: type | None
+    op: str
+    piecewise_linear: bool = False
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    a.name: a
+    for a in [
+        Activation("tanh", nn.Tanh, "tanh"),
+        Activation("sigmoid", nn.Sigmoid, "sigmoid"),
+        Activation("softplus", nn.Softplus, "softplus"),
+        Activation("elu", nn.ELU, "elu"),
+        Activation("gelu", nn.GELU, "gelu"),
+        Activation("silu", nn.SiLU, "silu"),
+        Activation("relu", nn.ReLU, "relu", piecewise_linear=True),
+        Activation("sin", Sin, "sin"),
+        Activation("square", Square, "mul"),
+        Activation("linear", None, "", piecewise_linear=True),
+    ]
+}

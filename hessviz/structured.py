@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import ops
 from ._problem import Problem
 
 
@@ -156,14 +157,10 @@ class _Elementwise:
         return a.detach(), s1.detach(), torch.zeros_like(z) if s2 is None else s2
 
 
-def _tanh(m, z, a):
-    s1 = 1 - a * a
-    return s1, -2 * a * s1
-
-
-def _sigmoid(m, z, a):
-    s1 = a * (1 - a)
-    return s1, s1 * (1 - 2 * a)
+def _from_catalogue(op: str):
+    """σ' and σ'' of a parameter-free activation, from the op catalogue (:mod:`hessviz.ops`)."""
+    first, second = ops.FIRST_DERIVATIVES[op], ops.SECOND_DERIVATIVES[op]
+    return lambda m, z, a: (first(z, a), second(z, a))
 
 
 def _softplus(m, z, a):
@@ -191,11 +188,6 @@ def _gelu(m, z, a):
     return cdf + z * pdf, pdf * (2 - z * z)
 
 
-def _silu(m, z, a):
-    s = torch.sigmoid(z)
-    return s * (1 + z * (1 - s)), s * (1 - s) * (2 + z * (1 - 2 * s))
-
-
 def _relu(m, z, a):
     return (z > 0).to(z.dtype), torch.zeros_like(z)
 
@@ -205,29 +197,23 @@ def _leaky_relu(m, z, a):
     return torch.where(z > 0, torch.ones_like(z), slope), torch.zeros_like(z)
 
 
-def _sin(m, z, a):
-    return torch.cos(z), -a
-
-
 def _square(m, z, a):
     return 2 * z, torch.full_like(z, 2.0)
 
 
 @functools.cache
 def _closed_forms():
-    from .models import Sin, Square
-
     return {
-        nn.Tanh: _tanh,
-        nn.Sigmoid: _sigmoid,
+        nn.Tanh: _from_catalogue("tanh"),
+        nn.Sigmoid: _from_catalogue("sigmoid"),
         nn.Softplus: _softplus,
         nn.ELU: _elu,
         nn.GELU: _gelu,
-        nn.SiLU: _silu,
+        nn.SiLU: _from_catalogue("silu"),
         nn.ReLU: _relu,
         nn.LeakyReLU: _leaky_relu,
-        Sin: _sin,
-        Square: _square,
+        ops.Sin: _from_catalogue("sin"),
+        ops.Square: _square,
     }
 
 

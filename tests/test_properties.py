@@ -10,14 +10,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hessviz as hv
+from hessviz import ops
 
-SMOOTH = ["tanh", "sigmoid", "softplus", "elu", "gelu", "silu", "sin", "square"]
+SMOOTH = [a.name for a in ops.ACTIVATIONS.values() if not a.piecewise_linear]
+PIECEWISE_LINEAR = [a.name for a in ops.ACTIVATIONS.values() if a.piecewise_linear]
 EXACT = ["loop", "autograd", "func", "structured", "graph"]
 PROFILE = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
-def networks(draw, activations=(*SMOOTH, "relu", "linear")):
+def networks(draw, activations=(*SMOOTH, *PIECEWISE_LINEAR)):
     n = draw(st.integers(1, 5))
     hidden = draw(st.lists(st.integers(1, 8), min_size=0, max_size=3))
     m = draw(st.integers(1, 3))
@@ -102,7 +104,7 @@ def test_fd_error_within_the_predicted_bound(net):
 
 
 @PROFILE
-@given(networks(activations=("relu", "linear")))
+@given(networks(activations=tuple(PIECEWISE_LINEAR)))
 def test_piecewise_linear_networks_have_zero_curvature(net):
     model, X, *_ = net
     for method in ["auto", *EXACT]:
