@@ -187,9 +187,7 @@ def _run(
         _check_output(p, y, expected)
         adjoints = ex.adjoints(env, y, _rows(p, sel, X), retain=False)
     with torch.no_grad():
-        total = None
-        for term in assemble.terms(ex, env, tan, s2, adjoints, m, n, need):
-            total = term if total is None else total.add_(term)
+        (total,) = assemble.terms(ex, env, tan, s2, adjoints, m, n, need, acc="sum")
     if total is None:
         shape = (X.shape[0], m, n, n) if need == "hessian" else (X.shape[0], m, n)
         return X.new_zeros(shape)

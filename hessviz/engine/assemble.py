@@ -221,12 +221,13 @@ def _op_fn(tap: Tap, env: dict):
 
 
 def _per_sample(T: torch.Tensor, lead: int) -> torch.Tensor:
-    """``(r, *S)`` with the samples along dim 0 of ``S`` → ``(lead, r, K)``; a tangent shared
-    by all samples (``(r, 1, …)``) → ``(1, r, K)``, which broadcasts in the products below."""
+    """``(r, *S)`` with the samples along dim 0 of ``S`` → ``(lead, r, K)``, contiguous (the
+    GEMMs below read it transposed without a copy); a tangent shared by all samples
+    (``(r, 1, …)``) → ``(1, r, K)``, which broadcasts in the products below."""
     r = T.shape[0]
     if lead > 1 and T.ndim > 1 and T.shape[1] == 1:
-        return T.reshape(r, -1)[None]
-    return T.reshape(r, lead, -1).transpose(0, 1)
+        return T.reshape(r, -1)[None].contiguous()
+    return T.reshape(r, lead, -1).transpose(0, 1).contiguous()
 
 
 def _as_batched_matrices(t: torch.Tensor) -> torch.Tensor:
@@ -271,57 +272,98 @@ def _generic_hvps(tap: Tap, env, tan, adj, r):
         return vmap(per_output)(adj), Ts
 
 
-def terms(ex: Executor, env, tan, s2, adjoints, m: int, n: int, need: str):
-    """Yield each tap's term: ``(lead, m, n, n)`` Hessians or ``(lead, m, n)`` diagonals."""
+def _add(acc, term):
+    return term if acc is None else acc.add_(term)
+
+
+def _unary_term(G, c, need: str, acc):
+    """``Σ_k c_k G_k G_kᵀ`` per sample and output, added to ``acc`` (or a new tensor).
+
+    ``G``: ``(lead, n, K)`` per sample, or ``(1, n, K)`` shared; ``c``: ``(lead, m, K)``.
+    Returns ``(lead, m, n, n)`` (``need="hessian"``) or ``(lead, m, n)`` diagonals.
+    """
+    lead, m, K = c.shape
+    n = G.shape[1]
+    if need != "hessian":
+        if G.shape[0] == 1:
+            D = (c.reshape(-1, K) @ (G[0] * G[0]).T).reshape(lead, m, n)
+        else:
+            D = torch.bmm(c, (G * G).mT)
+        return _add(acc, D)
+    Gc = G[:, None] * c[:, :, None, :]  # (lead, m, n, K), contiguous
+    if G.shape[0] == 1:  # shared by the samples: one GEMM for the whole batch
+        if acc is None:
+            return (Gc.reshape(-1, K) @ G[0].T).reshape(lead, m, n, n)
+        acc.view(-1, n).addmm_(Gc.reshape(-1, K), G[0].T)
+        return acc
+    if acc is None:
+        return torch.bmm(Gc.reshape(lead, m * n, K), G.mT).reshape(lead, m, n, n)
+    acc.view(lead, m * n, n).baddbmm_(Gc.reshape(lead, m * n, K), G.mT)
+    return acc
+
+
+def _product_term(Ga, Gb, c, need: str, acc):
+    """``Σ_k c_k (Ga_k Gb_kᵀ + Gb_k Ga_kᵀ)`` per sample and output (shapes as above)."""
+    lead, m, K = c.shape
+    n = Ga.shape[1]
+    if need != "hessian":
+        return _add(acc, 2 * torch.bmm(c, (Ga * Gb).mT))
+    M = torch.bmm((Ga[:, None] * c[:, :, None, :]).reshape(lead, m * n, K), Gb.mT)
+    M = M.reshape(lead, m, n, n)
+    if acc is None:
+        return M + M.mT
+    return acc.add_(M).add_(M.mT)
+
+
+def terms(ex: Executor, env, tan, s2, adjoints, m: int, n: int, need: str, acc=None):
+    """Each tap's term: ``(lead, m, n, n)`` Hessians or ``(lead, m, n)`` diagonals.
+
+    Without ``acc``, yields one new tensor per tap (the per-node terms); with ``acc`` (a tensor
+    of that shape, or the string ``"sum"`` to start one), adds every term into it in place and
+    yields the sum once.
+    """
     lead = ex.graph.rows
+    summing = acc is not None
+    total = None if acc == "sum" else acc
     for tap, adj in zip(ex.graph.taps, adjoints):
         if adj is None:
             continue
         value = env[tap.node]
         c = adj.reshape(m, lead, -1).transpose(0, 1)  # (lead, m, K)
+        into = total if summing else None
         if tap.kind == "unary":
             G = _per_sample(tan[tap.inputs[0]], lead)  # (lead, n, K)
-            c = c * s2[tap.op].reshape(lead, 1, -1)
-            if need == "hessian":
-                Gc = G[:, None] * c[:, :, None, :]
-                if G.shape[0] == 1:  # shared by the samples: one GEMM for the whole batch
-                    yield (Gc.reshape(-1, G.shape[-1]) @ G[0].T).reshape(lead, m, n, n)
-                else:
-                    yield (Gc.reshape(lead, m * n, -1) @ G.mT).reshape(lead, m, n, n)
-            elif G.shape[0] == 1:
-                yield (c.reshape(-1, c.shape[-1]) @ (G[0] * G[0]).T).reshape(lead, m, n)
-            else:
-                yield c @ (G * G).mT
+            term = _unary_term(G, c * s2[tap.op].reshape(lead, 1, -1), need, into)
         elif tap.kind == "product":
             a, b = tap.inputs
             shape = value.shape
             Ga = _per_sample(full(tan[a], shape), lead)
-            Gb = _per_sample(full(tan[b], shape), lead)
-            if need == "hessian":
-                M = ((Ga[:, None] * c[:, :, None, :]).reshape(lead, m * n, -1) @ Gb.mT).reshape(
-                    lead, m, n, n
-                )
-                yield M + M.mT
-            else:
-                yield 2 * (c @ (Ga * Gb).mT)
+            Gb = Ga if a is b else _per_sample(full(tan[b], shape), lead)
+            term = _product_term(Ga, Gb, c.contiguous(), need, into)
         elif tap.kind == "matmul":
             W, TB = _matmul_half(tap, env, tan, adj, lead, n)
             if need == "hessian":
                 M = torch.einsum("lmpbkj,qlbkj->lmpq", W, TB)
-                yield M + M.mT
+                term = _add(into, M + M.mT)
             else:
-                yield 2 * torch.einsum("lmpbkj,plbkj->lmp", W, TB)
+                term = _add(into, 2 * torch.einsum("lmpbkj,plbkj->lmp", W, TB))
         else:
             HV, Ts = _generic_hvps(tap, env, tan, adj, n)
-            total = 0
+            term = into
             for T, hv in zip(Ts, HV):
                 G = _per_sample(T, lead)  # (lead, n, K)
                 H = hv.reshape(m, n, lead, -1).permute(2, 0, 1, 3)  # (lead, m, n, K)
                 if need == "hessian":
-                    total = total + (H.reshape(lead, m * n, -1) @ G.mT).reshape(lead, m, n, n)
+                    part = (H.reshape(lead, m * n, -1) @ G.mT).reshape(lead, m, n, n)
                 else:
-                    total = total + (H * G[:, None]).sum(-1)
-            yield total
+                    part = (H * G[:, None]).sum(-1)
+                term = _add(term, part) if summing else (part if term is None else term + part)
+        if summing:
+            total = term
+        else:
+            yield term
+    if summing:
+        yield total
 
 
 def hvp_pullback(ex: Executor, env, tan, s2, adjoints, x, m: int):
