@@ -159,8 +159,7 @@ class _Elementwise:
 
 def _from_catalogue(op: str):
     """σ' and σ'' of a parameter-free activation, from the op catalogue (:mod:`hessviz.ops`)."""
-    first, second = ops.FIRST_DERIVATIVES[op], ops.SECOND_DERIVATIVES[op]
-    return lambda m, z, a: (first(z, a), second(z, a))
+    return lambda m, z, a: (ops.FIRST_DERIVATIVES[op](z, a), ops.SECOND_DERIVATIVES[op](z, a))
 
 
 def _softplus(m, z, a):
