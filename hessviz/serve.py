@@ -94,6 +94,24 @@ def page_url() -> str:
     return "" if origin is None else origin + os.environ.get("SCRIPT_NAME", "/")
 
 
+def wait_for_visitor() -> None:
+    """In a pre-heated Voila kernel: wait until a visitor opens the page (Voila then hands the
+    kernel the request: ``QUERY_STRING``, ``SERVER_NAME``…). Elsewhere: return at once.
+
+    ``voila.utils.wait_for_request`` does the same, but importing it costs ~2 s of CPU (it imports
+    Voila's server side, JupyterLab's server included), which every kernel without pre-heating
+    (plain ``voila``, Binder, JupyterLab) paid before its first plot for nothing.
+
+    Example:
+        >>> wait_for_visitor()  # not a pre-heated Voila kernel: returns at once
+    """
+    if os.environ.get("VOILA_PREHEAT", "False") == "False":
+        return
+    from voila.utils import wait_for_request
+
+    wait_for_request()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on ``host`` that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
