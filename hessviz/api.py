@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 import weakref
@@ -85,6 +86,7 @@ class _Decision:
     fw: object = None  # the structured engine's checked pass
     plan: object = None  # the graph engine's plan
     checked: bool = False
+    problem: Problem | None = None  # what the kernels run on, when not the user's f itself
 
 
 def _public(fn: Callable) -> Callable:
@@ -101,10 +103,12 @@ def _public(fn: Callable) -> Callable:
 _STRUCTURED_VERDICTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _structure(p: Problem, y: torch.Tensor):
+def _structure(p: Problem, y: torch.Tensor, reference: Problem | None = None):
     """``(checked pass, None)`` when the layer-wise engine applies and proves itself, else
-    ``(None, reason)``. The proof (a Hessian of the first sample against autograd) is cached per
-    model, input shape, dtype, device and parameter versions."""
+    ``(None, reason)``. The proof (an HVP of the first sample, and for small ``n`` its Hessian,
+    against double backward of ``reference.f`` — the user's ``f``; ``p.f`` may be its lowered
+    ``nn.Sequential``) is cached per model, input shape, dtype, device and parameter versions."""
+    ref = p if reference is None else reference
     try:
         fw = structured.check(p, y)
     except structured.Unsupported as err:
@@ -117,19 +121,23 @@ def _structure(p: Problem, y: torch.Tensor):
         sel = p.sel[:8]
         X0 = p.X[:1]
         P = random_directions(p, 1, X0)
-        with torch.no_grad():
-            err = hvp_mismatch(p, X0, P[0], structured.hvp(p, X0, P, sel)[0], sel)
-            if err is None and p.n <= 32:  # small: the assembled Hessian too
-                eye = torch.eye(p.n, dtype=X0.dtype, device=X0.device)
-                err = projected_mismatch(p, X0, eye, structured.hessian(p, X0, sel)[0], sel)
-        verdict = (
-            None
-            if err is None
-            else (
-                f"the layer-wise engine failed its self-check on this model (off by {err:.1e} "
-                "relative to double backward)"
+        try:
+            with torch.no_grad():
+                err = hvp_mismatch(ref, X0, P[0], structured.hvp(p, X0, P, sel)[0], sel)
+                if err is None and p.n <= 32:  # small: the assembled Hessian too
+                    eye = torch.eye(p.n, dtype=X0.dtype, device=X0.device)
+                    H0 = structured.hessian(p, X0, sel)[0]
+                    err = projected_mismatch(ref, X0, eye, H0, sel)
+            verdict = (
+                None
+                if err is None
+                else (
+                    f"the layer-wise engine failed its self-check on this model (off by {err:.1e} "
+                    "relative to double backward)"
+                )
             )
-        )
+        except Exception as exc:  # noqa: BLE001 - a kernel that cannot run is not trusted
+            verdict = f"the layer-wise engine cannot run on this input ({type(exc).__name__})"
         if verdicts is not None:
             verdicts[key] = verdict
     return (fw, None) if verdict is None else (None, verdict)
@@ -198,6 +206,22 @@ def _decide(fname: str, op: str, p: Problem, y: torch.Tensor, method: str) -> _D
             checked=True,
         )
     pl, why_not_graph = _graph_plan(p)
+    if pl is not None and pl.sequential is not None:
+        q = dataclasses.replace(p, f=pl.sequential)
+        fw, _ = _structure(q, y, reference=p)
+        cost = None if fw is None else structured.cost(q, fw)
+        if fw is not None and (
+            op != "hessian" or cost.structured_flops <= STRUCTURED_EDGE * cost.func_flops
+        ):
+            return _Decision(
+                "structured",
+                "f was captured as a graph of operations that is a plain chain of Linear layers "
+                "and activations: the layer-wise engine runs it as an nn.Sequential of your "
+                "tensors, and agreed with autograd on your f.",
+                fw=fw,
+                checked=True,
+                problem=q,
+            )
     if pl is not None:
         if op == "hessian":
             mine, func = pl.cost(p.n, p.m)
@@ -420,6 +444,8 @@ def _execute(
 def _run(fname, op, d: _Decision, p: Problem, V) -> torch.Tensor:
     name = d.method
     kernel = METHODS[name].kernel(op)
+    if d.problem is not None:  # the lowered nn.Sequential: same inputs, outputs and results
+        p = d.problem
     per = (p.n,) * _RESULT_AXES[op]
     graph = name == "graph"
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from .._problem import Problem
 from .._selfcheck import hvp_mismatch, projected_mismatch, random_directions, relative_error
-from . import assemble
+from . import assemble, lower
 from .assemble import Executor
 from .capture import Graph, Tap, Unsupported, capture, leaf_tensors
 
@@ -36,6 +36,9 @@ class Plan:
 
     graph: Graph
     executor: Executor
+    #: the graph as an ``nn.Sequential`` of Linear layers and activations, when it is one
+    #: (:mod:`.lower`); the layer-wise engine runs it after its own checks
+    sequential: nn.Module | None = None
 
     def cost(self, n: int, m: int) -> tuple[float, float]:
         """Multiply-adds per sample: ``(graph engine, torch.func jacfwd(jacrev))`` for ``m``
@@ -110,6 +113,7 @@ def plan(p: Problem, X: torch.Tensor | None = None) -> Plan:
         graph = capture(p, X)
         built = Plan(graph, Executor(graph))
         _self_check(p, X, built)
+        built.sequential = lower.chain(graph, leaf_tensors(p.f)[1])
     except Unsupported as err:
         if refused is not None:
             refused[key] = str(err)
