@@ -81,9 +81,11 @@ def _state(f) -> tuple:
     """What invalidates a plan: the tensors' identity and versions, the modules' modes."""
     if not isinstance(f, nn.Module):
         return ()
-    tensors = [*f.parameters(), *f.buffers()]
+    # A new tensor (a replaced parameter, .double(), .to(device)) has a new storage; an
+    # in-place change (an optimizer step) a new version; a changed mode (eval/train) a new flag.
     return (
-        tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors),
+        tuple((t.data_ptr(), t._version) for t in f.parameters()),
+        tuple((t.data_ptr(), t._version) for t in f.buffers()),
         tuple(m.training for m in f.modules()),
     )
 
