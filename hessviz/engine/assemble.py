@@ -58,6 +58,7 @@ class Executor:
         self.placeholders = [n for n in graph.module.graph.nodes if n.op == "placeholder"]
         self.output = next(n for n in graph.module.graph.nodes if n.op == "output")
         self.tap_of = {t.op: t for t in graph.taps}
+        self._compiled: list | None = None
         self.unary = {t.op for t in graph.taps if t.kind == "unary"}
         # Tangents are carried only where a tap needs them: nodes after the last curvature
         # node (an output layer, say) add nothing and are never differentiated forward.
@@ -78,8 +79,28 @@ class Executor:
         }
 
     # -- the forward pass: values, and tangents of the input-dependent nodes -------------------
+    def _steps(self):
+        """Per node, what the forward pass needs to know, worked out once per plan."""
+        steps = []
+        for node in self.nodes:
+            name = ops.op_name(node.target) if node.op == "call_function" else ""
+            step = {"node": node, "name": name, "dep": node in self.dep, "unary": None}
+            if node in self.unary:
+                (u,) = self.tap_of[node].inputs
+                closed = node in self.closed
+                step["unary"] = (u, None if closed else list(tensor_args(node)).index(u))
+            elif step["dep"]:
+                step["keep"] = name in _SHARED_OK
+                step["positions"] = [
+                    k for k, a in enumerate(node.args) if isinstance(a, fx.Node) and a in self.dep
+                ]
+            steps.append(step)
+        return steps
+
     def forward(self, tensors, x, T0, *, second: bool):
         """Values (with autograd history from ``x``), tangents and σ'' of unary taps."""
+        if self._compiled is None:
+            self._compiled = self._steps()
         env: dict[fx.Node, object] = {}
         tan: dict[fx.Node, object] = {}
         s2: dict[fx.Node, torch.Tensor] = {}
@@ -90,35 +111,32 @@ class Executor:
         tan[self.placeholders[-1]] = T0
         r = T0.shape[0]
         gm = self.graph.module
-        for node in self.nodes:
+        dep = self.dep
+        lookup = env.__getitem__
+        for step in self._compiled:
+            node = step["node"]
             if node.op == "get_attr":
                 env[node] = getattr(gm, node.target)
                 continue
-            args = fx.map_arg(node.args, lambda a: env[a])
-            kwargs = fx.map_arg(node.kwargs, lambda a: env[a])
-            out = node.target(*args, **kwargs)
+            out = node.target(*fx.map_arg(node.args, lookup), **fx.map_arg(node.kwargs, lookup))
             env[node] = out
             # shapes as computed: an in-place view (squeeze_) later changes the object's shape
             shapes[node] = out.shape if isinstance(out, torch.Tensor) else None
-            if node not in self.dep:
+            if not step["dep"]:
                 continue
             with torch.no_grad():
-                if node in self.unary:
-                    (u,) = self.tap_of[node].inputs
-                    z = env[u].detach()
-                    fn = None
-                    if node not in self.closed:
-                        pos = list(tensor_args(node)).index(u)
-                        fn = _bind(node, env, pos)
-                    name = ops.op_name(node.target)
-                    s1, s2[node] = _unary_derivatives(name, fn, z, out.detach(), second)
+                if step["unary"] is not None:
+                    u, pos = step["unary"]
+                    fn = None if pos is None else _bind(node, env, pos)
+                    s1, s2[node] = _unary_derivatives(
+                        step["name"], fn, env[u].detach(), out.detach(), second
+                    )
                     tan[node] = tan[u] * s1
                     continue
-                name = ops.op_name(node.target)
-                keep = name in _SHARED_OK
+                keep = step["keep"]
 
                 def tangent_of(a, keep=keep):
-                    if a not in self.dep:
+                    if a not in dep:
                         return None
                     t = tan.get(a)
                     shape = shapes.get(a)
@@ -127,26 +145,18 @@ class Executor:
                             t = t.expand(t.shape[0], *shape)  # shared → per sample
                     return t
 
-                targs = fx.map_arg(node.args, tangent_of)
-                dep_positions = [
-                    k for k, a in enumerate(node.args) if isinstance(a, fx.Node) and a in self.dep
-                ]
-                detached = fx.map_arg(node.args, lambda a: _detach(env[a]))
                 tan[node] = tangent(
-                    name,
+                    step["name"],
                     node.target,
-                    detached,
+                    fx.map_arg(node.args, lambda a: _detach(env[a])),
                     fx.map_arg(node.kwargs, lambda a: _detach(env[a])),
-                    targs,
+                    fx.map_arg(node.args, tangent_of),
                     _detach(out),
                     r,
-                    dep_positions,
+                    step["positions"],
                 )
-        y = (
-            env[self.output.args[0][0]]
-            if isinstance(self.output.args[0], (list, tuple))
-            else (env[self.output.args[0]])
-        )
+        out = self.output.args[0]
+        y = env[out[0] if isinstance(out, (list, tuple)) else out]
         return env, tan, s2, y
 
     # -- adjoints ----------------------------------------------------------------------------
