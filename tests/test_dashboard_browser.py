@@ -382,7 +382,7 @@ def test_dashboard_renders_reacts_and_matches_the_engine(chromium, dashboard):
     assert set(blocked) <= ALLOWED_BLOCKED_HOSTS, f"the page tried to reach {set(blocked)}"
     unexpected_console = [e for e in console_errors if not e.startswith(ALLOWED_CONSOLE_ERRORS)]
     # No page error at all, anywidget's "Failed to initialize model." included: each figure's
-    # module is SharedFigureWidget's small loader, which never makes anywidget wait on plotly.
+    # module is PlotWidget's small loader, which never makes anywidget wait on plotly.
     assert not page_errors and not unexpected_console, (page_errors, unexpected_console)
     page.close()
 
@@ -405,7 +405,7 @@ def test_updates_that_arrive_while_plotly_loads_are_not_lost(chromium, server, r
     """A slow device, played deterministically: plotly's code stays "loading" until the test
     releases it, and meanwhile a control changes and the kernel sends its figure updates.
     anywidget gives a figure's module 2 s and then drops every update to it;
-    :class:`~hessviz.widgets.figure_widget.SharedFigureWidget`'s ``initialize`` returns at once,
+    :class:`~hessviz.widgets.figure_widget.PlotWidget`'s ``initialize`` returns at once,
     and the changes that arrived before plotly could handle them are replayed, in order. Under
     ``hessviz.serve`` plotly's code comes from the server's URL; under plain Voila (Binder)
     through the kernel.

@@ -64,7 +64,7 @@ UPDATE_SECONDS = 60
 #: eight starting kernels, the pages' JavaScript is starved for a minute. With plain plotly
 #: FigureWidgets that froze 1–3 pages in about every other run: plotly's 5 MB module, one copy
 #: per figure, took more than the 2 s anywidget allows, and anywidget then drops every later
-#: update of that figure. SharedFigureWidget (one copy per page, and anywidget never waits on it)
+#: update of that figure. PlotWidget (plotly.js once per page, and anywidget never waits on it)
 #: fixed that. ``HESSVIZ_CONCURRENCY_STAGGER=1`` lets each visitor arrive when the previous page
 #: shows its plots instead, which measures the time one page takes to appear.
 BURST = os.environ.get("HESSVIZ_CONCURRENCY_STAGGER", "") in ("", "0")

@@ -132,7 +132,7 @@ def test_voila_config_hides_code_and_tracebacks():
 
 
 def test_the_wheel_ships_the_figure_widgets_browser_code(tmp_path):
-    """``pip install .`` (not only ``-e .``) must carry SharedFigureWidget's browser code."""
+    """``pip install .`` (not only ``-e .``) must carry PlotWidget's browser code."""
     import shutil
     import subprocess
     import sys
