@@ -20,8 +20,23 @@ from .curvature import (
 from .diagonal import relative_error, second_order_jacobian_figure, second_order_jacobian_spec
 from .fd_error import V_SHAPE_EXPLANATION, fd_error_figure, fd_error_spec
 from .hessian import hessian_figure, hessian_hover, hessian_spec
+from .images import (
+    diagonal_image_figure,
+    diagonal_image_spec,
+    eigenvalues_figure,
+    eigenvalues_spec,
+    pixel_row_figure,
+    pixel_row_spec,
+)
 from .landscape import landscape_figure, landscape_spec, profile_figure, profile_spec
 from .layers import layer_terms_figure, layer_terms_spec, vanishing_explanation
+from .model import (
+    diagonals_figure,
+    diagonals_spec,
+    node_terms_figure,
+    node_terms_spec,
+    with_names,
+)
 from .race import RaceEntry, race_figure, race_spec
 from .spectrum import spectrum_figure, spectrum_spec
 
@@ -45,6 +60,18 @@ __all__ = [
     "profile_spec",
     "fd_error_spec",
     "race_spec",
+    # panels of HessianExplorer.for_model (a user's model; images drawn as images)
+    "diagonal_image_figure",
+    "diagonal_image_spec",
+    "pixel_row_figure",
+    "pixel_row_spec",
+    "eigenvalues_figure",
+    "eigenvalues_spec",
+    "diagonals_figure",
+    "diagonals_spec",
+    "node_terms_figure",
+    "node_terms_spec",
+    "with_names",
     "to_figure",
     # reading a Hessian
     "CurvatureVerdict",

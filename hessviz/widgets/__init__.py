@@ -17,7 +17,9 @@ Modules: :mod:`~hessviz.widgets.state` (the view as a dataclass ⇄ query string
 :mod:`~hessviz.widgets.errors` (the one error wrapper), :mod:`~hessviz.widgets.controls`
 (the controls, their tooltips and CSS classes), :mod:`~hessviz.widgets.panels` (titles, captions,
 redraws), :mod:`~hessviz.widgets.race` (the method race), :mod:`~hessviz.widgets.lessons`
-(presets that say what to look at), :mod:`~hessviz.widgets.explorer` (wiring and layout). The
+(presets that say what to look at), :mod:`~hessviz.widgets.explorer` (wiring and layout),
+:mod:`~hessviz.widgets.model_explorer` and :mod:`~hessviz.widgets.model_compute` (the explorer of
+a user's own model: ``HessianExplorer.for_model(model, x)``). The
 numbers the panels read (verdict, Taylor model, FD noise floor and error reading, layer shares)
 come from :mod:`hessviz.analysis`.
 """
@@ -28,10 +30,13 @@ from .errors import ErrorGuard, friendly_message
 from .explorer import PANELS, HessianExplorer
 from .figure_widget import PlotPanel, PlotWidget
 from .lessons import LESSONS, Lesson
+from .model_explorer import MODEL_PANELS, ModelExplorer
 from .state import ExplorerState, hessian_methods
 
 __all__ = [
     "HessianExplorer",
+    "ModelExplorer",
+    "MODEL_PANELS",
     "ExplorerState",
     "PANELS",
     "LESSONS",

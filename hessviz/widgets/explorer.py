@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import html
 import time
+from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 import torch
@@ -36,6 +37,9 @@ from .lessons import LESSONS
 from .panels import PANELS, Panels
 from .race import RACE_SECONDS_PER_METHOD, Race, race_plan
 from .state import ExplorerState
+
+if TYPE_CHECKING:
+    from .model_explorer import ModelExplorer
 
 __all__ = ["HessianExplorer", "PANELS", "RACE_SECONDS_PER_METHOD", "text_of"]
 
@@ -186,6 +190,26 @@ class HessianExplorer:
         """
         state, notes = ExplorerState.from_query(query)
         return cls(state, notes=notes, **kwargs)
+
+    @classmethod
+    def for_model(cls, model, x, *, input_names=None, output_names=None) -> ModelExplorer:
+        """An explorer of any model the engine handles, at one input (notebooks, JupyterLab).
+
+        Args:
+            model: an ``nn.Module`` (custom ``forward`` included) or a function of one tensor.
+            x: one input as the model takes it: a vector ``(n,)`` / ``(1, d)``, or an image
+                ``(…, H, W)`` such as ``(1, 28, 28)`` or ``(1, 1, 28, 28)``.
+            input_names: ``n`` names for a vector's inputs (axes and point sliders).
+            output_names: one name per element of the flattened output (the output menu).
+
+        Returns:
+            A :class:`~hessviz.widgets.model_explorer.ModelExplorer`: display it; its
+            ``figures`` maps panel names to the figures on screen. A model that fails or that
+            the engine refuses gives a message in the widget, never an exception.
+        """
+        from .model_explorer import ModelExplorer
+
+        return ModelExplorer(model, x, input_names=input_names, output_names=output_names)
 
     def _build_status(self) -> None:
         # HTML widgets so that long lines wrap; every value is escaped (see set_text).
