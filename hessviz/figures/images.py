@@ -44,7 +44,7 @@ def _image_layout(rows: int, cols: int, title: str, half: float, *, size: int = 
         "height": size,
         "width": size + 40,
         "title": {"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 14}},
-        "margin": {"l": 40, "r": 20, "t": 70, "b": 30},
+        "margin": {"l": 50, "r": 20, "t": 70, "b": 55},
         "xaxis": {
             "range": [-0.5, cols - 0.5],
             "constrain": "domain",

@@ -99,10 +99,16 @@ CSS = """
 .hv-static-copy { display: none; }
 .hv-model { container-type: inline-size; width: 100%; }
 .hv-model .hv-model-body { gap: 16px; align-items: flex-start; }
+/* The panels scroll beside the controls, so a control and its effect share one screen (a
+   notebook's output area clips position: sticky). */
 .hv-model .hv-controls { flex: 0 0 270px; width: 270px; }
-.hv-model .hv-main { flex: 1 1 0; min-width: 0; }
+.hv-model .hv-main { flex: 1 1 0; min-width: 0; max-height: calc(100vh - 80px);
+  overflow-y: auto; overflow-x: hidden; }
+.hv-model .hv-main > * { flex-shrink: 0; }
+.hv-model .hv-status { position: sticky; top: 0; z-index: 3; background: white;
+  border-bottom: 1px solid #e3e3e3; }
 .hv-model .hv-panels { display: grid; grid-template-columns: repeat(auto-fill,
-  minmax(min(100%, 460px), 1fr)); gap: 6px 18px; width: 100%; }
+  minmax(min(100%, 620px), 1fr)); gap: 6px 18px; width: 100%; }
 .hv-model .hv-panel { min-width: 0; border-top: 1px solid #e3e3e3; }
 .hv-model .hv-panel-title { margin: 8px 0 2px 0; font-size: 15px; }
 .hv-model .hv-caption, .hv-model .hv-reading, .hv-model .hv-formula, .hv-model .hv-help,
