@@ -3,10 +3,12 @@ r"""The graph engine: the layer-wise Hessian identity on any graph of operations
 ``f`` (an ``nn.Module`` with a hand-written ``forward``, or any callable) is captured once per
 input shape as a graph of ATen operations (:mod:`.capture`); every node with curvature adds its
 own term to the Hessian (:mod:`.assemble`); linear and piecewise-linear nodes add nothing. A plan
-is built once per (``f``, its parameters' versions, sample shape, dtype, device) and proves itself
-before it is trusted: the Hessian it gives on the first sample, contracted with a random vector
-and random output weights, must equal a double-backward Hessian-vector product of ``f`` to
-round-off. A plan that fails the check is never used (:class:`Unsupported`, with the reason).
+is built once per (``f``, its parameters' storages and versions, its modules' modes, sample shape,
+batch rows, dtype, device) and proves itself before it is trusted: on the first sample, its
+Hessians projected on random directions, their diagonal and one Hessian-vector product must equal
+double backward of ``f`` itself to round-off (:mod:`hessviz._selfcheck`). A plan that fails is
+never used (:class:`Unsupported`, with the reason). On every call the graph's output must still
+equal ``f(x)`` (else :class:`Stale`: the caller captures again).
 
 Kernels follow :mod:`hessviz.methods`: ``X`` is ``(B, n)``, ``sel`` the selected flat outputs;
 Hessians are ``(B, m, n, n)``, diagonals ``(B, m, n)``, Laplacians ``(B, m)``.
