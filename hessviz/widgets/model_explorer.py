@@ -113,6 +113,9 @@ CSS = """
 .hv-model .hv-panel-title { margin: 8px 0 2px 0; font-size: 15px; }
 .hv-model .hv-caption, .hv-model .hv-reading, .hv-model .hv-formula, .hv-model .hv-help,
 .hv-model .hv-status { white-space: normal; line-height: 1.35; overflow-wrap: anywhere; }
+/* ipywidgets sets the inner element's line height to the widget height: a direct rule wins. */
+.hv-model .hv-status .widget-html-content, .hv-model .hv-caption .widget-html-content {
+  line-height: 1.35; }
 .hv-model .hv-reading { color: #14507a; }
 .hv-model .hv-formula { color: #555; font-size: 12px; }
 .hv-model .hv-formula summary { cursor: pointer; color: #14507a; }
