@@ -23,14 +23,22 @@ _STOCHASTIC_OR_COUPLING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._
 
 @contextlib.contextmanager
 def grad_mode() -> Iterator[None]:
-    """Autograd on, inference mode off: works inside ``no_grad()`` and ``inference_mode()``.
+    """Autograd on, inference mode off: works inside ``no_grad()`` and ``inference_mode()``."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
-    Attention runs on PyTorch's math backend: the fused CPU/GPU attention kernels have first
-    derivatives only, and every method here needs second ones.
+
+@contextlib.contextmanager
+def math_attention() -> Iterator[None]:
+    """Attention on PyTorch's math backend while ``f`` is differentiated twice by autograd.
+
+    The fused CPU/GPU attention kernels have first derivatives only. Entered where ``f`` itself
+    runs under second-order autograd (the generic methods, the self-checks, the graph capture),
+    not on the engines' hot paths.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with torch.inference_mode(False), torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
+    with sdpa_kernel([SDPBackend.MATH]):
         yield
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._problem import Problem
+from ._problem import Problem, math_attention
 
 
 def random_directions(p: Problem, r: int, like: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,7 @@ def _autograd_hvps(p: Problem, X: torch.Tensor, w: torch.Tensor, sel, V: torch.T
     sample's Hessian. (Some ``f`` are only defined on their whole batch, e.g. with a fixed
     label tensor, so the batch is kept.)
     """
-    with torch.enable_grad():
+    with torch.enable_grad(), math_attention():
         xg = X.detach().clone().requires_grad_(True)
         y = (p.batch_fn(xg)[:, list(sel)] @ w).sum()
         if not y.requires_grad:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import warnings
@@ -14,7 +15,7 @@ import torch
 from . import engine, structured
 from ._budget import format_bytes, get_memory_budget
 from ._errors import HessvizError, HessvizFallbackWarning
-from ._problem import Problem, check_input, check_method, grad_mode, prepare
+from ._problem import Problem, check_input, check_method, grad_mode, math_attention, prepare
 from ._selfcheck import hvp_mismatch, projected_mismatch, random_directions
 from .registry import METHODS
 
@@ -113,7 +114,12 @@ def _structure(p: Problem, y: torch.Tensor, reference: Problem | None = None):
         fw = structured.check(p, y)
     except structured.Unsupported as err:
         return None, str(err)
-    key = (*engine._key(p, p.X[:1]),)
+    # The layer-wise engine reads the parameters at every call and its rules do not depend on
+    # their values: the verdict holds for this model's layers, modes and input layout.
+    key = (
+        tuple(p.sample_shape), p.batched, p.X.dtype, p.X.device,
+        tuple((type(m), m.training) for m in p.f.modules()),
+    )  # fmt: skip
     verdicts = engine._cache_for(_STRUCTURED_VERDICTS, p.f)
     if verdicts is not None and key in verdicts:
         verdict = verdicts[key]
@@ -273,7 +279,7 @@ def _generic_choice(p: Problem) -> tuple[str, str]:
     for name in _GENERIC_ORDER[:-1]:
         rows = p.X[:1] if name == "func" else p.X
         try:
-            with torch.no_grad():  # one Hessian-vector product: cheap whatever n is
+            with torch.no_grad(), math_attention():  # one HVP: cheap whatever n is
                 METHODS[name].kernel("hvp")(p, rows, torch.ones_like(rows), p.sel[:1])
         except Exception as err:  # noqa: BLE001 - any failure means: not this method
             why += f" {name} failed on this f ({type(err).__name__}: {_short(err)})."
@@ -461,12 +467,15 @@ def _run(fname, op, d: _Decision, p: Problem, V) -> torch.Tensor:
         return kernel(p, p.X[bs], p.sel[ms], **extra).detach()
 
     chunks = list(_chunks(fname, op, d, p))
-    if len(chunks) == 1:  # the usual case: no copy into a preallocated result
-        return run(*chunks[0]).reshape(p.B, p.m, *per)
-    R = p.X.new_empty(p.B, p.m, *per)
-    for bs, ms in chunks:
-        R[bs, ms] = run(bs, ms)
-    return R
+    # the generic methods differentiate f itself twice: attention on the math backend
+    ctx = math_attention() if name not in ("structured", "graph") else contextlib.nullcontext()
+    with ctx:
+        if len(chunks) == 1:  # the usual case: no copy into a preallocated result
+            return run(*chunks[0]).reshape(p.B, p.m, *per)
+        R = p.X.new_empty(p.B, p.m, *per)
+        for bs, ms in chunks:
+            R[bs, ms] = run(bs, ms)
+        return R
 
 
 @_public

@@ -7,7 +7,7 @@ Every operation of a captured graph falls in one of four kinds (see :func:`kind`
   norm, a product with a constant) and piecewise-linear ones (``relu``, ``max_pool``, ``where``,
   ``abs``, ``clamp``: their second derivative is zero wherever it exists).
 - ``"unary"``: elementwise ``a = σ(z)`` of one input-dependent tensor; its term is
-  :math:`J_z^\top \operatorname{diag}(σ''(z) ⊙ \bar a) J_z`. :data:`SECOND_DERIVATIVES` gives σ''
+  :math:`J_z^\top \operatorname{diag}(σ''(z) ⊙ \bar a) J_z`. :data:`DERIVATIVES` gives σ' and σ''
   in closed form where one is cheap; the rest get σ'' from autograd on the op alone.
 - ``"product"``: ``a * b`` with both factors input-dependent (broadcasting allowed); its term is
   :math:`J_a^\top \operatorname{diag}(\bar y) J_b + J_b^\top \operatorname{diag}(\bar y) J_a`.
@@ -59,54 +59,43 @@ MULTILINEAR = frozenset({"mul", "mm", "bmm", "matmul", "addmm", "baddbmm", "addb
 NUMERATOR_LINEAR = frozenset({"div"})
 
 
-def _tanh2(z, a):
-    return -2 * a * (1 - a * a)
+def _tanh(z, a):
+    s1 = 1 - a * a
+    return s1, -2 * a * s1
 
 
-def _sigmoid2(z, a):
-    return a * (1 - a) * (1 - 2 * a)
+def _sigmoid(z, a):
+    s1 = a * (1 - a)
+    return s1, s1 * (1 - 2 * a)
 
 
-def _silu1(z, a):
+def _silu(z, a):
     s = torch.sigmoid(z)
-    return s * (1 + z * (1 - s))
+    return s * (1 + z * (1 - s)), s * (1 - s) * (2 + z * (1 - 2 * s))
 
 
-def _silu2(z, a):
-    s = torch.sigmoid(z)
-    return s * (1 - s) * (2 + z * (1 - 2 * s))
+def _reciprocal(z, a):
+    a2 = a * a
+    return -a2, 2 * a2 * a
 
 
-#: Closed-form σ'(z) given z and a = σ(z), for ops whose only argument is the tensor.
-FIRST_DERIVATIVES = {
-    "tanh": lambda z, a: 1 - a * a,
-    "sigmoid": lambda z, a: a * (1 - a),
-    "silu": _silu1,
-    "sin": lambda z, a: torch.cos(z),
-    "cos": lambda z, a: -torch.sin(z),
-    "exp": lambda z, a: a,
-    "log": lambda z, a: 1 / z,
-    "reciprocal": lambda z, a: -a * a,
-    "sqrt": lambda z, a: 0.5 / a,
-    "rsqrt": lambda z, a: -0.5 * a / z,
-}
-
-#: Closed-form σ''(z) given z and a = σ(z), for ops whose only argument is the tensor.
-SECOND_DERIVATIVES = {
-    "tanh": _tanh2,
-    "sigmoid": _sigmoid2,
-    "silu": _silu2,
-    "sin": lambda z, a: -a,
-    "cos": lambda z, a: -a,
-    "exp": lambda z, a: a,
-    "log": lambda z, a: -1 / (z * z),
-    "reciprocal": lambda z, a: 2 * a * a * a,
-    "sqrt": lambda z, a: -0.25 / (a * z),
-    "rsqrt": lambda z, a: 0.75 * a / (z * z),
+#: Closed forms ``(σ'(z), σ''(z))`` given ``z`` and ``a = σ(z)``, for ops whose only argument is
+#: the tensor (shared work computed once: the engines call these on every activation).
+DERIVATIVES = {
+    "tanh": _tanh,
+    "sigmoid": _sigmoid,
+    "silu": _silu,
+    "sin": lambda z, a: (torch.cos(z), -a),
+    "cos": lambda z, a: (-torch.sin(z), -a),
+    "exp": lambda z, a: (a, a),
+    "log": lambda z, a: (1 / z, -1 / (z * z)),
+    "reciprocal": _reciprocal,
+    "sqrt": lambda z, a: (0.5 / a, -0.25 / (a * z)),
+    "rsqrt": lambda z, a: (-0.5 * a / z, 0.75 * a / (z * z)),
 }
 
 #: Elementwise ops of one tensor (possibly with scalar arguments) whose σ'' comes from autograd.
-UNARY = frozenset(SECOND_DERIVATIVES) | frozenset(
+UNARY = frozenset(DERIVATIVES) | frozenset(
     """
 erf erfc expm1 log1p log2 log10 exp2 sinh cosh asinh acosh atanh atan asin acos tan softplus elu
 celu selu gelu mish logit log_sigmoid hardswish hardsigmoid softshrink hardshrink sinc square

@@ -159,7 +159,7 @@ class _Elementwise:
 
 def _from_catalogue(op: str):
     """σ' and σ'' of a parameter-free activation, from the op catalogue (:mod:`hessviz.ops`)."""
-    return lambda m, z, a: (ops.FIRST_DERIVATIVES[op](z, a), ops.SECOND_DERIVATIVES[op](z, a))
+    return lambda m, z, a: ops.DERIVATIVES[op](z, a)
 
 
 def _softplus(m, z, a):

@@ -164,7 +164,9 @@ def test_a_wrong_rule_is_caught_by_the_self_check(monkeypatch):
     """No silent wrong number: a plan whose curvature is wrong is never used."""
     model = _seeded(Block)
     x = _randn(4, 3, seed=9)
-    monkeypatch.setitem(ops.SECOND_DERIVATIVES, "tanh", lambda z, a: 1.3 * (-2 * a * (1 - a * a)))
+    monkeypatch.setitem(
+        ops.DERIVATIVES, "tanh", lambda z, a: (1 - a * a, 1.3 * (-2 * a * (1 - a * a)))
+    )
     p, _ = prepare("test", model, x, batched=True, outputs=None)
     with pytest.raises(engine.Unsupported, match="self-check"):
         engine.plan(p)

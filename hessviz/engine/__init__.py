@@ -83,11 +83,12 @@ def _state(f) -> tuple:
     """What invalidates a plan: the tensors' identity and versions, the modules' modes."""
     if not isinstance(f, nn.Module):
         return ()
-    # A new tensor (a replaced parameter, .double(), .to(device)) has a new storage; an
-    # in-place change (an optimizer step) a new version; a changed mode (eval/train) a new flag.
+    # A new tensor (a replaced parameter, .double(), .to(device)) has a new storage, a changed
+    # mode (eval/train) a new flag. In-place changes (an optimizer step) keep the plan: the graph
+    # takes the tensors as inputs, and a lowered chain shares their storage.
     return (
-        tuple((t.data_ptr(), t._version) for t in f.parameters()),
-        tuple((t.data_ptr(), t._version) for t in f.buffers()),
+        tuple(t.data_ptr() for t in f.parameters()),
+        tuple(t.data_ptr() for t in f.buffers()),
         tuple(m.training for m in f.modules()),
     )
 

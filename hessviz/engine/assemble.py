@@ -36,9 +36,10 @@ from .rules import full, lift, tangent
 def _unary_derivatives(tap_or_node, fn, z, a, need_second: bool):
     """``(σ'(z), σ''(z))`` of an elementwise op: closed form where known, else autograd."""
     name = tap_or_node
-    s1_form, s2_form = ops.FIRST_DERIVATIVES.get(name), ops.SECOND_DERIVATIVES.get(name)
-    if fn is None and s1_form is not None and (s2_form is not None or not need_second):
-        return s1_form(z, a), (s2_form(z, a) if need_second else None)
+    closed = ops.DERIVATIVES.get(name)
+    if fn is None and closed is not None:
+        s1, s2 = closed(z, a)
+        return s1, (s2 if need_second else None)
     with torch.enable_grad():
         zz = z.detach().requires_grad_(True)
         out = fn(zz)
@@ -75,7 +76,7 @@ class Executor:
         self.closed = {
             n
             for n in self.unary
-            if len(n.args) == 1 and not n.kwargs and ops.op_name(n.target) in ops.FIRST_DERIVATIVES
+            if len(n.args) == 1 and not n.kwargs and ops.op_name(n.target) in ops.DERIVATIVES
         }
 
     # -- the forward pass: values, and tangents of the input-dependent nodes -------------------

@@ -25,7 +25,7 @@ from torch import fx, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .. import ops
-from .._problem import Problem
+from .._problem import Problem, math_attention
 from . import decompositions
 
 
@@ -198,7 +198,7 @@ def capture(p: Problem, X: torch.Tensor) -> Graph:
     call = _caller(p, names)
     x = X.reshape(X.shape[0], *p.sample_shape) if p.batched else X.reshape(p.sample_shape)
     try:
-        with torch.no_grad(), _module_paths(p.f):
+        with torch.no_grad(), _module_paths(p.f), math_attention():
             gm = make_fx(
                 torch.func.functionalize(call, remove="mutations"),
                 decomposition_table=decompositions.TABLE,
