@@ -192,7 +192,7 @@ def _decide(fname: str, op: str, p: Problem, y: torch.Tensor, method: str) -> _D
                 )
             return _Decision(method, "chosen by the caller", plan=pl, checked=True)
         return _Decision(method, "chosen by the caller")
-    fw, why_not_layers = _structure(p, y)
+    fw, _ = _structure(p, y)
     if fw is not None:
         if op == "hessian":
             c = structured.cost(p, fw)
@@ -310,10 +310,6 @@ def _with_generic(d: _Decision, p: Problem) -> _Decision:
     if len(engines) == 2:
         reason += " The graph engine was not used: " + engines[1]
     return _Decision(name, reason, plan=d.plan)
-
-
-def _needs_structure(method: str) -> bool:
-    return method == "auto" or METHODS[method].needs_structure
 
 
 def _work(op: str, d: _Decision, p: Problem) -> tuple[float, float]:
