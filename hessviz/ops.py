@@ -54,7 +54,7 @@ FLAT = frozenset(_FLAT_NAMES.split())
 MULTILINEAR = frozenset({"mul", "mm", "bmm", "matmul", "addmm", "baddbmm", "addbmm", "einsum",
                          "convolution", "conv1d", "conv2d", "conv3d", "linear", "dot", "mv",
                          "outer", "bilinear", "_convolution", "addcmul", "conv_transpose1d",
-                         "conv_transpose2d", "native_layer_norm_weight_only"})  # fmt: skip
+                         "conv_transpose2d"})  # fmt: skip
 # ``div(a, b)`` is linear in ``a``: flat when only the numerator depends on x.
 NUMERATOR_LINEAR = frozenset({"div"})
 
@@ -93,6 +93,21 @@ DERIVATIVES = {
     "sqrt": lambda z, a: (0.5 / a, -0.25 / (a * z)),
     "rsqrt": lambda z, a: (-0.5 * a / z, 0.75 * a / (z * z)),
 }
+
+
+def autograd_derivatives(fn, z: torch.Tensor):
+    """``(σ(z), σ'(z), σ''(z))`` of an elementwise ``fn`` by autograd on it alone.
+
+    For activations without a closed form in :data:`DERIVATIVES`. ``fn`` gets a non-leaf copy of
+    ``z``, so a forward that works in place (``z.tanh_()``) neither fails nor changes ``z``.
+    """
+    with torch.enable_grad():
+        zz = z.detach().clone().requires_grad_(True)
+        a = fn(zz * 1)
+        (s1,) = torch.autograd.grad(a.sum(), zz, create_graph=True)
+        s2 = torch.autograd.grad(s1.sum(), zz)[0] if s1.requires_grad else torch.zeros_like(z)
+    return a.detach(), s1.detach(), s2
+
 
 #: Elementwise ops of one tensor (possibly with scalar arguments) whose σ'' comes from autograd.
 UNARY = frozenset(DERIVATIVES) | frozenset(
@@ -177,7 +192,6 @@ _ROWWISE = (UNARY | {"add", "sub", "rsub", "neg", "native_batch_norm", "fill", "
             "constant_pad_nd", "reflection_pad1d", "reflection_pad2d", "replication_pad1d",
             "replication_pad2d", "upsample_nearest1d", "upsample_nearest2d", "upsample_bilinear2d",
             "bmm", "baddbmm", "pow", "atan2", "xlogy", "addcmul"})  # fmt: skip
-_VIEWS = {"view", "_unsafe_view", "reshape", "flatten", "unflatten", "expand"}
 _ALONG_DIM = {
     "slice",
     "select",

@@ -183,6 +183,28 @@ def _check_output(p: Problem, y: torch.Tensor, expected: torch.Tensor | None) ->
         raise Stale("f's output at x differs from the captured graph's")
 
 
+def _pass(
+    p: Problem,
+    X: torch.Tensor,
+    sel,
+    pl: Plan | None,
+    *,
+    V=None,
+    directions=None,
+    expected=None,
+):
+    """One forward pass (values and tangents) and one reverse pass (the taps' adjoints) of rows
+    ``X``: ``(plan, leaf x, env, tangents, σ'', adjoints)``. The tangents are ``V`` (one per
+    sample), ``directions`` (``(r, n)``) or the ``n`` unit vectors."""
+    pl = pl or plan(p, X)
+    leaf, x, T0 = _inputs(p, X, V, directions)
+    with torch.enable_grad():
+        env, tan, s2, y = pl.executor.forward(_current_tensors(p.f), x, T0)
+        _check_output(p, y, expected)
+        adjoints = pl.executor.adjoints(env, y, _rows(p, sel, X))
+    return pl, leaf, env, tan, s2, adjoints
+
+
 def _run(
     p: Problem,
     X: torch.Tensor,
@@ -194,17 +216,10 @@ def _run(
 ) -> torch.Tensor:
     """``(B, m, n, n)`` Hessians or ``(B, m, n)`` diagonals of rows ``X`` (projected on
     ``directions``, ``(r, n)``, when given: ``(B, m, r, r)`` / ``(B, m, r)``)."""
-    pl = pl or plan(p, X)
-    ex = pl.executor
-    _, x, T0 = _inputs(p, X, None, directions)
-    tensors = _current_tensors(p.f)
-    m, n = len(sel), T0.shape[0]
-    with torch.enable_grad():
-        env, tan, s2, y = ex.forward(tensors, x, T0, second=True)
-        _check_output(p, y, expected)
-        adjoints = ex.adjoints(env, y, _rows(p, sel, X), retain=False)
+    pl, _, env, tan, s2, adjoints = _pass(p, X, sel, pl, directions=directions, expected=expected)
+    m, n = len(sel), (p.n if directions is None else directions.shape[0])
     with torch.no_grad():
-        (total,) = assemble.terms(ex, env, tan, s2, adjoints, m, n, need, acc="sum")
+        (total,) = assemble.terms(pl.executor, env, tan, s2, adjoints, m, n, need, acc="sum")
     if total is None:
         shape = (X.shape[0], m, n, n) if need == "hessian" else (X.shape[0], m, n)
         return X.new_zeros(shape)
@@ -233,31 +248,19 @@ def hvp(
     p: Problem, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], expected=None, pl=None
 ) -> torch.Tensor:
     """``(B, m, n)``: one tangent forward, the adjoints, one pull-back per output."""
-    pl = pl or plan(p, X)
-    ex = pl.executor
-    leaf, x, T0 = _inputs(p, X, V)
-    tensors = _current_tensors(p.f)
+    pl, leaf, env, tan, s2, adjoints = _pass(p, X, sel, pl, V=V, expected=expected)
     m = len(sel)
     with torch.enable_grad():
-        env, tan, s2, y = ex.forward(tensors, x, T0, second=True)
-        _check_output(p, y, expected)
-        adjoints = ex.adjoints(env, y, _rows(p, sel, X), retain=True)
-        q = assemble.hvp_pullback(ex, env, tan, s2, adjoints, leaf, m)
+        q = assemble.hvp_pullback(pl.executor, env, tan, s2, adjoints, leaf, m)
     return q.detach().reshape(m, X.shape[0], -1).transpose(0, 1)
 
 
 def node_terms(p: Problem, X: torch.Tensor, sel: tuple[int, ...]):
     """``[(tap, term)]``: each curvature node's ``(B, m, n, n)`` term; they sum to ``H``."""
-    pl = plan(p, X)
-    ex = pl.executor
-    _, x, T0 = _inputs(p, X, None)
-    tensors = _current_tensors(p.f)
+    pl, _, env, tan, s2, adjoints = _pass(p, X, sel, None)
     m, n = len(sel), p.n
-    with torch.enable_grad():
-        env, tan, s2, y = ex.forward(tensors, x, T0, second=True)
-        adjoints = ex.adjoints(env, y, _rows(p, sel, X), retain=False)
     with torch.no_grad():
-        terms = iter(assemble.terms(ex, env, tan, s2, adjoints, m, n, "hessian"))
+        terms = iter(assemble.terms(pl.executor, env, tan, s2, adjoints, m, n, "hessian"))
         out = []
         for tap, adj in zip(pl.graph.taps, adjoints):
             term = next(terms) if adj is not None else X.new_zeros(X.shape[0], m, n, n)

@@ -30,24 +30,15 @@ from torch.func import grad, vjp, vmap
 
 from .. import ops
 from .capture import Graph, Tap, tensor_args
-from .rules import full, lift, tangent
+from .rules import full, tangent
 
 
-def _unary_derivatives(tap_or_node, fn, z, a, need_second: bool):
-    """``(σ'(z), σ''(z))`` of an elementwise op: closed form where known, else autograd."""
-    name = tap_or_node
-    closed = ops.DERIVATIVES.get(name)
-    if fn is None and closed is not None:
-        s1, s2 = closed(z, a)
-        return s1, (s2 if need_second else None)
-    with torch.enable_grad():
-        zz = z.detach().requires_grad_(True)
-        out = fn(zz)
-        (s1,) = torch.autograd.grad(out.sum(), zz, create_graph=need_second)
-        s2 = None
-        if need_second:
-            s2 = torch.autograd.grad(s1.sum(), zz)[0] if s1.requires_grad else torch.zeros_like(z)
-    return s1.detach(), s2
+def _unary_derivatives(name: str, fn, z, a):
+    """``(σ'(z), σ''(z))`` of an elementwise op: closed form where known (``fn`` is None), else
+    autograd on the op alone."""
+    if fn is None:
+        return ops.DERIVATIVES[name](z, a)
+    return ops.autograd_derivatives(fn, z)[1:]
 
 
 class Executor:
@@ -98,7 +89,7 @@ class Executor:
             steps.append(step)
         return steps
 
-    def forward(self, tensors, x, T0, *, second: bool):
+    def forward(self, tensors, x, T0):
         """Values (with autograd history from ``x``), tangents and σ'' of unary taps."""
         if self._compiled is None:
             self._compiled = self._steps()
@@ -130,7 +121,7 @@ class Executor:
                     u, pos = step["unary"]
                     fn = None if pos is None else _bind(node, env, pos)
                     s1, s2[node] = _unary_derivatives(
-                        step["name"], fn, env[u].detach(), out.detach(), second
+                        step["name"], fn, env[u].detach(), out.detach()
                     )
                     tan[node] = tan[u] * s1
                     continue
@@ -161,8 +152,11 @@ class Executor:
         return env, tan, s2, y
 
     # -- adjoints ----------------------------------------------------------------------------
-    def adjoints(self, env, y, rows, retain: bool):
-        """Per tap: ``(m, *S_tap)``, the adjoints of the selected outputs (None if unused)."""
+    def adjoints(self, env, y, rows):
+        """Per tap: ``(m, *S_tap)``, the adjoints of the selected outputs (None if unused).
+
+        The autograd graph is kept: a one-at-a-time retry and the HVP pull-back need it.
+        """
         B = self.graph.rows
         Y = y.reshape(B, -1)
         taps = [env[t.node] for t in self.graph.taps]
@@ -435,4 +429,4 @@ def _sum_to(w: torch.Tensor, shape) -> torch.Tensor:
     return w.sum(dim=dims, keepdim=True) if dims else w
 
 
-__all__ = ["Executor", "terms", "hvp_pullback", "lift"]
+__all__ = ["Executor", "terms", "hvp_pullback"]
