@@ -234,6 +234,22 @@ _MATCHES = (
 )
 
 
+def block_other_hosts(page) -> list[str]:
+    """Let the page reach 127.0.0.1 only; returns the list of hosts it tried to reach instead."""
+    blocked: list[str] = []
+
+    def route(r):
+        host = urlparse(r.request.url).hostname
+        if host == "127.0.0.1":
+            r.continue_()
+        else:
+            blocked.append(host)
+            r.abort()
+
+    page.route("**/*", route)
+    return blocked
+
+
 def engine_values(query: str) -> dict:
     """The exact Hessian of output ``out`` and every output's diagonal, from ``hv`` directly."""
     q = {k: v[0] for k, v in parse_qs(query.lstrip("?")).items()}
@@ -294,19 +310,10 @@ def screenshot(page, name: str, panels: bool = False) -> None:
 def test_dashboard_renders_reacts_and_matches_the_engine(chromium, dashboard):
     url, log_path = dashboard
     page = chromium.new_page(viewport={"width": 1400, "height": 1000})
-    page_errors, console_errors, blocked = [], [], []
+    page_errors, console_errors = [], []
     page.on("pageerror", lambda err: page_errors.append(str(err)))
     page.on("console", lambda msg: msg.type == "error" and console_errors.append(msg.text))
-
-    def offline(route):
-        host = urlparse(route.request.url).hostname
-        if host == "127.0.0.1":
-            route.continue_()
-        else:
-            blocked.append(host)
-            route.abort()
-
-    page.route("**/*", offline)
+    blocked = block_other_hosts(page)
 
     # 1. First render: widgets, then heatmaps holding the engine's numbers.
     start = time.perf_counter()

@@ -13,10 +13,13 @@ them. Uses the server, browser and helpers of ``test_dashboard_browser.py``.
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
-
 import pytest
-from test_dashboard_browser import ARTIFACTS, chromium, dashboard  # noqa: F401 - fixtures
+from test_dashboard_browser import (  # noqa: F401 - fixtures
+    ARTIFACTS,
+    block_other_hosts,
+    chromium,
+    dashboard,
+)
 
 from hessviz.widgets.lessons import LESSONS
 
@@ -79,25 +82,11 @@ _BESIDE = """() => {
 }"""
 
 
-def _offline(page) -> list[str]:
-    blocked: list[str] = []
-
-    def route(r):
-        if urlparse(r.request.url).hostname == "127.0.0.1":
-            r.continue_()
-        else:
-            blocked.append(r.request.url)
-            r.abort()
-
-    page.route("**/*", route)
-    return blocked
-
-
 def _open(chromium, url: str, query: str, size: tuple[int, int]):  # noqa: F811
     page = chromium.new_page(viewport={"width": size[0], "height": size[1]})
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
-    _offline(page)
+    block_other_hosts(page)
     page.goto(f"{url}?{query}", wait_until="domcontentloaded")
     page.wait_for_selector(".hv-fig-hessian .js-plotly-plot", timeout=120_000)
     page.wait_for_function(_ALL_DRAWN, timeout=90_000)

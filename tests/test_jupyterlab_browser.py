@@ -28,7 +28,7 @@ import os
 import secrets
 import shutil
 import time
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
 
 import nbformat
 import pytest
@@ -37,6 +37,7 @@ from test_dashboard_browser import (  # noqa: F401 - fixtures and helpers of the
     ARTIFACTS,
     ROOT,
     _serve,
+    block_other_hosts,
     chromium,
     engine_values,
 )
@@ -189,19 +190,10 @@ def test_both_explorers_draw_the_engines_numbers_in_jupyterlab(
 ):
     url, log_path = lab
     page = chromium.new_page(viewport={"width": 1366, "height": 768})
-    page_errors, console_errors, blocked = [], [], []
+    page_errors, console_errors = [], []
     page.on("pageerror", lambda err: page_errors.append(str(err)))
     page.on("console", lambda msg: msg.type == "error" and console_errors.append(msg.text))
-
-    def offline(route):
-        host = urlparse(route.request.url).hostname
-        if host == "127.0.0.1":
-            route.continue_()
-        else:
-            blocked.append(host)
-            route.abort()
-
-    page.route("**/*", offline)
+    blocked = block_other_hosts(page)
     start = time.perf_counter()
     page.goto(f"{url}lab/tree/{NOTEBOOK}?token={TOKEN}", wait_until="domcontentloaded")
 
