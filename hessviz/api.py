@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import engine, structured
+from . import _hot, engine, structured
 from ._budget import format_bytes, get_memory_budget
 from ._errors import HessvizError, HessvizFallbackWarning
 from ._problem import Problem, check_input, check_method, grad_mode, math_attention, prepare
@@ -387,13 +387,20 @@ def _chunks(fname: str, op: str, d: _Decision, p: Problem):
 
 
 def _execute(
-    fname: str, op: str, p: Problem, y: torch.Tensor, method: str, V: torch.Tensor | None = None
+    fname: str,
+    op: str,
+    p: Problem,
+    y: torch.Tensor,
+    method: str,
+    V: torch.Tensor | None = None,
+    key: tuple | None = None,
 ) -> torch.Tensor:
     """Run ``op`` on the whole problem: ``(B, m, n^k)``.
 
     With ``method="auto"``, a path that fails during the call hands over to the next exact one
     (graph or layer-wise → func → autograd → loop) with a :class:`HessvizFallbackWarning` that
-    names the reason and the typical cost; the result is exact either way.
+    names the reason and the typical cost; the result is exact either way. A layer-wise run in
+    one chunk is remembered under ``key`` (:mod:`hessviz._hot`): the next such call skips this.
     """
     _check_result_size(fname, op, p)
     d = _decide(fname, op, p, y, method)
@@ -401,10 +408,10 @@ def _execute(
         d = _with_generic(d, p)
     try:
         try:
-            return _run(fname, op, d, p, V)
+            return _run(fname, op, d, p, V, key)
         except engine.Stale:  # f changed since its graph was captured: capture it again, once
             d = _decide(fname, op, p, y, method)
-            return _run(fname, op, d, p, V)
+            return _run(fname, op, d, p, V, key)
     except HessvizError:
         raise
     except Exception as err:
@@ -443,9 +450,10 @@ def _execute(
     ) from last
 
 
-def _run(fname, op, d: _Decision, p: Problem, V) -> torch.Tensor:
+def _run(fname, op, d: _Decision, p: Problem, V, key=None) -> torch.Tensor:
     name = d.method
     kernel = METHODS[name].kernel(op)
+    user = p
     if d.problem is not None:  # the lowered nn.Sequential: same inputs, outputs and results
         p = d.problem
     per = (p.n,) * _RESULT_AXES[op]
@@ -467,7 +475,11 @@ def _run(fname, op, d: _Decision, p: Problem, V) -> torch.Tensor:
     ctx = math_attention() if name not in ("structured", "graph") else contextlib.nullcontext()
     with ctx:
         if len(chunks) == 1:  # the usual case: no copy into a preallocated result
-            return run(*chunks[0]).reshape(p.B, p.m, *per)
+            R = run(*chunks[0]).reshape(p.B, p.m, *per)
+            if name == "structured":
+                ref = None if d.problem is None else user
+                _hot.remember(user.f, key, _hot.make(user.f, p, kernel, structured.parse(p.f), ref))
+            return R
         R = p.X.new_empty(p.B, p.m, *per)
         for bs, ms in chunks:
             R[bs, ms] = run(bs, ms)
@@ -501,9 +513,7 @@ def hessian(f, x, *, batched=False, outputs=None, flat=False, method="auto") -> 
         >>> hessian(model, torch.zeros(5, 3, dtype=torch.float64), batched=True).shape
         torch.Size([5, 2, 3, 3])
     """
-    method = check_method("hessian", method, list(METHODS))
-    p, y = prepare("hessian", f, x, batched=batched, outputs=outputs)
-    return p.shape_result(_execute("hessian", "hessian", p, y, method), 2, flat)
+    return _call("hessian", "hessian", f, x, batched, outputs, method, flat)
 
 
 @_public
@@ -522,9 +532,7 @@ def hessian_diagonal(
         >>> hessian_diagonal(lambda x: x * x * torch.arange(4.0, dtype=x.dtype), x)[2]
         tensor([0., 0., 4., 0.], dtype=torch.float64)
     """
-    method = check_method("hessian_diagonal", method, list(METHODS))
-    p, y = prepare("hessian_diagonal", f, x, batched=batched, outputs=outputs)
-    return p.shape_result(_execute("hessian_diagonal", "diagonal", p, y, method), 1, flat)
+    return _call("hessian_diagonal", "diagonal", f, x, batched, outputs, method, flat)
 
 
 @_public
@@ -536,9 +544,7 @@ def laplacian(f, x, *, batched=False, outputs=None, method="auto") -> torch.Tens
         >>> laplacian(lambda x: (x ** 3).sum(), x)  # 6·1 + 6·2
         tensor(18., dtype=torch.float64)
     """
-    method = check_method("laplacian", method, list(METHODS))
-    p, y = prepare("laplacian", f, x, batched=batched, outputs=outputs)
-    return p.shape_result(_execute("laplacian", "laplacian", p, y, method), 0, False)
+    return _call("laplacian", "laplacian", f, x, batched, outputs, method, False)
 
 
 @_public
@@ -554,8 +560,11 @@ def hvp(f, x, v, *, batched=False, outputs=None, flat=False, method="auto") -> t
         >>> hvp(lambda x: x @ A @ x, x, torch.tensor([1.0, 0.0], dtype=torch.float64))  # (A+Aᵀ)e₀
         tensor([4., 1.], dtype=torch.float64)
     """
-    method = check_method("hvp", method, list(METHODS))
-    p, y = prepare("hvp", f, x, batched=batched, outputs=outputs)
+    return _call("hvp", "hvp", f, x, batched, outputs, method, flat, v)
+
+
+def _directions(v: object, x: torch.Tensor, p: Problem, batched: bool) -> torch.Tensor:
+    """``v`` checked against ``x`` and laid out as ``(B, n)`` in ``x``'s dtype."""
     v = check_input("hvp", v, "v")
     if v.shape != x.shape:
         raise HessvizError(
@@ -565,8 +574,22 @@ def hvp(f, x, v, *, batched=False, outputs=None, flat=False, method="auto") -> t
         )
     if v.device != x.device:
         raise HessvizError(f"hvp: v is on {v.device} but x is on {x.device}; move v to x's device.")
-    V = v.detach().to(p.X.dtype).reshape(p.B, p.n)
-    return p.shape_result(_execute("hvp", "hvp", p, y, method, V), 1, flat)
+    return v.detach().to(p.X.dtype).reshape(p.B, p.n)
+
+
+def _call(fname, op, f, x, batched, outputs, method, flat, v=None) -> torch.Tensor:
+    """Serve one public call: from the plan an earlier call left (:mod:`hessviz._hot`), else
+    validate, decide and execute. ``v``: the HVP's directions."""
+    key = _hot.request_key(op, method, x, batched, outputs)
+    entry = _hot.find(f, key)
+    if entry is not None:
+        R = entry.run(f, x, v)
+        if R is not None:
+            return entry.problem.shape_result(R, _RESULT_AXES[op], flat)
+    method = check_method(fname, method, list(METHODS))
+    p, y = prepare(fname, f, x, batched=batched, outputs=outputs)
+    V = None if op != "hvp" else _directions(v, x, p, batched)
+    return p.shape_result(_execute(fname, op, p, y, method, V, key), _RESULT_AXES[op], flat)
 
 
 @_public

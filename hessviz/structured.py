@@ -655,8 +655,8 @@ def _zeros(p: Problem, X: torch.Tensor, sel, *tail: int) -> torch.Tensor:
 
 
 @_no_autograd
-def hessian(p: Problem, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
-    fw = _forward(parse(p.f), p, X, jacobian=True)
+def hessian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> torch.Tensor:
+    fw = _forward(layers or parse(p.f), p, X, jacobian=True)
     if not fw.acts:
         return _zeros(p, X, sel, p.n, p.n)
     cs, _ = _reverse(fw, sel)
@@ -679,9 +679,9 @@ def layer_terms(p: Problem, X: torch.Tensor, sel: tuple[int, ...]):
 
 
 @_no_autograd
-def diagonal(p: Problem, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+def diagonal(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> torch.Tensor:
     r"""``D_ij = Σ_l Σ_k c_{l,ik} (J_l)_{kj}²``: one GEMM per activation with squared Jacobians."""
-    fw = _forward(parse(p.f), p, X, jacobian=True)
+    fw = _forward(layers or parse(p.f), p, X, jacobian=True)
     if not fw.acts:
         return _zeros(p, X, sel, p.n)
     cs, _ = _reverse(fw, sel)
@@ -720,10 +720,10 @@ def _column_sq_norms(G: torch.Tensor | None, M: torch.Tensor | None, K: int, lik
 
 
 @_no_autograd
-def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> torch.Tensor:
     r"""``tr H_i = Σ_l c_l · w_l`` with ``w_l = Σ_j (J_l)_{jk}²``; a narrowing stem enters through
     ``PᵀP`` once (``r × r``), so no ``n``-sized Jacobian is ever formed."""
-    fw = _forward(parse(p.f), p, X, jacobian=True)
+    fw = _forward(layers or parse(p.f), p, X, jacobian=True)
     if not fw.acts:
         return _zeros(p, X, sel)
     cs, _ = _reverse(fw, sel)
@@ -737,8 +737,10 @@ def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor
 
 
 @_no_autograd
-def hvp(p: Problem, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
-    fw = _forward(parse(p.f), p, X, jacobian=False, V=V)
+def hvp(
+    p: Problem, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], layers=None
+) -> torch.Tensor:
+    fw = _forward(layers or parse(p.f), p, X, jacobian=False, V=V)
     if not fw.acts:
         return _zeros(p, X, sel, p.n)
     _, q = _reverse(fw, sel, tangents=True)

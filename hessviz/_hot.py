@@ -1,0 +1,150 @@
+"""Plans built once, run many: a repeated call on a model already seen skips the set-up.
+
+The first call of :func:`hessviz.hessian` (or ``hessian_diagonal``, ``laplacian``, ``hvp``) on a
+model validates ``f`` and ``x``, runs ``f`` once for shapes, proves the layer-wise engine against
+autograd and decides the method. When that call ran the layer-wise engine in one chunk, it
+leaves an :class:`Entry` here, keyed by the request (op, method, ``x``'s shape, dtype and device,
+``batched``, ``outputs``, memory budget). A later call with the same key only checks what the
+key cannot see, then runs the kernel directly:
+
+- ``x`` (and ``v``) are finite real tensors;
+- the model's module tree is the same modules, in the same modes (``training``, dropout ``p``),
+  without forward hooks;
+- for a hand-written ``forward`` that was lowered to a chain of layers, ``f`` still equals that
+  chain on the first sample (as on the first call).
+
+The kernels read the parameters at every call, so trained or edited weights are used as they
+are. Anything unexpected — a kernel error after a weight was replaced by one of another shape or
+dtype, a changed tree — sends the call down the full path, which decides afresh and explains
+errors in words.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._budget import get_memory_budget
+from ._problem import Problem
+
+_ENTRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MAX_PER_MODEL = 32  # distinct requests remembered per model (oldest forgotten first)
+
+
+def _outputs_key(outputs: object) -> object:
+    """A hashable stand-in for ``outputs``, or ``...`` when this call is not eligible."""
+    if outputs is None:
+        return None
+    if isinstance(outputs, bool):
+        return ...
+    if isinstance(outputs, int):
+        return ("int", outputs)
+    if isinstance(outputs, (list, tuple)) and all(
+        isinstance(q, int) and not isinstance(q, bool) for q in outputs
+    ):
+        return ("list", tuple(outputs))
+    return ...  # tensors and other spellings: the full path normalises them
+
+
+def request_key(op: str, method: object, x: object, batched: object, outputs: object):
+    """The key of one request, or None when it cannot be served from the cache."""
+    okey = _outputs_key(outputs)
+    if okey is ... or not isinstance(x, torch.Tensor) or not isinstance(batched, bool):
+        return None
+    return (op, method, x.shape, x.dtype, x.device, batched, okey, get_memory_budget())
+
+
+def _tree(f: nn.Module, storages: bool) -> tuple:
+    """What the kernels assume about ``f``'s modules and is not a parameter's value; with
+    ``storages``, also which tensors hold the parameters and buffers (a lowered chain holds the
+    user's tensors themselves, so a replaced tensor means the chain is out of date)."""
+    tree = tuple(
+        (m, m.training, getattr(m, "p", None), bool(m._forward_hooks or m._forward_pre_hooks))
+        for m in f.modules()
+    )
+    if storages:
+        tree += tuple(t.data_ptr() for t in f.parameters()) + (None,)
+        tree += tuple(t.data_ptr() for t in f.buffers())
+    return tree
+
+
+@dataclass
+class Entry:
+    """One checked request: the problem template, the parsed layers and the kernel to run."""
+
+    problem: Problem  # what the kernel runs on: shapes, selection, layout and the model
+    kernel: Callable  # the layer-wise engine's kernel for this op
+    layers: list  # the parsed layers of ``problem.f``
+    tree: tuple  # _tree(f) of the user's nn.Module f when the entry was made
+    reference: Problem | None = None  # the user's problem, when problem.f is its lowered chain
+
+    def run(self, f: object, x: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor | None:
+        """The ``(B, m, …)`` result, or None when this call must take the full path."""
+        p = self.problem
+        if _tree(f, self.reference is not None) != self.tree:
+            return None
+        if not _finite(x) or (v is not None and not _same_kind(v, x)):
+            return None
+        X = x.detach().reshape(p.B, p.n).clone()  # never aliases the user's tensor
+        try:
+            with torch.no_grad():
+                if self.reference is not None and not self._chain_agrees(X[:1]):
+                    return None
+                if v is None:
+                    return self.kernel(p, X, p.sel, layers=self.layers)
+                V = v.detach().to(X.dtype).reshape(p.B, p.n)
+                return self.kernel(p, X, V, p.sel, layers=self.layers)
+        except Exception:  # noqa: BLE001 - the full path decides again and explains
+            return None
+
+    def _chain_agrees(self, X0: torch.Tensor) -> bool:
+        """The user's ``f`` equals the lowered chain on the first sample (it may branch)."""
+        y, z = self.reference.batch_fn(X0), self.problem.batch_fn(X0)
+        tol = 1e3 * torch.finfo(y.dtype).eps * (1 + float(y.abs().max()))
+        return y.shape == z.shape and bool(torch.allclose(y, z, rtol=0, atol=tol))
+
+
+def _finite(x: torch.Tensor) -> bool:
+    return x.is_floating_point() and x.numel() > 0 and bool(torch.isfinite(x).all())
+
+
+def _same_kind(v: object, x: torch.Tensor) -> bool:
+    return (
+        isinstance(v, torch.Tensor) and v.shape == x.shape and v.device == x.device and _finite(v)
+    )
+
+
+def find(f: object, key) -> Entry | None:
+    """The entry for this request, if an earlier call left one."""
+    if key is None:
+        return None
+    try:
+        per_model = _ENTRIES.get(f)
+    except TypeError:  # not weak-referenceable: never cached
+        return None
+    return None if per_model is None else per_model.get(key)
+
+
+def remember(f: object, key, entry: Entry | None) -> None:
+    """Keep ``entry`` for later calls with ``key`` (forgotten with ``f``)."""
+    if key is None or entry is None:
+        return
+    try:
+        per_model = _ENTRIES.setdefault(f, {})
+    except TypeError:
+        return
+    if len(per_model) >= _MAX_PER_MODEL:
+        per_model.pop(next(iter(per_model)))
+    per_model[key] = entry
+
+
+def make(f: object, problem: Problem, kernel: Callable, layers: list, reference=None):
+    """An :class:`Entry` for ``f`` (an ``nn.Module``), or None: plain functions are not cached
+    (nothing tells when what they close over changes)."""
+    if not isinstance(f, nn.Module):
+        return None
+    return Entry(problem, kernel, layers, _tree(f, reference is not None), reference)

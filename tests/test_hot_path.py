@@ -1,0 +1,184 @@
+"""Repeated calls: a plan an earlier call left is reused only while it is still right.
+
+The second call of a public function on the same model and request skips validation of ``f``,
+the engine's self-check and the method choice (:mod:`hessviz._hot`). Every change the request
+key cannot see must still give the number a fresh model would give, or the full path's error.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import hessviz as hv
+from hessviz import _hot
+
+D = torch.float64
+
+
+def _mlp(seed: int = 0, act: type = nn.Tanh) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 8), act(), nn.Linear(8, 8), act(), nn.Linear(8, 2)).to(D)
+
+
+class Custom(nn.Module):
+    """A hand-written forward the graph engine lowers to a chain of layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.fc1, self.fc2 = nn.Linear(3, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def _reference(f, X, op, V=None):
+    fresh = {"hessian": hv.hessian, "diagonal": hv.hessian_diagonal, "laplacian": hv.laplacian}
+    if op == "hvp":
+        return hv.hvp(f, X, V, batched=True, method="func")
+    return fresh[op](f, X, batched=True, method="func")
+
+
+def _call(f, X, op, V=None):
+    if op == "hvp":
+        return hv.hvp(f, X, V, batched=True)
+    fns = {"hessian": hv.hessian, "diagonal": hv.hessian_diagonal, "laplacian": hv.laplacian}
+    return fns[op](f, X, batched=True)
+
+
+def _entry(f, op, X):
+    return _hot.find(f, _hot.request_key(op, "auto", X, True, None))
+
+
+@pytest.mark.parametrize("op", ["hessian", "diagonal", "laplacian", "hvp"])
+def test_second_call_is_served_by_the_plan_and_exact(op):
+    model = _mlp()
+    X, V = torch.randn(5, 3, dtype=D), torch.randn(5, 3, dtype=D)
+    first = _call(model, X, op, V)
+    assert _entry(model, op, X) is not None  # the first call left its plan
+    X2, V2 = torch.randn(5, 3, dtype=D), torch.randn(5, 3, dtype=D)
+    torch.testing.assert_close(_call(model, X2, op, V2), _reference(model, X2, op, V2))
+    torch.testing.assert_close(first, _reference(model, X, op, V))
+
+
+def test_weights_changed_in_place_are_read_at_every_call():
+    model, X = _mlp(), torch.randn(4, 3, dtype=D)
+    hv.hessian(model, X, batched=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.7).add_(0.1)  # what an optimizer step does
+    torch.testing.assert_close(hv.hessian(model, X, batched=True), _reference(model, X, "hessian"))
+
+
+def test_a_swapped_layer_is_noticed():
+    model, X = _mlp(), torch.randn(4, 3, dtype=D)
+    hv.hessian(model, X, batched=True)
+    model[1] = nn.Sigmoid()
+    torch.testing.assert_close(hv.hessian(model, X, batched=True), _reference(model, X, "hessian"))
+    model[3] = nn.Dropout(0.5)  # in training mode: the full path refuses it, in words
+    with pytest.raises(hv.HessvizError, match="Dropout"):
+        hv.hessian(model, X, batched=True)
+
+
+def test_a_mode_change_or_a_hook_sends_the_call_down_the_full_path():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Dropout(0.0), nn.Linear(6, 1)).to(D)
+    X = torch.randn(4, 3, dtype=D)
+    hv.hessian(model, X, batched=True)
+    model[2].p = 0.3  # dropout in training mode now: no Hessian per sample
+    with pytest.raises(hv.HessvizError, match="Dropout"):
+        hv.hessian(model, X, batched=True)
+    model[2].p = 0.0
+    seen = []
+    handle = model[1].register_forward_hook(lambda m, i, o: seen.append(1))
+    torch.testing.assert_close(hv.hessian(model, X, batched=True), _reference(model, X, "hessian"))
+    handle.remove()
+
+
+class ReluTanh(nn.Module):
+    """``fc3(tanh(fc2(relu(fc1(x)))))``: hidden unit 0 of ``fc1`` is ``relu(x_0)``, dead for
+    the first sample (``x_0 < 0``) and alive for the others."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 1)
+        with torch.no_grad():
+            self.fc1.weight[0] = torch.tensor([1.0, 0.0, 0.0])
+            self.fc1.bias[0] = 0.0
+
+    def forward(self, x):
+        return self.fc3(torch.tanh(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def test_a_replaced_weight_of_a_lowered_forward_is_used():
+    model = ReluTanh().to(D)
+    X = torch.randn(4, 3, dtype=D)
+    X[0, 0], X[1:, 0] = -1.0, 1.0
+    assert hv.auto_method(model, X, batched=True) == "structured"  # lowered to a chain
+    hv.hessian(model, X, batched=True)
+    assert _entry(model, "hessian", X) is not None
+    # A new tensor (not an in-place edit) that differs only where the first sample cannot see
+    # it: f(x_0) is unchanged, the other samples' Hessians are not.
+    W = model.fc2.weight.detach().clone()
+    W[:, 0] += 0.5
+    model.fc2.weight = nn.Parameter(W)
+    torch.testing.assert_close(hv.hessian(model, X, batched=True), _reference(model, X, "hessian"))
+
+
+def test_a_forward_that_branches_is_checked_on_every_call():
+    class Branchy(Custom):
+        def __init__(self) -> None:
+            super().__init__()
+            self.other, self.use_other = nn.Linear(8, 2), False
+
+        def forward(self, x):
+            head = self.other if self.use_other else self.fc2
+            return head(torch.tanh(self.fc1(x)))
+
+    model, X = Branchy().to(D), torch.randn(4, 3, dtype=D)
+    hv.hessian(model, X, batched=True)
+    assert _entry(model, "hessian", X) is not None
+    model.use_other = True  # a Python attribute the forward reads: no module or tensor changed
+    torch.testing.assert_close(hv.hessian(model, X, batched=True), _reference(model, X, "hessian"))
+
+
+def test_bad_input_on_the_second_call_still_gets_the_clear_error():
+    model, X = _mlp(), torch.randn(4, 3, dtype=D)
+    hv.hessian(model, X, batched=True)
+    hv.hvp(model, X, X, batched=True)
+    bad = X.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(hv.HessvizError, match="NaN"):
+        hv.hessian(model, bad, batched=True)
+    with pytest.raises(hv.HessvizError, match="shape of x"):
+        hv.hvp(model, X, X[:2], batched=True)
+    with pytest.raises(hv.HessvizError, match="float32"):
+        hv.hessian(model.float(), X, batched=True)  # model changed dtype, x did not
+
+
+def test_user_tensors_are_never_changed_or_aliased():
+    model, X = _mlp(act=lambda: nn.Tanh()), torch.randn(4, 3, dtype=D)
+    hv.hessian(model, X, batched=True)
+    before = X.clone()
+    H = hv.hessian(model, X, batched=True)
+    assert torch.equal(X, before)
+    H.zero_()  # the result is the caller's own tensor: changing it changes no later answer
+    torch.testing.assert_close(hv.hessian(model, X, batched=True), _reference(model, X, "hessian"))
+
+
+def test_different_requests_have_their_own_plans():
+    model = _mlp()
+    X, Xs = torch.randn(4, 3, dtype=D), torch.randn(3, dtype=D)
+    full = hv.hessian(model, X, batched=True)
+    one = hv.hessian(model, X, batched=True, outputs=1)
+    torch.testing.assert_close(one, full[:, 1])
+    torch.testing.assert_close(hv.hessian(model, X, batched=True, outputs=[1]), full[:, 1:])
+    single = hv.hessian(model, Xs)  # unbatched: its own key
+    torch.testing.assert_close(hv.hessian(model, Xs), single)
+    torch.testing.assert_close(single, hv.hessian(model, Xs[None], batched=True)[0])
+    torch.testing.assert_close(
+        hv.hessian(model, X, batched=True, flat=True), full.reshape(4, 2, 3, 3)
+    )
