@@ -30,16 +30,15 @@ Every term is returned by :func:`layer_terms`, so the explorer can show what eac
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import math
-import sys
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from . import ops
+from . import chain, ops
+from ._memory import Scratch, empty
 from ._problem import Problem
 
 
@@ -352,61 +351,6 @@ def _stem_jacobian(stem: list, S: torch.Size, X: torch.Tensor) -> torch.Tensor:
     return T.reshape(n, -1).contiguous()
 
 
-_HUGE_PAGE = 2 << 20
-_madvise_fn = None  # libc's madvise, looked up on first use (False where unavailable)
-
-
-def _advise_huge_pages(t: torch.Tensor) -> None:
-    """Ask Linux to back ``t``'s memory with transparent huge pages (no effect elsewhere).
-
-    The CPU allocator hands out fresh memory for every large tensor, and the first touch of each
-    4 KiB page is a page fault: on the benchmark machine, writing a fresh 98 MiB Hessian cost
-    60–80 ms that way and 6 ms with 2 MiB pages. Only the 2 MiB-aligned interior of the buffer is
-    advised; the request is ignored where THP is off. (``THP_MEM_ALLOC_ENABLE=1`` gives every
-    PyTorch allocation the same treatment, process-wide; a library must not set that.)
-    """
-    global _madvise_fn
-    if _madvise_fn is None:
-        _madvise_fn = False
-        if sys.platform.startswith("linux"):
-            try:
-                _madvise_fn = ctypes.CDLL(None, use_errno=True).madvise
-            except (OSError, AttributeError):
-                pass
-    if not _madvise_fn:
-        return
-    start = -(-t.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
-    end = (t.data_ptr() + t.numel() * t.element_size()) // _HUGE_PAGE * _HUGE_PAGE
-    if end > start:
-        _madvise_fn(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 14)  # MADV_HUGEPAGE
-
-
-def _empty(*shape: int, like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised tensor like ``like``; large CPU ones on huge pages (see above)."""
-    t = like.new_empty(shape)
-    if t.device.type == "cpu" and t.numel() * t.element_size() >= 2 * _HUGE_PAGE:
-        _advise_huge_pages(t)
-    return t
-
-
-class _Scratch:
-    """One buffer reused by temporaries of the same role within a call.
-
-    The CPU allocator does not cache memory: every fresh multi-megabyte temporary is paid again in
-    page faults, which on the benchmark machine cost as much as the arithmetic on it. A temporary
-    that is dead before the next one of its role is needed borrows this buffer instead.
-    """
-
-    def __init__(self) -> None:
-        self._buf: torch.Tensor | None = None
-
-    def __call__(self, *shape: int, like: torch.Tensor) -> torch.Tensor:
-        size = math.prod(shape)
-        if self._buf is None or self._buf.numel() < size:
-            self._buf = _empty(size, like=like)
-        return self._buf[:size].view(shape)
-
-
 def _scaled(G: torch.Tensor | None, scale: torch.Tensor, out: torch.Tensor | None = None):
     """``G · diag(scale)`` per sample, ``(B, r, K)``: the Jacobian of an activation's output."""
     if G is None:  # identity, so the Jacobian is diag(σ') itself
@@ -429,7 +373,7 @@ def _push(
     r = G.shape[-2]
     if linear:  # one GEMM over all samples and directions
         W = lay.module.weight
-        out = torch.matmul(G, W.T, out=_empty(*G.shape[:-1], W.shape[0], like=G))
+        out = torch.matmul(G, W.T, out=empty(*G.shape[:-1], W.shape[0], like=G))
     elif G.ndim == 2:
         out = lay.linear(G.reshape(r, *S_in)).reshape(r, -1)
     else:
@@ -470,7 +414,7 @@ def _forward(
     acts: list[_Activation] = []
     shapes = []
     scale = None  # σ' of the previous activation, folded into G by the next affine layer
-    scratch = _Scratch()
+    scratch = Scratch()
     for k, lay in enumerate(body):
         shapes.append(a.shape[1:])
         more = k < last  # does another activation follow (so Jacobians/tangents are needed)?
@@ -558,7 +502,7 @@ def _add_term(
     B, m, K = c.shape
     if G is None:  # identity Jacobian: the term is diag(c)
         if H is None:
-            H = _empty(B, m, K, K, like=c).zero_()
+            H = empty(B, m, K, K, like=c).zero_()
             H.diagonal(dim1=-2, dim2=-1).copy_(c)
             return H
         H.diagonal(dim1=-2, dim2=-1).add_(c)
@@ -566,17 +510,17 @@ def _add_term(
     r = G.shape[-2]
     # Written into a contiguous (B, m, r, K) buffer: a broadcast product may pick another memory
     # order, and the GEMM below needs these rows contiguous.
-    Gc = _empty(B, m, r, K, like=c) if scratch is None else scratch(B, m, r, K, like=c)
+    Gc = empty(B, m, r, K, like=c) if scratch is None else scratch(B, m, r, K, like=c)
     torch.mul(G if G.ndim == 2 else G[:, None], c[:, :, None, :], out=Gc)
     if G.ndim == 2:  # shared: fold samples and outputs into the rows of one GEMM
         if H is None:
-            H = _empty(B, m, r, r, like=c)
+            H = empty(B, m, r, r, like=c)
             torch.mm(Gc.view(-1, K), G.T, out=H.view(-1, r))
             return H
         H.view(-1, r).addmm_(Gc.view(-1, K), G.T)
         return H
     if H is None:
-        H = _empty(B, m, r, r, like=c)
+        H = empty(B, m, r, r, like=c)
         torch.bmm(Gc.view(B, m * r, K), G.mT, out=H.view(B, m * r, r))
         return H
     H.view(B, m * r, r).baddbmm_(Gc.view(B, m * r, K), G.mT)
@@ -591,8 +535,8 @@ def _to_x(fw: _Pass, H: torch.Tensor) -> torch.Tensor:
     n = fw.P.shape[0]
     # P H first (a batched GEMM with P broadcast, no copies), then one big GEMM (P H) Pᵀ over all
     # samples and outputs; torch.matmul would transpose and copy n × n results here.
-    PH = torch.bmm(fw.P.expand(B * m, n, r), H.view(B * m, r, r), out=_empty(B * m, n, r, like=H))
-    out = _empty(B, m, n, n, like=H)
+    PH = torch.bmm(fw.P.expand(B * m, n, r), H.view(B * m, r, r), out=empty(B * m, n, r, like=H))
+    out = empty(B, m, n, n, like=H)
     _symmetric_product(PH, fw.P, out.view(B * m, n, n))
     return out
 
@@ -641,6 +585,24 @@ def _narrowing_pays(fw: _Pass) -> bool:
     return _narrowing_pays_for(n, r, rest)
 
 
+def _chain(layers: list, p: Problem, op: str) -> chain.Chain | None:
+    """The layers as a :class:`~hessviz.chain.Chain` (Linear, activation, …, Linear on vector
+    samples), or None. Jacobians are carried in ``x``: a first layer narrower than the input is
+    left to the general kernels (they carry them in ``z_1``), except for HVPs, which carry none."""
+    core = [lay for lay in layers if type(lay) is not _Identity]
+    linears, acts = core[0::2], core[1::2]
+    if (
+        len(core) < 3
+        or len(core) % 2 == 0
+        or len(_model_sample_shape(p)) != 1
+        or not all(type(lay) is _Linear for lay in linears)
+        or not all(type(lay) is _Elementwise for lay in acts)
+        or (op != "hvp" and linears[0].module.out_features < p.n)
+    ):
+        return None
+    return chain.Chain(tuple(lay.module for lay in linears), tuple(a.derivs for a in acts))
+
+
 def _no_autograd(kernel):
     @functools.wraps(kernel)
     def wrapper(*args, **kwargs):
@@ -656,11 +618,14 @@ def _zeros(p: Problem, X: torch.Tensor, sel, *tail: int) -> torch.Tensor:
 
 @_no_autograd
 def hessian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> torch.Tensor:
-    fw = _forward(layers or parse(p.f), p, X, jacobian=True)
+    layers = layers or parse(p.f)
+    if (ch := _chain(layers, p, "hessian")) is not None:
+        return chain.hessian(ch, X, sel)
+    fw = _forward(layers, p, X, jacobian=True)
     if not fw.acts:
         return _zeros(p, X, sel, p.n, p.n)
     cs, _ = _reverse(fw, sel)
-    H, scratch = None, _Scratch()
+    H, scratch = None, Scratch()
     if fw.P is not None and not _narrowing_pays(fw):
         for act, c in zip(fw.acts, cs):
             H = _add_term(H, _x_jacobian(fw, act), c, scratch)
@@ -681,11 +646,14 @@ def layer_terms(p: Problem, X: torch.Tensor, sel: tuple[int, ...]):
 @_no_autograd
 def diagonal(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> torch.Tensor:
     r"""``D_ij = Σ_l Σ_k c_{l,ik} (J_l)_{kj}²``: one GEMM per activation with squared Jacobians."""
-    fw = _forward(layers or parse(p.f), p, X, jacobian=True)
+    layers = layers or parse(p.f)
+    if (ch := _chain(layers, p, "diagonal")) is not None:
+        return chain.diagonal(ch, X, sel)
+    fw = _forward(layers, p, X, jacobian=True)
     if not fw.acts:
         return _zeros(p, X, sel, p.n)
     cs, _ = _reverse(fw, sel)
-    D, scratch = None, _Scratch()
+    D, scratch = None, Scratch()
     for act, c in zip(fw.acts, cs):
         J = _x_jacobian(fw, act, scratch)
         if J is None:  # identity: the term is c itself
@@ -723,7 +691,10 @@ def _column_sq_norms(G: torch.Tensor | None, M: torch.Tensor | None, K: int, lik
 def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> torch.Tensor:
     r"""``tr H_i = Σ_l c_l · w_l`` with ``w_l = Σ_j (J_l)_{jk}²``; a narrowing stem enters through
     ``PᵀP`` once (``r × r``), so no ``n``-sized Jacobian is ever formed."""
-    fw = _forward(layers or parse(p.f), p, X, jacobian=True)
+    layers = layers or parse(p.f)
+    if (ch := _chain(layers, p, "laplacian")) is not None:
+        return chain.laplacian(ch, X, sel)
+    fw = _forward(layers, p, X, jacobian=True)
     if not fw.acts:
         return _zeros(p, X, sel)
     cs, _ = _reverse(fw, sel)
@@ -740,7 +711,10 @@ def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) ->
 def hvp(
     p: Problem, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], layers=None
 ) -> torch.Tensor:
-    fw = _forward(layers or parse(p.f), p, X, jacobian=False, V=V)
+    layers = layers or parse(p.f)
+    if (ch := _chain(layers, p, "hvp")) is not None:
+        return chain.hvp(ch, X, V, sel)
+    fw = _forward(layers, p, X, jacobian=False, V=V)
     if not fw.acts:
         return _zeros(p, X, sel, p.n)
     _, q = _reverse(fw, sel, tangents=True)

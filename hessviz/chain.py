@@ -1,0 +1,166 @@
+r"""Lean kernels for the most common network: a chain of Linear layers and activations.
+
+``y = W_{L+1} σ_L(… σ_1(W_1 x + b_1) …) + b_{L+1}`` with one vector per sample — the multilayer
+perceptrons of the forum threads, physics-informed networks ``u: R^d → R``, and any hand-written
+``forward`` the graph engine lowers to such a chain. The layer-wise engine
+(:mod:`hessviz.structured`) hands these here; the mathematics is the same identity,
+
+    ``H_i = Σ_l J_lᵀ diag(σ_l''(z_l) ⊙ ∂y_i/∂a_l) J_l``,  ``J_l = ∂z_l/∂x``,
+
+written with as few tensor operations as it needs: per-call cost on small models is the number
+of operations, on large ones the GEMMs. Notation (per sample ``b``, selected output ``i``):
+
+- ``G_l``: ``J_lᵀ`` as ``(B, n, K_l)`` (rows are input directions); ``G_1 = W_1ᵀ`` is the same
+  for every sample, ``(n, K_1)``, and is never copied per sample;
+- ``c_l = σ_l'' ⊙ ∂y_i/∂a_l``: ``(B, m, K_l)``, from one reverse sweep for all outputs.
+
+Every kernel takes ``X`` of shape ``(B, n)`` and the selected flat outputs ``sel`` (``m`` of
+them) and returns ``(B, m, n, n)`` Hessians, ``(B, m, n)`` diagonals or HVPs, or ``(B, m)``
+Laplacians, without autograd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ._memory import Scratch, empty
+
+#: ``z ↦ (σ(z), σ'(z), σ''(z))`` for one activation
+Derivs = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Chain:
+    """``L`` activations between ``L + 1`` Linear layers.
+
+    Attributes:
+        linears: the ``nn.Linear`` modules (their ``weight``/``bias`` are read at every call).
+        derivs: one callable per activation.
+    """
+
+    linears: tuple
+    derivs: tuple[Derivs, ...]
+
+
+def _values(ch: Chain, X: torch.Tensor) -> tuple[list, list]:
+    """σ_l'(z_l) and σ_l''(z_l), ``(B, K_l)`` each; the output layer's value is never needed."""
+    a = X
+    s1s, s2s = [], []
+    for lin, derivs in zip(ch.linears, ch.derivs):
+        a, s1, s2 = derivs(torch.nn.functional.linear(a, lin.weight, lin.bias))
+        s1s.append(s1)
+        s2s.append(s2)
+    return s1s, s2s
+
+
+def _reverse(ch: Chain, s1s: list, s2s: list, sel: tuple[int, ...], tangents=None):
+    """``c_l`` for every activation (``(B, m, K_l)``) from one reverse sweep; with ``tangents``
+    (the ``J_l v``, ``(B, K_l)``) also ``Σ_l J_lᵀ(c_l ⊙ J_l v)`` at ``x``: the HVP ``(B, m, n)``."""
+    W_out = ch.linears[-1].weight  # (M, K_L): ∂y/∂a_L, the same for every sample
+    d = W_out if sel == tuple(range(W_out.shape[0])) else W_out[list(sel)]
+    cs, q = [], None
+    for k in range(len(ch.derivs) - 1, -1, -1):
+        c = s2s[k][:, None, :] * d  # (B, m, K_k)
+        cs.append(c)
+        if tangents is not None:
+            ct = c * tangents[k][:, None, :]
+            q = ct if q is None else q.mul_(s1s[k][:, None, :]).add_(ct)
+            q = torch.matmul(q, ch.linears[k].weight)
+        if k > 0:
+            d = torch.matmul(s1s[k][:, None, :] * d, ch.linears[k].weight)
+    cs.reverse()
+    return cs, q
+
+
+def _sweep(ch: Chain, X: torch.Tensor, s1s: list, term: Callable) -> None:
+    """Carry ``G_l = J_lᵀ`` through the chain and hand each to ``term(l, G_l)``.
+
+    ``G_1 = W_1ᵀ`` is ``(n, K_1)``; the later ones are ``(B, n, K_l)``, valid only during the
+    call (two buffers serve every layer: the scaled Jacobian and the next one).
+    """
+    B, n = X.shape
+    G = ch.linears[0].weight.T.contiguous()  # products with a transposed view would inherit it
+    term(0, G)
+    width = max(lin.out_features for lin in ch.linears[:-1])
+    scaled_buf, G_buf = empty(B * n * width, like=X), empty(B * n * width, like=X)
+    for k in range(1, len(ch.derivs)):
+        W = ch.linears[k].weight  # (K_k, K_{k-1})
+        K_in, K_out = W.shape[1], W.shape[0]
+        scaled = torch.mul(
+            G, s1s[k - 1][:, None, :], out=scaled_buf[: B * n * K_in].view(B, n, K_in)
+        )
+        G = torch.mm(scaled.view(B * n, K_in), W.T, out=G_buf[: B * n * K_out].view(B * n, K_out))
+        G = G.view(B, n, K_out)
+        term(k, G)
+
+
+def hessian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+    """``(B, m, n, n)``: ``Σ_l (G_l ⊙ c_l) G_lᵀ``, one (batched) GEMM per activation."""
+    s1s, s2s = _values(ch, X)
+    cs, _ = _reverse(ch, s1s, s2s, sel)
+    B, n, m = X.shape[0], X.shape[1], len(sel)
+    H = empty(B, m, n, n, like=X)
+    rows = Scratch()
+
+    def term(k, G):
+        K = G.shape[-1]
+        Gc = torch.mul(
+            G if k == 0 else G[:, None], cs[k][:, :, None, :], out=rows(B, m, n, K, like=X)
+        )
+        if k == 0:  # shared G_1: samples and outputs fold into the rows of one GEMM
+            torch.mm(Gc.view(B * m * n, K), G.T, out=H.view(B * m * n, n))
+        else:
+            H.view(B, m * n, n).baddbmm_(Gc.view(B, m * n, K), G.mT)
+
+    _sweep(ch, X, s1s, term)
+    return H
+
+
+def diagonal(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+    """``(B, m, n)``: ``D_ij = Σ_l Σ_k c_{l,ik} (G_l)_{jk}²``."""
+    s1s, s2s = _values(ch, X)
+    cs, _ = _reverse(ch, s1s, s2s, sel)
+    B, n, m = X.shape[0], X.shape[1], len(sel)
+    D = empty(B, m, n, like=X)
+    squares = Scratch()
+
+    def term(k, G):
+        sq = torch.mul(G, G, out=squares(*G.shape, like=X))
+        if k == 0:
+            torch.mm(cs[0].view(B * m, -1), sq.T, out=D.view(B * m, n))
+        else:
+            D.baddbmm_(cs[k], sq.mT)
+
+    _sweep(ch, X, s1s, term)
+    return D
+
+
+def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+    """``(B, m)``: ``Σ_l c_l · w_l`` with ``w_l = Σ_j (G_l)_{jk}²`` (``w_1`` shared)."""
+    s1s, s2s = _values(ch, X)
+    cs, _ = _reverse(ch, s1s, s2s, sel)
+    L = torch.zeros(X.shape[0], len(sel), dtype=X.dtype, device=X.device)
+
+    def term(k, G):
+        w = torch.linalg.vecdot(G, G, dim=-2)  # (K,) or (B, K): squared column norms
+        L.add_(cs[k] @ w if k == 0 else torch.bmm(cs[k], w[:, :, None])[..., 0])
+
+    _sweep(ch, X, s1s, term)
+    return L
+
+
+def hvp(ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+    """``(B, m, n)``: one tangent forward with the values, one reverse sweep for all outputs."""
+    a, t = X, V
+    s1s, s2s, ts = [], [], []
+    for lin, derivs in zip(ch.linears, ch.derivs):
+        a, s1, s2 = derivs(torch.nn.functional.linear(a, lin.weight, lin.bias))
+        t = t @ lin.weight.T if not ts else (t * s1s[-1]) @ lin.weight.T
+        s1s.append(s1)
+        s2s.append(s2)
+        ts.append(t)
+    _, q = _reverse(ch, s1s, s2s, sel, tangents=ts)
+    return q

@@ -1,0 +1,71 @@
+"""The lean chain kernels (:mod:`hessviz.chain`) against the float64 reference.
+
+Chains of Linear layers and every activation of the catalogue, several depths and widths
+(including a first layer as wide as the input), selected outputs; each kernel must equal
+torch.func on the same model, and ``auto`` must run them for these models.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hessviz as hv
+from hessviz import chain, ops, structured
+from hessviz._problem import prepare
+
+D = torch.float64
+SMOOTH = [name for name, a in ops.ACTIVATIONS.items() if not a.piecewise_linear]
+SHAPES = [[3, 5, 2], [2, 16, 16, 3], [4, 4, 7, 3, 1], [5, 6, 2, 6, 2]]
+
+
+def _chain_of(model, X, op):
+    p, _ = prepare("test", model, X, batched=True, outputs=None)
+    return p, structured._chain(structured.parse(model), p, op)
+
+
+@pytest.mark.parametrize("act", SMOOTH)
+@pytest.mark.parametrize("sizes", SHAPES, ids=lambda s: "-".join(map(str, s)))
+@pytest.mark.parametrize("sel", [None, (0,), (-1, 0)], ids=["all", "first", "two"])
+def test_chain_kernels_equal_torch_func(act, sizes, sel):
+    model = hv.mlp(sizes, act, seed=sum(sizes))
+    gen = torch.Generator().manual_seed(len(sizes))
+    X = torch.randn(4, sizes[0], dtype=D, generator=gen)
+    V = torch.randn(4, sizes[0], dtype=D, generator=gen)
+    p, ch = _chain_of(model, X, "hessian")
+    assert ch is not None
+    idx = p.sel if sel is None else tuple(q % p.M for q in sel)
+    outputs = None if sel is None else list(sel)
+    ref = {
+        "hessian": hv.hessian(model, X, batched=True, outputs=outputs, method="func"),
+        "diagonal": hv.hessian_diagonal(model, X, batched=True, outputs=outputs, method="func"),
+        "laplacian": hv.laplacian(model, X, batched=True, outputs=outputs, method="func"),
+        "hvp": hv.hvp(model, X, V, batched=True, outputs=outputs, method="func"),
+    }
+    with torch.no_grad():
+        got = {
+            "hessian": chain.hessian(ch, p.X, idx),
+            "diagonal": chain.diagonal(ch, p.X, idx),
+            "laplacian": chain.laplacian(ch, p.X, idx),
+            "hvp": chain.hvp(ch, p.X, V, idx),
+        }
+    for op, R in got.items():
+        expected = ref[op].reshape(R.shape)
+        torch.testing.assert_close(R, expected, rtol=1e-10, atol=1e-12, msg=op)
+
+
+def test_auto_runs_the_chain_kernels_and_narrowing_stems_keep_their_own():
+    wide, X = hv.mlp([3, 8, 8, 2], "tanh", seed=0), torch.randn(5, 3, dtype=D)
+    assert _chain_of(wide, X, "hessian")[1] is not None
+    narrow, Xn = hv.mlp([12, 3, 4, 2], "silu", seed=3), torch.randn(3, 12, dtype=D)
+    assert _chain_of(narrow, Xn, "hessian")[1] is None  # carried in z_1 by the general kernels
+    assert _chain_of(narrow, Xn, "hvp")[1] is not None  # HVPs carry no Jacobian
+    calls = []
+    original = chain.hessian
+    try:
+        chain.hessian = lambda *a: calls.append(1) or original(*a)
+        H = hv.hessian(wide, X, batched=True)
+    finally:
+        chain.hessian = original
+    assert calls, "auto did not run the chain kernel on an MLP"
+    torch.testing.assert_close(H, hv.hessian(wide, X, batched=True, method="func"))
