@@ -62,10 +62,13 @@ def _tree(f: nn.Module, storages: bool) -> tuple:
     """What the kernels assume about ``f``'s modules and is not a parameter's value; with
     ``storages``, also which tensors hold the parameters and buffers (a lowered chain holds the
     user's tensors themselves, so a replaced tensor means the chain is out of date)."""
-    tree = tuple(
-        (m, m.training, getattr(m, "p", None), bool(m._forward_hooks or m._forward_pre_hooks))
-        for m in f.modules()
-    )
+    tree, stack = [], [f]
+    while stack:  # f.modules() without its memo set: this runs on every call
+        m = stack.pop()
+        hooked = bool(m._forward_hooks or m._forward_pre_hooks)
+        tree.append((m, m.training, m.__dict__.get("p"), hooked))
+        stack.extend(c for c in m._modules.values() if c is not None)
+    tree = tuple(tree)
     if storages:
         tree += tuple(t.data_ptr() for t in f.parameters()) + (None,)
         tree += tuple(t.data_ptr() for t in f.buffers())
@@ -74,11 +77,10 @@ def _tree(f: nn.Module, storages: bool) -> tuple:
 
 @dataclass
 class Entry:
-    """One checked request: the problem template, the parsed layers and the kernel to run."""
+    """One checked request: the problem template and the kernel, its layers parsed once."""
 
     problem: Problem  # what the kernel runs on: shapes, selection, layout and the model
-    kernel: Callable  # the layer-wise engine's kernel for this op
-    layers: list  # the parsed layers of ``problem.f``
+    kernel: Callable  # (X, sel) or, for HVPs, (X, V, sel): :func:`hessviz.structured.runner`
     tree: tuple  # _tree(f) of the user's nn.Module f when the entry was made
     reference: Problem | None = None  # the user's problem, when problem.f is its lowered chain
 
@@ -95,9 +97,8 @@ class Entry:
                 if self.reference is not None and not self._chain_agrees(X[:1]):
                     return None
                 if v is None:
-                    return self.kernel(p, X, p.sel, layers=self.layers)
-                V = v.detach().to(X.dtype).reshape(p.B, p.n)
-                return self.kernel(p, X, V, p.sel, layers=self.layers)
+                    return self.kernel(X, p.sel)
+                return self.kernel(X, v.detach().to(X.dtype).reshape(p.B, p.n), p.sel)
         except Exception:  # noqa: BLE001 - the full path decides again and explains
             return None
 
@@ -142,9 +143,9 @@ def remember(f: object, key, entry: Entry | None) -> None:
     per_model[key] = entry
 
 
-def make(f: object, problem: Problem, kernel: Callable, layers: list, reference=None):
+def make(f: object, problem: Problem, kernel: Callable, reference=None):
     """An :class:`Entry` for ``f`` (an ``nn.Module``), or None: plain functions are not cached
     (nothing tells when what they close over changes)."""
     if not isinstance(f, nn.Module):
         return None
-    return Entry(problem, kernel, layers, _tree(f, reference is not None), reference)
+    return Entry(problem, kernel, _tree(f, reference is not None), reference)

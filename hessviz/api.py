@@ -478,7 +478,7 @@ def _run(fname, op, d: _Decision, p: Problem, V, key=None) -> torch.Tensor:
             R = run(*chunks[0]).reshape(p.B, p.m, *per)
             if name == "structured":
                 ref = None if d.problem is None else user
-                _hot.remember(user.f, key, _hot.make(user.f, p, kernel, structured.parse(p.f), ref))
+                _hot.remember(user.f, key, _hot.make(user.f, p, structured.runner(op, p), ref))
             return R
         R = p.X.new_empty(p.B, p.m, *per)
         for bs, ms in chunks:

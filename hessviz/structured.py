@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -601,6 +602,16 @@ def _chain(layers: list, p: Problem, op: str) -> chain.Chain | None:
     ):
         return None
     return chain.Chain(tuple(lay.module for lay in linears), tuple(a.derivs for a in acts))
+
+
+def runner(op: str, p: Problem) -> Callable:
+    """The kernel for ``op`` on ``p.f`` with its layers parsed once: called as ``(X, sel)``, or
+    ``(X, V, sel)`` for HVPs, under ``torch.no_grad()`` (what :mod:`hessviz._hot` reuses)."""
+    layers = parse(p.f)
+    ch = _chain(layers, p, op)
+    if ch is not None:
+        return functools.partial(getattr(chain, op), ch)
+    return functools.partial(globals()[op], p, layers=layers)
 
 
 def _no_autograd(kernel):
