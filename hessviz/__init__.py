@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _TORCH_NAMES = {
     "api": "Explanation LayerTerm auto_method explain hessian hessian_diagonal hvp laplacian "
     "layer_terms",
+    "compiled": "Compiled compile",
     "finite_differences": "default_fd_step fd_diagonal fd_hessian",
     "hutchinson": "hutchinson_diagonal",
     "models": "ACTIVATIONS mlp",
@@ -30,7 +31,7 @@ _TORCH_NAMES = {
 def __getattr__(name: str):
     if not any(name in names.split() for names in _TORCH_NAMES.values()):
         raise AttributeError(f"module 'hessviz' has no attribute {name!r}")
-    from . import api, finite_differences, hutchinson, models, registry  # noqa: F401 - binds them here
+    from . import api, compiled, finite_differences, hutchinson, models, registry  # noqa: F401
 
     for module, names in _TORCH_NAMES.items():  # later lookups no longer come here
         globals().update({n: getattr(globals()[module], n) for n in names.split()})
@@ -53,6 +54,7 @@ if TYPE_CHECKING:  # what editors and type checkers see
         laplacian,
         layer_terms,
     )
+    from .compiled import Compiled, compile
     from .finite_differences import default_fd_step, fd_diagonal, fd_hessian
     from .hutchinson import hutchinson_diagonal
     from .models import ACTIVATIONS, mlp
@@ -78,6 +80,8 @@ __all__ = [
     "auto_method",
     "explain",
     "Explanation",
+    "compile",
+    "Compiled",
     # models
     "mlp",
     "ACTIVATIONS",
