@@ -46,8 +46,12 @@ def _advise_huge_pages(t: torch.Tensor) -> None:
 
 
 def empty(*shape: int, like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised tensor like ``like``; large CPU ones on huge pages (see above)."""
+    """An uninitialised tensor like ``like``; large CPU ones on huge pages (see above). Under
+    ``torch.compile`` the compiled code allocates its own buffers: no advice (and no ctypes
+    call to break its graph)."""
     t = like.new_empty(shape)
+    if torch.compiler.is_compiling():
+        return t
     if t.device.type == "cpu" and t.numel() * t.element_size() >= 2 * _HUGE_PAGE:
         _advise_huge_pages(t)
     return t
