@@ -1,4 +1,4 @@
-"""The lean chain kernels (:mod:`hessviz.chain`) against the float64 reference.
+"""The lean chain kernels (:mod:`hessviz.structured.chain`) against the float64 reference.
 
 Chains of Linear layers and every activation of the catalogue, several depths and widths
 (including a first layer as wide as the input), selected outputs; each kernel must equal
@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import hessviz as hv
-from hessviz import chain, ops, structured
+from hessviz import ops, structured
 from hessviz._problem import prepare
+from hessviz.structured import chain, kernels
 
 D = torch.float64
 SMOOTH = [name for name, a in ops.ACTIVATIONS.items() if not a.piecewise_linear]
@@ -21,7 +22,7 @@ SHAPES = [[3, 5, 2], [2, 16, 16, 3], [4, 4, 7, 3, 1], [5, 6, 2, 6, 2]]
 
 def _chain_of(model, X, op):
     p, _ = prepare("test", model, X, batched=True, outputs=None)
-    return p, structured._chain(structured.parse(model), p, op)
+    return p, kernels._chain(structured.parse(model), p, op)
 
 
 @pytest.mark.parametrize("act", SMOOTH)

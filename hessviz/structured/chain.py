@@ -3,7 +3,7 @@ r"""Lean kernels for the most common network: a chain of Linear layers and activ
 ``y = W_{L+1} σ_L(… σ_1(W_1 x + b_1) …) + b_{L+1}`` with one vector per sample — the multilayer
 perceptrons of the forum threads, physics-informed networks ``u: R^d → R``, and any hand-written
 ``forward`` the graph engine lowers to such a chain. The layer-wise engine
-(:mod:`hessviz.structured`) hands these here; the mathematics is the same identity,
+(:mod:`hessviz.structured.kernels`) hands these here; the mathematics is the same identity,
 
     ``H_i = Σ_l J_lᵀ diag(σ_l''(z_l) ⊙ ∂y_i/∂a_l) J_l``,  ``J_l = ∂z_l/∂x``,
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._memory import Scratch, empty
+from .._memory import Scratch, empty
 
 #: ``z ↦ (σ(z), σ'(z), σ''(z))`` for one activation
 Derivs = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]

@@ -1,301 +1,26 @@
-r"""The layer-wise engine: exact input Hessians of affine/elementwise networks from their structure.
+"""The layer-wise kernels: one forward pass with Jacobians, one reverse sweep, one GEMM per layer.
 
-For a network that alternates affine maps (Linear, Conv, Flatten, average pooling, eval-mode
-BatchNorm, …) and elementwise activations ``a_l = σ_l(z_l)``, the Hessian of output ``i`` w.r.t.
-the input ``x`` is exactly
-
-.. math:: H_i = \sum_l J_l^\top \operatorname{diag}\big(σ_l''(z_l) ⊙ ∂y_i/∂a_l\big)\, J_l,
-          \qquad J_l = ∂z_l/∂x,
-
-because affine maps have no curvature: every second derivative comes from one activation layer.
-``J_l`` is carried forward with the values (one pass), ``∂y_i/∂a_l`` comes from one reverse sweep
-vectorised over the selected outputs, and the sum is a few batched matrix products. Its diagonal
-is :math:`\sum_l \sum_k c_{l,k} (J_l)_{kj}^2` with ``c_l = σ_l'' ⊙ ∂y_i/∂a_l`` — about the cost of
-one forward Jacobian, far cheaper than ``n`` Hessian-vector products.
-
-More exploits: (1) the affine *stem* before the first activation is the same for every sample;
-when it narrows the input (``K_1 < n``, e.g. ``Linear(784, 256)``), Jacobians are carried in the
-``K_1``-dimensional space, where the first activation's term is a plain diagonal, and mapped back
-once, :math:`H = A^\top H_{z_1} A`, when the cost model says that pays; the Laplacian needs only
-column norms there, through :math:`A A^\top` (``K_1 × K_1``). (2) HVPs need no Jacobian at all:
-one forward tangent, one reverse sweep with the curvature injected per layer. (3) The affine *tail*
-after the last activation is sample-independent: ``∂y_i/∂a_L`` is computed once (for a final
-``Linear`` it is a row of its weight), and no Jacobian or tangent is carried through it.
-(4) Per-op overhead dominates small models: the common activations have closed-form σ', σ'';
-kernels run without autograd recording; every layer's term is one batched GEMM accumulated in
-place; temporaries of the same role share one scratch buffer.
-
-Every term is returned by :func:`layer_terms`, so the explorer can show what each layer contributes.
+Notation: ``u`` is the space Jacobians are carried in — ``x`` itself, or ``z_1`` when the stem
+narrows the input (then ``P = ∂z_1/∂x`` maps back). ``G_l = ∂z_l/∂u`` is stored transposed,
+one row per direction of ``u``: ``(B, r, K_l)`` per sample, ``(r, K_l)`` when it is the same
+for every sample (the stem), or ``None`` for the identity. ``c_l = σ_l''(z_l) ⊙ ∂y_i/∂a_l`` has
+shape ``(B, m, K_l)``. Kernels run without autograd: every derivative here is explicit. Chains of
+Linear layers and activations on vector samples go to the leaner :mod:`.chain` kernels.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from . import chain, ops
-from ._memory import Scratch, empty
-from ._problem import Problem
-
-
-class Unsupported(Exception):
-    """The function is not a network this engine understands (the message says which layer)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Layers: one small class per kind, each knows its forward map, its linear part and its transpose.
-# --------------------------------------------------------------------------------------------
-
-
-class _Affine:
-    """An affine layer ``z = A a + b``. ``linear`` applies ``A`` to a stack of tangents."""
-
-    elementwise = False
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return self.module(a)
-
-    def linear(self, t: torch.Tensor) -> torch.Tensor:  # (N, *S_in) -> (N, *S_out)
-        return self.module(t)
-
-    def vjp(self, d: torch.Tensor, in_shape: torch.Size) -> torch.Tensor:
-        """``Aᵀ d`` for a stack ``d`` of shape ``(N, *S_out)``: autograd through the linear part."""
-        with torch.enable_grad():
-            t0 = d.new_zeros((d.shape[0], *in_shape), requires_grad=True)
-            (g,) = torch.autograd.grad(self.linear(t0), t0, d)
-        return g
-
-    def flops(self, in_numel: int, out_numel: int) -> float:
-        return float(out_numel)
-
-
-class _Linear(_Affine):
-    def linear(self, t):
-        return t @ self.module.weight.T
-
-    def vjp(self, d, in_shape):
-        return d @ self.module.weight
-
-    def flops(self, in_numel, out_numel):
-        return float(in_numel * out_numel)
-
-
-class _Conv(_Affine):
-    def linear(self, t):
-        return self.module._conv_forward(t, self.module.weight, None)
-
-    def flops(self, in_numel, out_numel):
-        w = self.module.weight
-        return float(out_numel * w[0].numel())
-
-
-class _Identity(_Affine):
-    def forward(self, a):
-        return a
-
-    def linear(self, t):
-        return t
-
-    def vjp(self, d, in_shape):
-        return d
-
-
-class _Reshape(_Affine):
-    def vjp(self, d, in_shape):
-        return d.reshape(d.shape[0], *in_shape)
-
-
-class _BatchNormEval(_Affine):
-    def _scale(self, ndim: int) -> torch.Tensor:
-        m = self.module
-        scale = torch.rsqrt(m.running_var + m.eps)
-        if m.weight is not None:
-            scale = scale * m.weight
-        return scale.reshape(-1, *([1] * (ndim - 2)))
-
-    def linear(self, t):
-        return t * self._scale(t.ndim)
-
-    def vjp(self, d, in_shape):
-        return d * self._scale(d.ndim)
-
-
-class _Elementwise:
-    """An elementwise activation; ``derivs`` returns ``(σ(z), σ'(z), σ''(z))``.
-
-    The value always comes from the module itself (so the engine reproduces ``f`` exactly);
-    σ' and σ'' come from a closed form when one is known, else from autograd on the module.
-    """
-
-    elementwise = True
-
-    def __init__(self, module: nn.Module, closed_form=None):
-        self.module = module
-        self._closed_form = closed_form
-
-    def derivs(self, z: torch.Tensor):
-        # The module may work in place (``inplace=True``, or ``z.tanh_()`` in a user's forward):
-        # it gets a copy, so σ' and σ'' below read z, not σ(z).
-        if self._closed_form is not None:
-            a = self.module(z.clone() if getattr(self.module, "inplace", False) else z)
-            return (a, *self._closed_form(self.module, z, a))
-        return ops.autograd_derivatives(self.module, z)
-
-
-def _from_catalogue(op: str):
-    """σ' and σ'' of a parameter-free activation, from the op catalogue (:mod:`hessviz.ops`)."""
-    return lambda m, z, a: ops.DERIVATIVES[op](z, a)
-
-
-def _softplus(m, z, a):
-    # Mirror torch's threshold: above it softplus is the identity (σ' = 1, σ'' = 0 exactly).
-    linear = z * m.beta > m.threshold
-    s = torch.sigmoid(z * m.beta)
-    s1 = torch.where(linear, torch.ones_like(s), s)
-    return s1, torch.where(linear, torch.zeros_like(s), m.beta * s * (1 - s))
-
-
-def _elu(m, z, a):
-    pos = z > 0
-    curved = a + m.alpha
-    return torch.where(pos, torch.ones_like(z), curved), torch.where(pos, 0 * z, curved)
-
-
-_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
-
-
-def _gelu(m, z, a):
-    if m.approximate != "none":
-        return _Elementwise(m).derivs(z)[1:]
-    pdf = torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
-    cdf = 0.5 * (1 + torch.erf(z * (1 / math.sqrt(2))))
-    return cdf + z * pdf, pdf * (2 - z * z)
-
-
-def _relu(m, z, a):
-    return (z > 0).to(z.dtype), torch.zeros_like(z)
-
-
-def _leaky_relu(m, z, a):
-    slope = torch.full_like(z, m.negative_slope)
-    return torch.where(z > 0, torch.ones_like(z), slope), torch.zeros_like(z)
-
-
-def _square(m, z, a):
-    return 2 * z, torch.full_like(z, 2.0)
-
-
-@functools.cache
-def _closed_forms():
-    return {
-        nn.Tanh: _from_catalogue("tanh"),
-        nn.Sigmoid: _from_catalogue("sigmoid"),
-        nn.Softplus: _softplus,
-        nn.ELU: _elu,
-        nn.GELU: _gelu,
-        nn.SiLU: _from_catalogue("silu"),
-        nn.ReLU: _relu,
-        nn.LeakyReLU: _leaky_relu,
-        ops.Sin: _from_catalogue("sin"),
-        ops.Square: _square,
-    }
-
-
-# Elementwise modules whose derivatives come from autograd (no closed form needed).
-_OTHER_ELEMENTWISE = (
-    nn.Mish, nn.Softsign, nn.Hardtanh, nn.CELU, nn.SELU, nn.Tanhshrink, nn.LogSigmoid,
-    nn.Hardswish, nn.Hardsigmoid, nn.Softshrink, nn.Hardshrink, nn.Threshold,
-)  # fmt: skip
-_AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-              nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)  # fmt: skip
-
-
-def _own_forward(module: nn.Module, base: type, *methods: str) -> bool:
-    """Whether ``module`` (an instance of ``base``) replaces one of ``base``'s ``methods``.
-
-    A subclass of ``nn.Linear`` with its own ``forward`` (a LoRA adapter, a squared weight) is not
-    the affine map ``weight``/``bias`` describe: the engine must not take it for one.
-    """
-    return any(getattr(type(module), name) is not getattr(base, name) for name in methods)
-
-
-def _wrap(module: nn.Module):
-    closed = _closed_forms()
-    t = type(module)
-    if t in closed:  # exact types only: a subclass may compute something else
-        return _Elementwise(module, closed[t])
-    if getattr(module, "hessviz_elementwise", False):
-        return _Elementwise(module)
-    for base in _OTHER_ELEMENTWISE:
-        if t is base:
-            return _Elementwise(module)
-    if isinstance(module, nn.Linear) and not _own_forward(module, nn.Linear, "forward"):
-        return _Linear(module)
-    for base in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
-        if isinstance(module, base) and not _own_forward(module, base, "forward", "_conv_forward"):
-            return _Conv(module)
-    if t in (nn.Flatten, nn.Unflatten):
-        if (getattr(module, "start_dim", None) == 0) or getattr(module, "dim", 1) == 0:
-            raise Unsupported(f"{t.__name__} over the batch dimension")
-        return _Reshape(module)
-    if t in _AVG_POOLS:
-        return _Affine(module)
-    if t in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
-        if module.training or module.running_var is None:
-            raise Unsupported(f"{t.__name__} in training mode")
-        return _BatchNormEval(module)
-    if t is nn.Identity:
-        return _Identity(module)
-    if t in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout):
-        if module.training and module.p != 0:
-            raise Unsupported(f"{t.__name__} in training mode")
-        return _Identity(module)  # eval mode, or p = 0: the identity
-    raise Unsupported(
-        f"layer {t.__name__} is not one the engine knows as affine or elementwise"
-        + (" (a subclass that changes forward)" if isinstance(module, _KNOWN_BASES) else "")
-    )
-
-
-_KNOWN_BASES = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm,
-                *_AVG_POOLS, *_OTHER_ELEMENTWISE)  # fmt: skip
-
-
-def _modules(model: nn.Module) -> list[nn.Module]:
-    if isinstance(model, nn.Sequential):
-        if type(model).forward is not nn.Sequential.forward:
-            raise Unsupported(f"{type(model).__name__} overrides Sequential.forward")
-        return [leaf for child in model for leaf in _modules(child)]
-    return [model]
-
-
-def parse(f: object) -> list:
-    """The layers of ``f`` as engine layers; raises :class:`Unsupported` with the reason."""
-    if not isinstance(f, nn.Module):
-        raise Unsupported("f is not an nn.Module (a plain function has no layers to exploit)")
-    layers = [_wrap(m) for m in _modules(f)]
-    for lay in layers:
-        if lay.module._forward_hooks or lay.module._forward_pre_hooks:
-            raise Unsupported(f"{type(lay.module).__name__} has forward hooks")
-    return layers
-
-
-# --------------------------------------------------------------------------------------------
-# The engine
-#
-# Notation: ``u`` is the space Jacobians are carried in — ``x`` itself, or ``z_1`` when the stem
-# narrows the input (then ``P = ∂z_1/∂x`` maps back). ``G_l = ∂z_l/∂u`` is stored transposed,
-# one row per direction of ``u``: ``(B, r, K_l)`` per sample, ``(r, K_l)`` when it is the same
-# for every sample (the stem), or ``None`` for the identity. ``c_l = σ_l''(z_l) ⊙ ∂y_i/∂a_l`` has
-# shape ``(B, m, K_l)``. Kernels run without autograd: every derivative here is explicit.
-# --------------------------------------------------------------------------------------------
+from .._memory import Scratch, empty
+from .._problem import Problem
+from . import chain
+from .layers import Elementwise, Identity, Linear, parse
 
 
 @dataclass
@@ -309,7 +34,7 @@ class _Activation:
 
 
 @dataclass
-class _Pass:
+class Pass:
     acts: list[_Activation]
     P: torch.Tensor | None  # (n, r): ∂z_1/∂x when Jacobians are carried w.r.t. z_1, else None
     y: torch.Tensor  # (B, M)
@@ -341,7 +66,7 @@ def _model_sample_shape(p: Problem) -> torch.Size:
 def _stem_jacobian(stem: list, S: torch.Size, X: torch.Tensor) -> torch.Tensor:
     """``(n, K_1)``: the stem's linear part applied to every basis vector of the input."""
     n = X.shape[1]
-    if stem and isinstance(stem[0], _Linear) and len(S) == 1:
+    if stem and isinstance(stem[0], Linear) and len(S) == 1:
         T, rest = stem[0].module.weight.T, stem[1:]  # no n × n identity for a Linear first layer
     else:
         T, rest = torch.eye(n, dtype=X.dtype, device=X.device).reshape(n, *S), stem
@@ -363,7 +88,7 @@ def _push(
     lay, G: torch.Tensor | None, scale: torch.Tensor | None, S_in: torch.Size, B: int, scratch
 ):
     """Carry ``G`` through one affine layer: ``(G · diag(scale)) Aᵀ`` (``scale`` = σ' or None)."""
-    linear = isinstance(lay, _Linear) and len(S_in) == 1
+    linear = isinstance(lay, Linear) and len(S_in) == 1
     if scale is not None:
         if G is None and linear:  # diag(σ') Wᵀ without a GEMM
             W = lay.module.weight
@@ -384,9 +109,9 @@ def _push(
     return out.clone() if shares else out
 
 
-def _forward(
+def forward(
     layers: list, p: Problem, X: torch.Tensor, *, jacobian: bool, V: torch.Tensor | None = None
-) -> _Pass:
+) -> Pass:
     """Values, σ', σ'' and (optionally) Jacobians ``G_l`` or tangents ``J_l v`` per activation.
 
     Jacobians and tangents stop at the last activation: the affine tail adds no curvature.
@@ -437,23 +162,23 @@ def _forward(
             if more and t is not None:
                 t = lay.linear(t)
     shapes.append(a.shape[1:])
-    return _Pass(acts, P, a.reshape(B, -1), body, shapes, stem, stem_shapes, last)
+    return Pass(acts, P, a.reshape(B, -1), body, shapes, stem, stem_shapes, last)
 
 
 def _vjp(lay, d: torch.Tensor, S_in: torch.Size, S_out: torch.Size) -> torch.Tensor:
     """``Aᵀ d`` for ``d`` of shape ``(*lead, K_out)``: ``(*lead, K_in)``."""
-    if isinstance(lay, _Linear) and len(S_out) == 1:
+    if isinstance(lay, Linear) and len(S_out) == 1:
         return d @ lay.module.weight  # Linear acts on the last dimension: no reshapes
     lead = d.shape[:-1]
     return lay.vjp(d.reshape(-1, *S_out), S_in).reshape(*lead, -1)
 
 
-def _output_rows(fw: _Pass, sel: tuple[int, ...]) -> torch.Tensor:
+def _output_rows(fw: Pass, sel: tuple[int, ...]) -> torch.Tensor:
     """``∂y_i/∂a_L`` at the last activation, ``(m, K_L)``: the affine tail is the same for all
     samples, so the selected one-hot rows go back through it once, not once per sample."""
     tail = range(fw.last + 1, len(fw.body))
     M = fw.y.shape[1]
-    if len(tail) == 1 and isinstance(fw.body[-1], _Linear) and len(fw.shapes[-1]) == 1:
+    if len(tail) == 1 and isinstance(fw.body[-1], Linear) and len(fw.shapes[-1]) == 1:
         W = fw.body[-1].module.weight  # (M, K_L): its rows are the answer
         return W if sel == tuple(range(M)) else W[list(sel)]
     d = torch.eye(M, dtype=fw.y.dtype, device=fw.y.device)[list(sel)]
@@ -462,7 +187,7 @@ def _output_rows(fw: _Pass, sel: tuple[int, ...]) -> torch.Tensor:
     return d
 
 
-def _reverse(fw: _Pass, sel: tuple[int, ...], *, tangents: bool = False):
+def _reverse(fw: Pass, sel: tuple[int, ...], *, tangents: bool = False):
     """One reverse sweep for all selected outputs at once.
 
     Returns ``c`` — per activation, ``σ'' ⊙ ∂y_i/∂a_l`` of shape ``(B, m, K)`` — and, with
@@ -528,7 +253,7 @@ def _add_term(
     return H
 
 
-def _to_x(fw: _Pass, H: torch.Tensor) -> torch.Tensor:
+def _to_x(fw: Pass, H: torch.Tensor) -> torch.Tensor:
     """``P H Pᵀ``: a Hessian w.r.t. ``z_1`` mapped back to ``x`` (``(B, m, n, n)``)."""
     if fw.P is None:
         return H
@@ -560,7 +285,7 @@ def _symmetric_product(A: torch.Tensor, P: torch.Tensor, out: torch.Tensor) -> N
         out[:, b:, a:b] = panel[:, :, b - a :].mT
 
 
-def _x_jacobian(fw: _Pass, act: _Activation, scratch=None) -> torch.Tensor | None:
+def _x_jacobian(fw: Pass, act: _Activation, scratch=None) -> torch.Tensor | None:
     """``∂z_l/∂x`` as ``(B, n, K)``, shared ``(n, K)``, or None (identity)."""
     if fw.P is None or act.G is None:
         return fw.P if act.G is None else act.G
@@ -570,11 +295,11 @@ def _x_jacobian(fw: _Pass, act: _Activation, scratch=None) -> torch.Tensor | Non
     return torch.bmm(fw.P.expand(B, n, r), act.G, out=out)  # matmul would copy both operands
 
 
-def _narrowing_pays_for(n: int, r: int, rest: int) -> bool:
+def narrowing_pays_for(n: int, r: int, rest: int) -> bool:
     return r * r * rest + n * r * r + n * n * r < n * n * (r + rest)
 
 
-def _narrowing_pays(fw: _Pass) -> bool:
+def _narrowing_pays(fw: Pass) -> bool:
     """Whether ``P H_{z_1} Pᵀ`` beats carrying Jacobians in ``x`` for the full Hessian.
 
     Per output: ``r²·ΣK' + n·r² + n²·r`` (in ``z_1``, then back) against ``n²·(r + ΣK')`` (in
@@ -583,21 +308,21 @@ def _narrowing_pays(fw: _Pass) -> bool:
     """
     n, r = fw.P.shape
     rest = sum(a.s1.shape[1] for a in fw.acts[1:])
-    return _narrowing_pays_for(n, r, rest)
+    return narrowing_pays_for(n, r, rest)
 
 
 def _chain(layers: list, p: Problem, op: str) -> chain.Chain | None:
     """The layers as a :class:`~hessviz.chain.Chain` (Linear, activation, …, Linear on vector
     samples), or None. Jacobians are carried in ``x``: a first layer narrower than the input is
     left to the general kernels (they carry them in ``z_1``), except for HVPs, which carry none."""
-    core = [lay for lay in layers if type(lay) is not _Identity]
+    core = [lay for lay in layers if type(lay) is not Identity]
     linears, acts = core[0::2], core[1::2]
     if (
         len(core) < 3
         or len(core) % 2 == 0
         or len(_model_sample_shape(p)) != 1
-        or not all(type(lay) is _Linear for lay in linears)
-        or not all(type(lay) is _Elementwise for lay in acts)
+        or not all(type(lay) is Linear for lay in linears)
+        or not all(type(lay) is Elementwise for lay in acts)
         or (op != "hvp" and linears[0].module.out_features < p.n)
     ):
         return None
@@ -632,7 +357,7 @@ def hessian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> t
     layers = layers or parse(p.f)
     if (ch := _chain(layers, p, "hessian")) is not None:
         return chain.hessian(ch, X, sel)
-    fw = _forward(layers, p, X, jacobian=True)
+    fw = forward(layers, p, X, jacobian=True)
     if not fw.acts:
         return _zeros(p, X, sel, p.n, p.n)
     cs, _ = _reverse(fw, sel)
@@ -649,7 +374,7 @@ def hessian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> t
 @_no_autograd
 def layer_terms(p: Problem, X: torch.Tensor, sel: tuple[int, ...]):
     """``[(index, name, term)]`` with ``term`` of shape ``(B, m, n, n)``; the terms sum to H."""
-    fw = _forward(parse(p.f), p, X, jacobian=True)
+    fw = forward(parse(p.f), p, X, jacobian=True)
     cs, _ = _reverse(fw, sel) if fw.acts else ([], None)
     return [(a.index, a.name, _to_x(fw, _add_term(None, a.G, c))) for a, c in zip(fw.acts, cs)]
 
@@ -660,7 +385,7 @@ def diagonal(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> 
     layers = layers or parse(p.f)
     if (ch := _chain(layers, p, "diagonal")) is not None:
         return chain.diagonal(ch, X, sel)
-    fw = _forward(layers, p, X, jacobian=True)
+    fw = forward(layers, p, X, jacobian=True)
     if not fw.acts:
         return _zeros(p, X, sel, p.n)
     cs, _ = _reverse(fw, sel)
@@ -705,7 +430,7 @@ def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) ->
     layers = layers or parse(p.f)
     if (ch := _chain(layers, p, "laplacian")) is not None:
         return chain.laplacian(ch, X, sel)
-    fw = _forward(layers, p, X, jacobian=True)
+    fw = forward(layers, p, X, jacobian=True)
     if not fw.acts:
         return _zeros(p, X, sel)
     cs, _ = _reverse(fw, sel)
@@ -725,79 +450,10 @@ def hvp(
     layers = layers or parse(p.f)
     if (ch := _chain(layers, p, "hvp")) is not None:
         return chain.hvp(ch, X, V, sel)
-    fw = _forward(layers, p, X, jacobian=False, V=V)
+    fw = forward(layers, p, X, jacobian=False, V=V)
     if not fw.acts:
         return _zeros(p, X, sel, p.n)
     _, q = _reverse(fw, sel, tangents=True)
     for k in range(len(fw.stem) - 1, -1, -1):
         q = _vjp(fw.stem[k], q, fw.stem_shapes[k], fw.stem_shapes[k + 1])
     return q.reshape(q.shape[0], q.shape[1], -1)
-
-
-# --------------------------------------------------------------------------------------------
-# Cost model (used by method="auto" and the memory budget)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Cost:
-    """Per-sample estimates: ``flops`` for a full Hessian of ``m`` outputs, ``bytes`` of work."""
-
-    structured_flops: float
-    func_flops: float
-    work_elems_per_sample: float
-    work_elems_per_output: float
-
-
-def check(p: Problem, y: torch.Tensor) -> _Pass:
-    """Run the engine's forward on the first sample and check it reproduces ``f`` exactly.
-
-    Raises :class:`Unsupported` if the layers cannot be parsed, the layout assumption (samples
-    along dim 0) does not hold for this input, or the values differ from ``f(x)`` (``y``).
-    """
-    layers = parse(p.f)
-    try:
-        with torch.no_grad():
-            fw = _forward(layers, p, p.X[:1], jacobian=False)
-    except Exception as err:  # the layer-by-layer run does not accept this input layout
-        raise Unsupported(f"the layers cannot be run one by one on this input ({err})") from err
-    expected = y.reshape(p.B, -1)[:1]
-    tol = 1e3 * torch.finfo(y.dtype).eps * (1 + float(expected.abs().max()))
-    if fw.y.shape != expected.shape or not torch.allclose(fw.y, expected, rtol=0, atol=tol):
-        raise Unsupported("running the layers one by one does not reproduce f(x)")
-    return fw
-
-
-def cost(p: Problem, fw: _Pass) -> Cost:
-    """Estimate structured vs torch.func costs (multiply-adds per sample) from a :func:`check` pass.
-
-    Structured: the forward Jacobian (``r`` directions through the body up to the last
-    activation) plus the assembly, ``m`` batched GEMMs of ``r × K`` by ``K × r`` per activation
-    (and ``P H Pᵀ`` when the stem narrows). torch.func's ``jacfwd(jacrev)``: ``n`` tangents
-    through the forward pass and through ``m`` reverse passes, each about twice a forward.
-    """
-    n, m = p.n, p.m
-    shapes = fw.stem_shapes[:-1] + fw.shapes
-    layers = fw.stem + fw.body
-    flops = [
-        s_in.numel() if lay.elementwise else lay.flops(s_in.numel(), s_out.numel())
-        for lay, s_in, s_out in zip(layers, shapes[:-1], shapes[1:])
-    ]
-    fwd = sum(flops)
-    jac_body = sum(flops[len(fw.stem) : len(fw.stem) + max(fw.last, 0)])
-    K1 = fw.stem_shapes[-1].numel()
-    Ks = [a.s1.shape[1] for a in fw.acts]
-    rest = sum(Ks[1:])
-    if fw.stem and K1 < n:
-        r = K1
-        if _narrowing_pays_for(n, r, rest):
-            assembly = m * (r * r * rest + n * r * r + n * n * r)
-        else:
-            assembly = n * r * rest + m * n * n * (r + rest)
-    else:
-        r = n
-        assembly = m * n * n * sum(Ks)
-    structured = r * jac_body + assembly
-    func = n * (1 + 2 * m) * fwd + m * n * n
-    K_max = max(Ks, default=0)
-    return Cost(structured, func, r * sum(Ks) + n * K_max, r * K_max + r * r + r * n + n * n)
