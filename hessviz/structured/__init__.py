@@ -27,9 +27,10 @@ place; temporaries of the same role share one scratch buffer.
 
 Every term is returned by :func:`layer_terms`, so the explorer can show what each layer contributes.
 
-Layout: :mod:`.layers` (what the engine knows and how it parses a model), :mod:`.kernels` (the
-general kernels), :mod:`.chain` (lean kernels for Linear/activation chains), :mod:`.cost` (the
-self-check of the layer split and the cost model). Kernels follow :mod:`hessviz.registry`: ``X``
+Layout: :mod:`.layers` (what the engine knows and how it parses a model), :mod:`.jacobian`
+(the three kinds of Jacobian it carries), :mod:`.kernels` (the general kernels), :mod:`.chain`
+(lean kernels for Linear/activation chains), :mod:`.cost` (the self-check of the layer split and
+the cost model). Kernels follow :mod:`hessviz.registry`: ``X``
 is ``(B, n)``, ``sel`` the selected flat outputs.
 """
 

@@ -1,11 +1,11 @@
 """The layer-wise kernels: one forward pass with Jacobians, one reverse sweep, one GEMM per layer.
 
 Notation: ``u`` is the space Jacobians are carried in — ``x`` itself, or ``z_1`` when the stem
-narrows the input (then ``P = ∂z_1/∂x`` maps back). ``G_l = ∂z_l/∂u`` is stored transposed,
-one row per direction of ``u``: ``(B, r, K_l)`` per sample, ``(r, K_l)`` when it is the same
-for every sample (the stem), or ``None`` for the identity. ``c_l = σ_l''(z_l) ⊙ ∂y_i/∂a_l`` has
-shape ``(B, m, K_l)``. Kernels run without autograd: every derivative here is explicit. Chains of
-Linear layers and activations on vector samples go to the leaner :mod:`.chain` kernels.
+narrows the input (then ``P = ∂z_1/∂x`` maps back). ``G_l = ∂z_l/∂u`` is a
+:class:`~.jacobian.Jacobian`: identity, shared by every sample (the stem's), or per sample.
+``c_l = σ_l''(z_l) ⊙ ∂y_i/∂a_l`` has shape ``(B, m, K_l)``. Kernels run without autograd: every
+derivative here is explicit. Chains of Linear layers and activations on vector samples go to the
+leaner :mod:`.chain` kernels.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torch import nn
 from .._memory import Scratch, empty
 from .._problem import Problem
 from . import chain
+from .jacobian import Jacobian
 from .layers import Elementwise, Identity, Linear, parse
 
 
@@ -27,7 +28,7 @@ from .layers import Elementwise, Identity, Linear, parse
 class _Activation:
     index: int  # position in the flattened layer list
     name: str
-    G: torch.Tensor | None  # ∂z_l/∂u: (B, r, K) per sample, (r, K) shared, or None = identity
+    G: Jacobian  # ∂z_l/∂u
     t: torch.Tensor | None  # tangent ∂z_l/∂x · v: (B, K)
     s1: torch.Tensor  # σ'(z_l): (B, K)
     s2: torch.Tensor  # σ''(z_l): (B, K)
@@ -77,36 +78,31 @@ def _stem_jacobian(stem: list, S: torch.Size, X: torch.Tensor) -> torch.Tensor:
     return T.reshape(n, -1).contiguous()
 
 
-def _scaled(G: torch.Tensor | None, scale: torch.Tensor, out: torch.Tensor | None = None):
-    """``G · diag(scale)`` per sample, ``(B, r, K)``: the Jacobian of an activation's output."""
-    if G is None:  # identity, so the Jacobian is diag(σ') itself
-        return torch.diag_embed(scale)
-    return torch.mul(G, scale[:, None, :], out=out)  # (r, K) or (B, r, K) times (B, 1, K)
-
-
 def _push(
-    lay, G: torch.Tensor | None, scale: torch.Tensor | None, S_in: torch.Size, B: int, scratch
-):
-    """Carry ``G`` through one affine layer: ``(G · diag(scale)) Aᵀ`` (``scale`` = σ' or None)."""
+    lay, J: Jacobian, scale: torch.Tensor | None, S_in: torch.Size, B: int, scratch
+) -> Jacobian:
+    """Carry ``J`` through one affine layer: ``(J · diag(scale)) Aᵀ`` (``scale`` = σ' or None)."""
     linear = isinstance(lay, Linear) and len(S_in) == 1
     if scale is not None:
-        if G is None and linear:  # diag(σ') Wᵀ without a GEMM
+        if J.identity and linear:  # diag(σ') Wᵀ without a GEMM
             W = lay.module.weight
             G = scale.new_empty(B, W.shape[1], W.shape[0])  # contiguous, unlike Wᵀ
-            return torch.mul(scale[:, :, None], W.T, out=G)
+            return Jacobian(torch.mul(scale[:, :, None], W.T, out=G))
         # The scaled copy dies with this layer: it borrows the scratch buffer.
-        G = _scaled(G, scale, None if G is None else scratch(B, *G.shape[-2:], like=scale))
+        buf = None if J.identity else scratch(B, *J.rows.shape[-2:], like=scale)
+        J = J.scaled(scale, buf)
+    G = J.rows
     r = G.shape[-2]
     if linear:  # one GEMM over all samples and directions
         W = lay.module.weight
         out = torch.matmul(G, W.T, out=empty(*G.shape[:-1], W.shape[0], like=G))
-    elif G.ndim == 2:
+    elif J.shared:
         out = lay.linear(G.reshape(r, *S_in)).reshape(r, -1)
     else:
         out = lay.linear(G.reshape(B * r, *S_in)).reshape(B, r, -1)
     # Identity, Dropout and reshapes return views: never hand out the scratch buffer.
     shares = out.untyped_storage().data_ptr() == G.untyped_storage().data_ptr()
-    return out.clone() if shares else out
+    return Jacobian(out.clone() if shares else out)
 
 
 def forward(
@@ -130,13 +126,13 @@ def forward(
         if t is not None:
             t = lay.linear(t)
     stem_shapes.append(a.shape[1:])
-    G, P = None, None
+    G, P = Jacobian(), None
     if jacobian and body and stem:
         A_T = _stem_jacobian(stem, S, X)  # (n, K1): the stem's Jacobian, shared by every sample
         if A_T.shape[1] < n:
             P = A_T  # carry Jacobians w.r.t. z_1 (identity there) and map back once
         else:
-            G = A_T
+            G = Jacobian(A_T)
     acts: list[_Activation] = []
     shapes = []
     scale = None  # σ' of the previous activation, folded into G by the next affine layer
@@ -146,7 +142,7 @@ def forward(
         more = k < last  # does another activation follow (so Jacobians/tangents are needed)?
         if lay.elementwise:
             if scale is not None:  # two activations in a row: fold the first one's σ' now
-                G, scale = _scaled(G, scale), None
+                G, scale = G.scaled(scale), None
             a, s1, s2 = lay.derivs(a)
             tz = None if t is None else t.reshape(B, -1)
             s1f, s2f = s1.reshape(B, -1), s2.reshape(B, -1)
@@ -217,42 +213,6 @@ def _reverse(fw: Pass, sel: tuple[int, ...], *, tangents: bool = False):
     return cs, q
 
 
-def _add_term(
-    H: torch.Tensor | None, G: torch.Tensor | None, c: torch.Tensor, scratch=None
-) -> torch.Tensor:
-    """``H + Gᵀ diag(c) G`` for every sample and output: ``(B, m, r, r)`` (``H`` may be None).
-
-    ``G`` is in the carried layout (rows = directions): the term is ``(G ⊙ c) Gᵀ``, one batched
-    GEMM accumulated into ``H`` in place.
-    """
-    B, m, K = c.shape
-    if G is None:  # identity Jacobian: the term is diag(c)
-        if H is None:
-            H = empty(B, m, K, K, like=c).zero_()
-            H.diagonal(dim1=-2, dim2=-1).copy_(c)
-            return H
-        H.diagonal(dim1=-2, dim2=-1).add_(c)
-        return H
-    r = G.shape[-2]
-    # Written into a contiguous (B, m, r, K) buffer: a broadcast product may pick another memory
-    # order, and the GEMM below needs these rows contiguous.
-    Gc = empty(B, m, r, K, like=c) if scratch is None else scratch(B, m, r, K, like=c)
-    torch.mul(G if G.ndim == 2 else G[:, None], c[:, :, None, :], out=Gc)
-    if G.ndim == 2:  # shared: fold samples and outputs into the rows of one GEMM
-        if H is None:
-            H = empty(B, m, r, r, like=c)
-            torch.mm(Gc.view(-1, K), G.T, out=H.view(-1, r))
-            return H
-        H.view(-1, r).addmm_(Gc.view(-1, K), G.T)
-        return H
-    if H is None:
-        H = empty(B, m, r, r, like=c)
-        torch.bmm(Gc.view(B, m * r, K), G.mT, out=H.view(B, m * r, r))
-        return H
-    H.view(B, m * r, r).baddbmm_(Gc.view(B, m * r, K), G.mT)
-    return H
-
-
 def _to_x(fw: Pass, H: torch.Tensor) -> torch.Tensor:
     """``P H Pᵀ``: a Hessian w.r.t. ``z_1`` mapped back to ``x`` (``(B, m, n, n)``)."""
     if fw.P is None:
@@ -285,14 +245,15 @@ def _symmetric_product(A: torch.Tensor, P: torch.Tensor, out: torch.Tensor) -> N
         out[:, b:, a:b] = panel[:, :, b - a :].mT
 
 
-def _x_jacobian(fw: Pass, act: _Activation, scratch=None) -> torch.Tensor | None:
-    """``∂z_l/∂x`` as ``(B, n, K)``, shared ``(n, K)``, or None (identity)."""
-    if fw.P is None or act.G is None:
-        return fw.P if act.G is None else act.G
-    B, r, K = act.G.shape
+def _x_jacobian(fw: Pass, act: _Activation, scratch=None) -> Jacobian:
+    """``∂z_l/∂x`` (``act.G`` maps ``x`` to ``z_1`` through ``P`` first when the stem narrows)."""
+    if fw.P is None or act.G.identity:
+        return Jacobian(fw.P) if act.G.identity else act.G
+    G = act.G.rows  # per sample: the stem's shared map came before the first activation
+    B, r, K = G.shape
     n = fw.P.shape[0]
-    out = None if scratch is None else scratch(B, n, K, like=act.G)
-    return torch.bmm(fw.P.expand(B, n, r), act.G, out=out)  # matmul would copy both operands
+    out = None if scratch is None else scratch(B, n, K, like=G)
+    return Jacobian(torch.bmm(fw.P.expand(B, n, r), G, out=out))  # matmul would copy both
 
 
 def narrowing_pays_for(n: int, r: int, rest: int) -> bool:
@@ -364,10 +325,10 @@ def hessian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> t
     H, scratch = None, Scratch()
     if fw.P is not None and not _narrowing_pays(fw):
         for act, c in zip(fw.acts, cs):
-            H = _add_term(H, _x_jacobian(fw, act), c, scratch)
+            H = _x_jacobian(fw, act).add_term(H, c, scratch)
         return H
     for act, c in zip(fw.acts, cs):
-        H = _add_term(H, act.G, c, scratch)
+        H = act.G.add_term(H, c, scratch)
     return _to_x(fw, H)
 
 
@@ -376,7 +337,7 @@ def layer_terms(p: Problem, X: torch.Tensor, sel: tuple[int, ...]):
     """``[(index, name, term)]`` with ``term`` of shape ``(B, m, n, n)``; the terms sum to H."""
     fw = forward(parse(p.f), p, X, jacobian=True)
     cs, _ = _reverse(fw, sel) if fw.acts else ([], None)
-    return [(a.index, a.name, _to_x(fw, _add_term(None, a.G, c))) for a, c in zip(fw.acts, cs)]
+    return [(a.index, a.name, _to_x(fw, a.G.add_term(None, c))) for a, c in zip(fw.acts, cs)]
 
 
 @_no_autograd
@@ -391,36 +352,10 @@ def diagonal(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> 
     cs, _ = _reverse(fw, sel)
     D, scratch = None, Scratch()
     for act, c in zip(fw.acts, cs):
-        J = _x_jacobian(fw, act, scratch)
-        if J is None:  # identity: the term is c itself
-            D = c.contiguous() if D is None else D.add_(c)
-        elif J.ndim == 2:  # shared (the stem's): keep it, later layers may still need P
-            B, m, K = c.shape
-            term_rows = c.reshape(-1, K)
-            if D is None:
-                D = (term_rows @ (J * J).T).view(B, m, -1)
-            else:
-                D.view(B * m, -1).addmm_(term_rows, (J * J).T)
-        else:  # per sample: a scratch product or this pass's own G, squared in place
-            sq = J.square_().mT
-            D = torch.bmm(c, sq) if D is None else D.baddbmm_(c, sq)
+        # per sample: a scratch product or this pass's own G, squared in place; a shared one
+        # (the stem's, or P) is kept, later layers may still need it
+        D = _x_jacobian(fw, act, scratch).add_diagonal_term(D, c)
     return D
-
-
-def _column_sq_norms(G: torch.Tensor | None, M: torch.Tensor | None, K: int, like: torch.Tensor):
-    """Squared column norms ``Σ_j (J_l)_{jk}²`` of ``J_l = P G``, given ``M = PᵀP``.
-
-    ``G`` or ``M`` None stands for the identity. Returns ``(K,)`` or ``(B, K)``. A per-sample
-    ``G`` is consumed (overwritten).
-    """
-    if G is None:
-        return like.new_ones(K) if M is None else M.diagonal()
-    if M is None:
-        return (G * G if G.ndim == 2 else G.square_()).sum(-2)
-    if G.ndim == 2:
-        return ((M @ G) * G).sum(-2)
-    MG = torch.bmm(M.expand(G.shape[0], *M.shape), G)  # (PᵀP) G, per sample
-    return MG.mul_(G).sum(-2)
 
 
 @_no_autograd
@@ -437,7 +372,7 @@ def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) ->
     M = None if fw.P is None else fw.P.T @ fw.P
     L = None
     for act, c in zip(fw.acts, cs):
-        w = _column_sq_norms(act.G, M, c.shape[-1], c)
+        w = act.G.squared_column_norms(M, c.shape[-1], c)
         term = c @ w if w.ndim == 1 else torch.bmm(c, w[:, :, None])[..., 0]
         L = term if L is None else L.add_(term)
     return L
