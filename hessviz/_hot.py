@@ -1,17 +1,19 @@
 """Plans built once, run many: a repeated call on a model already seen skips the set-up.
 
 The first call of :func:`hessviz.hessian` (or ``hessian_diagonal``, ``laplacian``, ``hvp``) on a
-model validates ``f`` and ``x``, runs ``f`` once for shapes, proves the layer-wise engine against
-autograd and decides the method. When that call ran the layer-wise engine in one chunk, it
-leaves an :class:`Entry` here, keyed by the request (op, method, ``x``'s shape, dtype and device,
-``batched``, ``outputs``, memory budget). A later call with the same key only checks what the
-key cannot see, then runs the kernel directly:
+model validates ``f`` and ``x``, runs ``f`` once for shapes, proves the engine against autograd
+and decides the method. When that call ran the layer-wise or the graph engine in one chunk on an
+``nn.Module``, it leaves an :class:`Entry` here, keyed by the request (op, method, ``x``'s
+shape, dtype and device, ``batched``, ``outputs``, memory budget). A later call with the same key
+only checks what the key cannot see, then runs the kernel directly:
 
 - ``x`` (and ``v``) are finite real tensors;
 - the model's module tree is the same modules, in the same modes (``training``, dropout ``p``),
   without forward hooks;
 - for a hand-written ``forward`` that was lowered to a chain of layers, ``f`` still equals that
-  chain on the first sample (as on the first call).
+  chain on the first sample (as on the first call); a graph's output must still equal ``f(x)``
+  on every sample (as on every call), and the tensors it was captured with must still be
+  ``f``'s parameters and buffers.
 
 The kernels read the parameters at every call, so trained or edited weights are used as they
 are. Anything unexpected — a kernel error after a weight was replaced by one of another shape or
@@ -81,13 +83,14 @@ class Entry:
 
     problem: Problem  # what the kernel runs on: shapes, selection, layout and the model
     kernel: Callable  # (X, sel) or, for HVPs, (X, V, sel): :func:`hessviz.structured.runner`
-    tree: tuple  # _tree(f) of the user's nn.Module f when the entry was made
+    tree: tuple  # _tree(f, storages) of the user's nn.Module f when the entry was made
     reference: Problem | None = None  # the user's problem, when problem.f is its lowered chain
+    storages: bool = False  # the kernel holds f's tensors themselves (a lowered chain, a graph)
 
     def run(self, f: object, x: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor | None:
         """The ``(B, m, …)`` result, or None when this call must take the full path."""
         p = self.problem
-        if _tree(f, self.reference is not None) != self.tree:
+        if _tree(f, self.storages) != self.tree:
             return None
         if not _finite(x) or (v is not None and not _same_kind(v, x)):
             return None
@@ -143,9 +146,10 @@ def remember(f: object, key, entry: Entry | None) -> None:
     per_model[key] = entry
 
 
-def make(f: object, problem: Problem, kernel: Callable, reference=None):
+def make(f: object, problem: Problem, kernel: Callable, *, reference=None, storages=False):
     """An :class:`Entry` for ``f`` (an ``nn.Module``), or None: plain functions are not cached
     (nothing tells when what they close over changes)."""
     if not isinstance(f, nn.Module):
         return None
-    return Entry(problem, kernel, _tree(f, reference is not None), reference)
+    storages = storages or reference is not None
+    return Entry(problem, kernel, _tree(f, storages), reference, storages)

@@ -478,7 +478,11 @@ def _run(fname, op, d: _Decision, p: Problem, V, key=None) -> torch.Tensor:
             R = run(*chunks[0]).reshape(p.B, p.m, *per)
             if name == "structured":
                 ref = None if d.problem is None else user
-                _hot.remember(user.f, key, _hot.make(user.f, p, structured.runner(op, p), ref))
+                entry = _hot.make(user.f, p, structured.runner(op, p), reference=ref)
+                _hot.remember(user.f, key, entry)
+            elif graph and d.plan is not None:
+                entry = _hot.make(user.f, p, engine.runner(op, p, d.plan), storages=True)
+                _hot.remember(user.f, key, entry)
             return R
         R = p.X.new_empty(p.B, p.m, *per)
         for bs, ms in chunks:

@@ -182,3 +182,39 @@ def test_different_requests_have_their_own_plans():
     torch.testing.assert_close(
         hv.hessian(model, X, batched=True, flat=True), full.reshape(4, 2, 3, 3)
     )
+
+
+class Residual(nn.Module):
+    """A residual block with a norm: the graph engine's, not a chain of layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.inp, self.fc, self.out = nn.Linear(3, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+        self.norm = nn.LayerNorm(6)
+        self.gain = 1.0
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        h = h + self.gain * torch.tanh(self.fc(self.norm(h)))
+        return self.out(h)
+
+
+@pytest.mark.parametrize("op", ["hessian", "diagonal", "laplacian", "hvp"])
+def test_graph_plans_are_reused_and_exact(op):
+    model = Residual().to(D)
+    X, V = torch.randn(5, 3, dtype=D), torch.randn(5, 3, dtype=D)
+    assert hv.auto_method(model, X, op=op, batched=True) == "graph"
+    _call(model, X, op, V)
+    assert _entry(model, op, X) is not None
+    X2, V2 = torch.randn(5, 3, dtype=D), torch.randn(5, 3, dtype=D)
+    torch.testing.assert_close(_call(model, X2, op, V2), _reference(model, X2, op, V2))
+
+
+def test_a_graph_whose_forward_changed_is_captured_again():
+    model, X = Residual().to(D), torch.randn(5, 3, dtype=D)
+    hv.hessian(model, X, batched=True)
+    model.gain = 0.5  # a Python number the trace baked in: f(x) no longer equals the graph
+    torch.testing.assert_close(hv.hessian(model, X, batched=True), _reference(model, X, "hessian"))
+    model.norm.weight = nn.Parameter(torch.rand(6, dtype=D) + 0.5)  # a new tensor
+    torch.testing.assert_close(hv.hessian(model, X, batched=True), _reference(model, X, "hessian"))

@@ -29,7 +29,7 @@ from .assemble import Executor
 from .capture import Graph, Tap, Unsupported, capture, leaf_tensors
 
 __all__ = ["Plan", "Stale", "Tap", "Unsupported", "plan", "hessian", "diagonal", "laplacian", "hvp",
-           "node_terms"]  # fmt: skip
+           "node_terms", "runner"]  # fmt: skip
 
 
 @dataclass
@@ -253,6 +253,20 @@ def hvp(
     with torch.enable_grad():
         q = assemble.hvp_pullback(pl.executor, env, tan, s2, adjoints, leaf, m)
     return q.detach().reshape(m, X.shape[0], -1).transpose(0, 1)
+
+
+def runner(op: str, p: Problem, pl: Plan):
+    """The kernel for ``op`` with this checked plan, called as ``(X, sel)`` (HVPs:
+    ``(X, V, sel)``) for rows shaped like ``p.X`` (what :mod:`hessviz._hot` reuses). It runs
+    ``f`` on ``X`` first: the graph's output must still equal it (else :class:`Stale`)."""
+    kernel = {"hessian": hessian, "diagonal": diagonal, "laplacian": laplacian, "hvp": hvp}[op]
+
+    def run(X, *args):
+        with torch.no_grad():
+            expected = p.batch_fn(X)
+        return kernel(p, X, *args, expected=expected, pl=pl)
+
+    return run
 
 
 def node_terms(p: Problem, X: torch.Tensor, sel: tuple[int, ...]):
