@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -68,7 +68,8 @@ def _tree(f: nn.Module, storages: bool) -> tuple:
     while stack:  # f.modules() without its memo set: this runs on every call
         m = stack.pop()
         hooked = bool(m._forward_hooks or m._forward_pre_hooks)
-        tree.append((m, m.training, m.__dict__.get("p"), hooked))
+        # ids, not the modules: an entry must not keep f alive (the kernels hold the leaves)
+        tree.append((id(m), type(m), m.training, m.__dict__.get("p"), hooked))
         if storages:
             for t in (*m._parameters.values(), *m._buffers.values()):
                 tree.append(None if t is None else t.data_ptr())
@@ -81,8 +82,8 @@ def _tree(f: nn.Module, storages: bool) -> tuple:
 class Entry:
     """One checked request: the problem template and the kernel, its layers parsed once."""
 
-    problem: Problem  # what the kernel runs on: shapes, selection, layout and the model
-    kernel: Callable  # (X, sel) or, for HVPs, (X, V, sel): :func:`hessviz.structured.runner`
+    problem: Problem  # what the kernel runs on (f None: the caller's f), without data
+    kernel: Callable  # (p, X, sel), HVPs (p, X, V, sel): structured.runner, engine.runner
     tree: tuple  # _tree(f, storages) of the user's nn.Module f when the entry was made
     reference: Problem | None = None  # the user's problem, when problem.f is its lowered chain
     storages: bool = False  # the kernel holds f's tensors themselves (a lowered chain, a graph)
@@ -95,19 +96,21 @@ class Entry:
         if not _finite(x) or (v is not None and not _same_kind(v, x)):
             return None
         X = x.detach().reshape(p.B, p.n).clone()  # never aliases the user's tensor
+        if p.f is None:
+            p = replace(p, f=f)
         try:
             with torch.no_grad():
-                if self.reference is not None and not self._chain_agrees(X[:1]):
+                if self.reference is not None and not self._chain_agrees(f, X[:1]):
                     return None
                 if v is None:
-                    return self.kernel(X, p.sel)
-                return self.kernel(X, v.detach().to(X.dtype).reshape(p.B, p.n), p.sel)
+                    return self.kernel(p, X, p.sel)
+                return self.kernel(p, X, v.detach().to(X.dtype).reshape(p.B, p.n), p.sel)
         except Exception:  # noqa: BLE001 - the full path decides again and explains
             return None
 
-    def _chain_agrees(self, X0: torch.Tensor) -> bool:
+    def _chain_agrees(self, f, X0: torch.Tensor) -> bool:
         """The user's ``f`` equals the lowered chain on the first sample (it may branch)."""
-        y, z = self.reference.batch_fn(X0), self.problem.batch_fn(X0)
+        y, z = replace(self.reference, f=f).batch_fn(X0), self.problem.batch_fn(X0)
         tol = 1e3 * torch.finfo(y.dtype).eps
         return y.shape == z.shape and bool(torch.allclose(y, z, rtol=tol, atol=tol))
 
@@ -149,7 +152,15 @@ def remember(f: object, key, entry: Entry | None) -> None:
 def make(f: object, problem: Problem, kernel: Callable, *, reference=None, storages=False):
     """An :class:`Entry` for ``f`` (an ``nn.Module``), or None: plain functions are not cached
     (nothing tells when what they close over changes)."""
-    if not isinstance(f, nn.Module):
+    if not isinstance(f, nn.Module) or kernel is None:
         return None
     storages = storages or reference is not None
-    return Entry(problem, kernel, _tree(f, storages), reference, storages)
+    ref = None if reference is None else _template(reference, f)
+    return Entry(_template(problem, f), kernel, _tree(f, storages), ref, storages)
+
+
+def _template(p: Problem, f: object) -> Problem:
+    """``p`` without what an entry must not keep alive: the user's ``f`` (the cache's key; the
+    caller passes it again) and the first call's data (only its shape is needed)."""
+    X = p.X.new_empty(()).expand(p.X.shape)
+    return replace(p, f=None if p.f is f else p.f, X=X, Y=None)

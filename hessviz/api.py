@@ -481,7 +481,7 @@ def _run(fname, op, d: _Decision, p: Problem, V, key=None) -> torch.Tensor:
                 entry = _hot.make(user.f, p, structured.runner(op, p), reference=ref)
                 _hot.remember(user.f, key, entry)
             elif graph and d.plan is not None:
-                entry = _hot.make(user.f, p, engine.runner(op, p, d.plan), storages=True)
+                entry = _hot.make(user.f, p, engine.runner(op, d.plan), storages=True)
                 _hot.remember(user.f, key, entry)
             return R
         R = p.X.new_empty(p.B, p.m, *per)

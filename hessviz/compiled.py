@@ -114,10 +114,11 @@ def compile(
         fast = replace(entry, kernel=torch.compile(entry.kernel, dynamic=False))
         p = entry.problem
         X = x.detach().reshape(p.B, p.n)
+        p = replace(p, f=f) if p.f is None else p
         args = (X, p.sel) if v is None else (X, v.detach().to(X.dtype).reshape(p.B, p.n), p.sel)
         try:
             with torch.no_grad():
-                R = fast.kernel(*args)  # compiles now, not in a later call
+                R = fast.kernel(p, *args)  # compiles now, not in a later call
         except Exception as err:  # noqa: BLE001 - no compiler, an unsupported op…: stay eager
             R, why = (
                 None,

@@ -7,6 +7,9 @@ key cannot see must still give the number a fresh model would give, or the full 
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from torch import nn
@@ -218,3 +221,17 @@ def test_a_graph_whose_forward_changed_is_captured_again():
     torch.testing.assert_close(hv.hessian(model, X, batched=True), _reference(model, X, "hessian"))
     model.norm.weight = nn.Parameter(torch.rand(6, dtype=D) + 0.5)  # a new tensor
     torch.testing.assert_close(hv.hessian(model, X, batched=True), _reference(model, X, "hessian"))
+
+
+@pytest.mark.parametrize("make", [lambda: _mlp(), lambda: Custom().to(D), lambda: Residual().to(D)],
+                         ids=["sequential", "lowered", "graph"])  # fmt: skip
+def test_plans_do_not_keep_the_model_alive(make):
+    model, X = make(), torch.randn(4, 3, dtype=D)
+    for op in ("hessian", "diagonal", "laplacian", "hvp"):
+        _call(model, X, op, X)
+        _call(model, X, op, X)
+    assert _entry(model, "hessian", X) is not None
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None, "a cached plan keeps the model (and its parameters) in memory"

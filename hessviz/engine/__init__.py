@@ -255,13 +255,13 @@ def hvp(
     return q.detach().reshape(m, X.shape[0], -1).transpose(0, 1)
 
 
-def runner(op: str, p: Problem, pl: Plan):
-    """The kernel for ``op`` with this checked plan, called as ``(X, sel)`` (HVPs:
-    ``(X, V, sel)``) for rows shaped like ``p.X`` (what :mod:`hessviz._hot` reuses). It runs
-    ``f`` on ``X`` first: the graph's output must still equal it (else :class:`Stale`)."""
+def runner(op: str, pl: Plan):
+    """The kernel for ``op`` with this checked plan, called as ``(p, X, sel)`` (HVPs:
+    ``(p, X, V, sel)``) for rows shaped like the plan's (what :mod:`hessviz._hot` reuses). It
+    runs ``f`` on ``X`` first: the graph's output must still equal it (else :class:`Stale`)."""
     kernel = {"hessian": hessian, "diagonal": diagonal, "laplacian": laplacian, "hvp": hvp}[op]
 
-    def run(X, *args):
+    def run(p: Problem, X: torch.Tensor, *args):
         with torch.no_grad():
             expected = p.batch_fn(X)
         return kernel(p, X, *args, expected=expected, pl=pl)

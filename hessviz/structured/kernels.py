@@ -290,14 +290,19 @@ def _chain(layers: list, p: Problem, op: str) -> chain.Chain | None:
     return chain.Chain(tuple(lay.module for lay in linears), tuple(a.derivs for a in acts))
 
 
-def runner(op: str, p: Problem) -> Callable:
-    """The kernel for ``op`` on ``p.f`` with its layers parsed once: called as ``(X, sel)``, or
-    ``(X, V, sel)`` for HVPs, under ``torch.no_grad()`` (what :mod:`hessviz._hot` reuses)."""
+def runner(op: str, p: Problem) -> Callable | None:
+    """The kernel for ``op`` on ``p.f`` with its layers parsed once, called as ``(p, X, sel)``
+    or, for HVPs, ``(p, X, V, sel)`` under ``torch.no_grad()`` (what :mod:`hessviz._hot`
+    reuses). It holds the model's layers, never the model itself (None when ``p.f`` is a bare
+    layer)."""
     layers = parse(p.f)
+    if any(lay.module is p.f for lay in layers):
+        return None
     ch = _chain(layers, p, op)
     if ch is not None:
-        return functools.partial(getattr(chain, op), ch)
-    return functools.partial(globals()[op], p, layers=layers)
+        kernel = getattr(chain, op)
+        return lambda p, X, *args: kernel(ch, X, *args)
+    return functools.partial(globals()[op], layers=layers)
 
 
 def _no_autograd(kernel):
