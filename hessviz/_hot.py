@@ -87,6 +87,7 @@ class Entry:
     tree: tuple  # _tree(f, storages) of the user's nn.Module f when the entry was made
     reference: Problem | None = None  # the user's problem, when problem.f is its lowered chain
     storages: bool = False  # the kernel holds f's tensors themselves (a lowered chain, a graph)
+    method: str = "structured"  # the registry's name of the engine the kernel belongs to
 
     def run(self, f: object, x: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor | None:
         """The ``(B, m, …)`` result, or None when this call must take the full path."""
@@ -149,14 +150,16 @@ def remember(f: object, key, entry: Entry | None) -> None:
     per_model[key] = entry
 
 
-def make(f: object, problem: Problem, kernel: Callable, *, reference=None, storages=False):
+def make(
+    f: object, method: str, problem: Problem, kernel: Callable, *, reference=None, storages=False
+):
     """An :class:`Entry` for ``f`` (an ``nn.Module``), or None: plain functions are not cached
     (nothing tells when what they close over changes)."""
     if not isinstance(f, nn.Module) or kernel is None:
         return None
     storages = storages or reference is not None
     ref = None if reference is None else _template(reference, f)
-    return Entry(_template(problem, f), kernel, _tree(f, storages), ref, storages)
+    return Entry(_template(problem, f), kernel, _tree(f, storages), ref, storages, method)
 
 
 def _template(p: Problem, f: object) -> Problem:

@@ -399,7 +399,7 @@ def _execute(
 
     With ``method="auto"``, a path that fails during the call hands over to the next exact one
     (graph or layer-wise → func → autograd → loop) with a :class:`HessvizFallbackWarning` that
-    names the reason and the typical cost; the result is exact either way. A layer-wise run in
+    names the reason and the typical cost; the result is exact either way. An engine's run in
     one chunk is remembered under ``key`` (:mod:`hessviz._hot`): the next such call skips this.
     """
     _check_result_size(fname, op, p)
@@ -478,10 +478,10 @@ def _run(fname, op, d: _Decision, p: Problem, V, key=None) -> torch.Tensor:
             R = run(*chunks[0]).reshape(p.B, p.m, *per)
             if name == "structured":
                 ref = None if d.problem is None else user
-                entry = _hot.make(user.f, p, structured.runner(op, p), reference=ref)
+                entry = _hot.make(user.f, name, p, structured.runner(op, p), reference=ref)
                 _hot.remember(user.f, key, entry)
             elif graph and d.plan is not None:
-                entry = _hot.make(user.f, p, engine.runner(op, d.plan), storages=True)
+                entry = _hot.make(user.f, name, p, engine.runner(op, d.plan), storages=True)
                 _hot.remember(user.f, key, entry)
             return R
         R = p.X.new_empty(p.B, p.m, *per)

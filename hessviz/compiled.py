@@ -35,7 +35,6 @@ _PUBLIC = {
     "laplacian": api.laplacian,
     "hvp": api.hvp,
 }
-_AXES = {"hessian": 2, "diagonal": 1, "hvp": 1, "laplacian": 0}
 
 
 @dataclass
@@ -60,7 +59,7 @@ class Compiled:
         if entry is not None and key == entry[0]:
             R = entry[1].run(self.f, x, v)
             if R is not None:
-                return entry[1].problem.shape_result(R, _AXES[op], flat)
+                return entry[1].problem.shape_result(R, api._RESULT_AXES[op], flat)
         args = (self.f, x) if v is None else (self.f, x, v)
         kw = {"batched": self.batched, "outputs": self.outputs}
         return (
@@ -108,7 +107,7 @@ def compile(
         eager = handle._run(op, x, v)  # the plain path: validates and leaves the hot entry
         key = _hot.request_key(op, "auto", x, batched, outputs)
         entry = _hot.find(f, key)
-        if entry is None:
+        if entry is None or entry.method != "structured":  # the graph engine runs autograd
             handle.kernels[op] = f"eager: {api.auto_method(f, x, op=op, batched=batched)}"
             continue
         fast = replace(entry, kernel=torch.compile(entry.kernel, dynamic=False))
@@ -125,7 +124,7 @@ def compile(
                 f"{type(err).__name__}: {(str(err).strip() or '?').splitlines()[0][:160]}",
             )
         if R is not None:
-            got = entry.problem.shape_result(R, _AXES[op], False)
+            got = entry.problem.shape_result(R, api._RESULT_AXES[op], False)
             tol = 1e3 * torch.finfo(got.dtype).eps
             if torch.allclose(got, eager, rtol=tol, atol=tol * (1 + float(eager.abs().max()))):
                 handle._entries[op] = (key, fast)

@@ -52,11 +52,24 @@ def test_a_changed_model_takes_the_plain_path(compiled_mlp):
     torch.testing.assert_close(c.laplacian(X), hv.laplacian(net, X, batched=True, method="func"))
 
 
+class Normed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.norm = nn.Linear(3, 4), nn.LayerNorm(4)
+
+    def forward(self, x):
+        return torch.tanh(self.norm(self.fc(x))).sum(-1)
+
+
 def test_other_methods_stay_plain_and_bad_ops_are_refused():
     x = torch.randn(3, dtype=D)
     c = hv.compile(lambda x: x.sin().sum(), x, ops=("diagonal",))
     assert c.kernels == {"diagonal": "eager: graph"}
     torch.testing.assert_close(c.hessian_diagonal(x), -x.sin())
+    model = Normed().to(D)  # the graph engine's (its plans are reused, not compiled)
+    c = hv.compile(model, x, ops=("hessian",))
+    assert c.kernels == {"hessian": "eager: graph"}
+    torch.testing.assert_close(c.hessian(x), hv.hessian(model, x, method="func"))
     with pytest.raises(hv.HessvizError, match="ops must be"):
         hv.compile(lambda x: x.sin().sum(), x, ops="hessian")
     with pytest.raises(hv.HessvizError, match="ops must be"):
