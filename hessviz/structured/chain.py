@@ -84,6 +84,8 @@ def _sweep(ch: Chain, X: torch.Tensor, s1s: list, term: Callable) -> None:
     B, n = X.shape
     G = ch.linears[0].weight.T.contiguous()  # products with a transposed view would inherit it
     term(0, G)
+    if len(ch.derivs) == 1:
+        return
     width = max(lin.out_features for lin in ch.linears[:-1])
     scaled_buf, G_buf = empty(B * n * width, like=X), empty(B * n * width, like=X)
     for k in range(1, len(ch.derivs)):
