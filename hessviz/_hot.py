@@ -23,6 +23,7 @@ errors in words.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -96,9 +97,11 @@ class Entry:
             return None
         if not _finite(x) or (v is not None and not _same_kind(v, x)):
             return None
-        X = x.detach().reshape(p.B, p.n).clone()  # never aliases the user's tensor
+        X = x.detach().reshape(p.B, p.n)
+        if self.storages:  # f itself runs on X (a graph's check, a lowered chain's): our copy
+            X = X.clone()  # the layer-wise kernels only read X and never return it
         if p.f is None:
-            p = replace(p, f=f)
+            p = _with_f(p, f)
         try:
             with torch.no_grad():
                 if self.reference is not None and not self._chain_agrees(f, X[:1]):
@@ -111,13 +114,22 @@ class Entry:
 
     def _chain_agrees(self, f, X0: torch.Tensor) -> bool:
         """The user's ``f`` equals the lowered chain on the first sample (it may branch)."""
-        y, z = replace(self.reference, f=f).batch_fn(X0), self.problem.batch_fn(X0)
+        y, z = _with_f(self.reference, f).batch_fn(X0), self.problem.batch_fn(X0)
         tol = 1e3 * torch.finfo(y.dtype).eps
         return y.shape == z.shape and bool(torch.allclose(y, z, rtol=tol, atol=tol))
 
 
 def _finite(x: torch.Tensor) -> bool:
-    return x.is_floating_point() and x.numel() > 0 and bool(torch.isfinite(x).all())
+    """Real, non-empty and finite. One reduction: NaN and ±inf reach the sum (a sum that only
+    overflows sends a finite x down the full path, which checks element by element)."""
+    return x.is_floating_point() and x.numel() > 0 and math.isfinite(x.sum())
+
+
+def _with_f(p: Problem, f: object) -> Problem:
+    """The template ``p`` with the caller's ``f`` (a field copy, cheaper than ``replace``)."""
+    q = object.__new__(Problem)
+    q.__dict__.update(p.__dict__, f=f)
+    return q
 
 
 def _same_kind(v: object, x: torch.Tensor) -> bool:

@@ -235,3 +235,4 @@ def test_plans_do_not_keep_the_model_alive(make):
     del model
     gc.collect()
     assert ref() is None, "a cached plan keeps the model (and its parameters) in memory"
+
