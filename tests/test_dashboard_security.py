@@ -212,7 +212,8 @@ MARKUP = re.compile(
 
 
 def assert_nothing_renders_as_markup(app: HessianExplorer) -> None:
-    for widget in walk(app.root):
+    # Every part, on the page or not yet (the lower panels join it after the first plot).
+    for widget in (w for part in app._parts() for w in walk(part)):
         if isinstance(widget, widgets.HTML | widgets.HTMLMath):
             assert not MARKUP.search(widget.value), widget.value
         if isinstance(widget, widgets.Label):

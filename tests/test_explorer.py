@@ -482,6 +482,22 @@ def test_method_race(fresh):
     assert all(np.isnan(bar.x).all() for bar in fresh.figures["race"].data)
 
 
+def test_warm_up_leaves_no_widget_behind():
+    """The dashboard's pre-heated kernel warms up before its visitor comes: every widget that
+    made is closed again (the page would build it), and the visitor's explorer refers to no
+    closed widget (the page would wait for it forever: "Loading widget...")."""
+    from ipywidgets.widgets.widget import _instances
+
+    from hessviz.widgets.explorer import widgets_in
+    from hessviz.widgets.figure_widget import plotly_js
+
+    before = set(_instances)
+    HessianExplorer.warm_up()
+    assert set(_instances) - before <= {m.model_id for m in widgets_in(plotly_js())}
+    app = HessianExplorer.from_query("act=sigmoid")
+    assert all(widget.comm is not None for widget in widgets_in(*app._parts()))
+
+
 def test_importing_hessviz_loads_no_plotting_or_widgets():
     code = (
         "import sys, hessviz; "

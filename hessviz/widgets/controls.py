@@ -15,6 +15,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 import ipywidgets as widgets
+from ipywidgets.widgets.widget_description import DescriptionStyle
+from ipywidgets.widgets.widget_string import HTMLStyle
 
 import hessviz as hv
 
@@ -93,7 +95,8 @@ TOOLTIPS: dict[str, str] = {
 
 
 def _wide() -> widgets.Layout:
-    """A full-width layout (one per widget: a shared Layout would hide them all at once)."""
+    """A full-width layout of its own, for a control that gets hidden (``display: none`` on a
+    shared Layout would hide every control that shares it)."""
     return widgets.Layout(width="100%")
 
 
@@ -106,7 +109,12 @@ def set_text(widget: widgets.HTML, text: str, style: str = "") -> None:
 
 def text_of(widget: widgets.Widget) -> str:
     """The plain text a status/message/info widget shows (for tests and callers)."""
-    return html.unescape(re.sub(r"<[^>]*>", "", widget.value))
+    return text_of_html(widget.value)
+
+
+def text_of_html(markup: str) -> str:
+    """The plain text of an HTML snippet (tags dropped, entities decoded)."""
+    return html.unescape(re.sub(r"<[^>]*>", "", markup))
 
 
 def hidden(widget: widgets.Widget, hide: bool) -> None:
@@ -114,6 +122,12 @@ def hidden(widget: widgets.Widget, hide: bool) -> None:
     display = "none" if hide else None
     if widget.layout.display != display:
         widget.layout.display = display
+
+
+def shown(box: widgets.Box, children: list[widgets.Widget]) -> None:
+    """Make ``children`` the box's children, sending nothing when they do not change."""
+    if box.children != tuple(children):
+        box.children = tuple(children)
 
 
 def method_info(name: str) -> str:
@@ -159,30 +173,33 @@ class Controls:
                 widget.observe(functools.partial(self._changed, on_change, name), names="value")
         c["race"].on_click(lambda _button: on_race())
         c["link"].observe(lambda change: self._quiet or on_link(change["new"]), names="value")
-        self.method_info = widgets.HTML(value="", layout=widgets.Layout(width="100%"))
+        self.method_info = widgets.HTML(value="", layout=self._layout)
         self.method_info.add_class("hv-method-info")
         self.column = self._build_column()
 
     # -- construction ----------------------------------------------------------------------------
-    @staticmethod
-    def _build() -> dict[str, widgets.Widget]:
-        slider = {"continuous_update": False, "style": _DESCRIPTION}
+    def _build(self) -> dict[str, widgets.Widget]:
+        # Controls that are never hidden share one layout, and controls of a kind one style:
+        # each Layout and Style is a widget model the page builds (~100 fewer here).
+        self._layout = wide = widgets.Layout(width="100%")
+        described = DescriptionStyle(**_DESCRIPTION)
+        slider = {"continuous_update": False, "style": widgets.SliderStyle(**_DESCRIPTION)}
         c: dict[str, widgets.Widget] = {}
         c["lesson"] = widgets.Dropdown(
             options=[("— none: explore freely —", "")]
             + [(lesson.title, key) for key, lesson in LESSONS.items()],
             description="lesson",
-            style=_DESCRIPTION,
-            layout=_wide(),
+            style=described,
+            layout=wide,
         )
         c["n"] = widgets.IntSlider(
-            min=N_INPUTS[0], max=N_INPUTS[1], description="inputs n", layout=_wide(), **slider
+            min=N_INPUTS[0], max=N_INPUTS[1], description="inputs n", layout=wide, **slider
         )
         c["m"] = widgets.IntSlider(
-            min=N_OUTPUTS[0], max=N_OUTPUTS[1], description="outputs m", layout=_wide(), **slider
+            min=N_OUTPUTS[0], max=N_OUTPUTS[1], description="outputs m", layout=wide, **slider
         )
         c["layers"] = widgets.IntSlider(
-            min=0, max=MAX_HIDDEN_LAYERS, description="hidden layers", layout=_wide(), **slider
+            min=0, max=MAX_HIDDEN_LAYERS, description="hidden layers", layout=wide, **slider
         )
         for k in range(MAX_HIDDEN_LAYERS):
             c[f"width{k}"] = widgets.IntSlider(
@@ -196,16 +213,16 @@ class Controls:
         c["act"] = widgets.Dropdown(
             options=list(hv.ACTIVATIONS),
             description="activation",
-            style=_DESCRIPTION,
-            layout=_wide(),
+            style=described,
+            layout=wide,
         )
         c["seed"] = widgets.BoundedIntText(
             min=SEEDS[0],
             max=SEEDS[1],
             description="weight seed",
             continuous_update=False,
-            style=_DESCRIPTION,
-            layout=_wide(),
+            style=described,
+            layout=wide,
         )
         for k in range(N_INPUTS[1]):
             c[f"x{k}"] = widgets.FloatSlider(
@@ -218,19 +235,19 @@ class Controls:
                 **slider,
             )
         c["out"] = widgets.Dropdown(
-            options=[("y0", 0)], description="output", style=_DESCRIPTION, layout=_wide()
+            options=[("y0", 0)], description="output", style=described, layout=wide
         )
         c["dtype"] = widgets.Dropdown(
             options=["float64", "float32"],
             description="precision",
-            style=_DESCRIPTION,
-            layout=_wide(),
+            style=described,
+            layout=wide,
         )
         c["method"] = widgets.Dropdown(
             options=list(hessian_methods()),
             description="method",
-            style=_DESCRIPTION,
-            layout=_wide(),
+            style=described,
+            layout=wide,
         )
         c["step"] = widgets.FloatLogSlider(
             base=10,
@@ -239,33 +256,33 @@ class Controls:
             step=LOG_STEP,
             description="FD step h",
             readout_format=".1e",
-            layout=_wide(),
+            layout=wide,
             **slider,
         )
         c["step_auto"] = widgets.Checkbox(
-            description="rule-of-thumb step (ε^¼)", indent=False, layout=_wide()
+            description="rule-of-thumb step (ε^¼)", indent=False, layout=wide
         )
         c["samples"] = widgets.IntSlider(
             min=SAMPLES[0],
             max=SAMPLES[1],
             description="probes",
-            layout=_wide(),
+            layout=wide,
             **slider,
         )
         c["view"] = widgets.ToggleButtons(
             options=[("the output", "function"), ("curved part", "curvature")],
             description="landscape",
             style={**_DESCRIPTION, "button_width": "88px"},
-            layout=_wide(),
+            layout=wide,
         )
         c["plane_a"] = widgets.Dropdown(
-            options=[("x0", 0)], description="across", style=_DESCRIPTION, layout=_wide()
+            options=[("x0", 0)], description="across", style=described, layout=wide
         )
         c["plane_b"] = widgets.Dropdown(
-            options=[("x1", 1)], description="up", style=_DESCRIPTION, layout=_wide()
+            options=[("x1", 1)], description="up", style=described, layout=wide
         )
         c["link"] = widgets.Text(
-            description="share view", continuous_update=False, style=_DESCRIPTION, layout=_wide()
+            description="share view", continuous_update=False, style=_DESCRIPTION, layout=wide
         )
         c["race"] = widgets.Button(
             description="Time every method",
@@ -276,23 +293,24 @@ class Controls:
 
     def _build_column(self) -> widgets.VBox:
         c = self.widgets
+        wide, html_style = self._layout, HTMLStyle()
 
         def section(title: str, help_text: str, *children: widgets.Widget) -> widgets.VBox:
             header = widgets.HTML(
                 f"<div class='hv-section-title'>{html.escape(title)}</div>"
-                f"<div class='hv-help'>{html.escape(help_text)}</div>"
+                f"<div class='hv-help'>{html.escape(help_text)}</div>",
+                layout=wide,
+                style=html_style,
             )
-            box = widgets.VBox([header, *children], layout=widgets.Layout(width="100%"))
+            box = widgets.VBox([header, *children], layout=wide)
             box.add_class("hv-section")
             return box
 
         self.width_box = widgets.VBox(
-            [c[f"width{k}"] for k in range(MAX_HIDDEN_LAYERS)], layout=widgets.Layout(width="100%")
+            [c[f"width{k}"] for k in range(MAX_HIDDEN_LAYERS)], layout=wide
         )
-        self.x_box = widgets.VBox(
-            [c[f"x{k}"] for k in range(N_INPUTS[1])], layout=widgets.Layout(width="100%")
-        )
-        self.plane_box = widgets.VBox(
+        self.x_box = widgets.VBox([c[f"x{k}"] for k in range(N_INPUTS[1])], layout=wide)
+        self.plane_box = widgets.VBox(  # hidden when n <= 2: a layout of its own
             [c["plane_a"], c["plane_b"]], layout=widgets.Layout(width="100%")
         )
         column = widgets.VBox(
@@ -377,6 +395,11 @@ class Controls:
             put("plane_a", "value", s.plane[0])
             put("plane_b", "value", s.plane[1])
             hidden(self.plane_box, s.n <= 2)
+            # A box holds only the controls that show: the page builds no view (a slider's is
+            # one of the costliest) for a control nobody sees, until it is needed.
+            shown(self.width_box, [c[f"width{k}"] for k in range(len(s.layers))])
+            shown(self.x_box, [c[f"x{k}"] for k in range(s.n)])
+            shown(self.plane_box, [] if s.n <= 2 else [c["plane_a"], c["plane_b"]])
             self._pushed_step = step
             put("step", "value", step)
             put("step_auto", "value", s.step is None)

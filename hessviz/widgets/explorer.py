@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 import torch
+from ipywidgets.widgets.widget_string import HTMLStyle
 
 import hessviz as hv
 from hessviz.analysis import scientific
@@ -116,6 +117,23 @@ INTRO = (
 )
 
 
+def widgets_in(*roots: widgets.Widget) -> list[widgets.Widget]:
+    """Every widget the ``roots`` refer to, themselves included (children, layouts, styles…),
+    once each."""
+    found: dict[int, widgets.Widget] = {}
+    stack = list(roots)
+    while stack:
+        widget = stack.pop()
+        if id(widget) in found:
+            continue
+        found[id(widget)] = widget
+        for key in widget.keys:
+            value = getattr(widget, key)
+            values = value if isinstance(value, list | tuple) else (value,)
+            stack.extend(v for v in values if isinstance(v, widgets.Widget))
+    return list(found.values())
+
+
 class HessianExplorer:
     """The interactive explorer of input Hessians of small MLPs.
 
@@ -192,6 +210,23 @@ class HessianExplorer:
         return cls(state, notes=notes, **kwargs)
 
     @classmethod
+    def warm_up(cls) -> None:
+        """Pay a kernel's one-time costs of a first explorer now, before anyone waits for it.
+
+        Builds an explorer of the default view and closes its widgets again: the engine's lazy
+        imports, torch's and plotly's first calls and the widgets' first instances made a fresh
+        kernel's first view take 0.6–0.8 s instead of 0.2–0.3 s (a busy 2-core machine). The
+        dashboard runs it in a pre-heated kernel, before the visitor arrives
+        (``hessviz.serve.wait_for_visitor(prepare=HessianExplorer.warm_up)``).
+        """
+        app = cls()
+        # The kernel's one plotly.js widget stays, for the explorers to come.
+        shared = {id(w) for w in widgets_in(app.panels["hessian"].plot._plotly)}
+        for widget in widgets_in(*app._parts()):
+            if id(widget) not in shared:
+                widget.close()
+
+    @classmethod
     def for_model(cls, model, x, *, input_names=None, output_names=None) -> ModelExplorer:
         """An explorer of any model the engine handles, at one input (notebooks, JupyterLab).
 
@@ -212,15 +247,18 @@ class HessianExplorer:
         return ModelExplorer(model, x, input_names=input_names, output_names=output_names)
 
     def _build_status(self) -> None:
-        # HTML widgets so that long lines wrap; every value is escaped (see set_text).
-        self.status = widgets.HTML(value="", layout=widgets.Layout(width="100%"))
+        # HTML widgets so that long lines wrap; every value is escaped (see set_text). They share
+        # one layout and one style (each Layout and Style is a widget model the page builds).
+        self._wide = wide = widgets.Layout(width="100%")
+        self._html_style = style = HTMLStyle()
+        self.status = widgets.HTML(value="", layout=wide, style=style)
         self.status.add_class("hv-status")
-        self.message = widgets.HTML(value="", layout=widgets.Layout(width="100%"))
+        self.message = widgets.HTML(value="", layout=wide, style=style)
         self.message.add_class("hv-message")
-        self.notes = widgets.VBox([], layout=widgets.Layout(width="100%"))
+        self.notes = widgets.VBox([], layout=wide)
         self.notes.add_class("hv-notes")
         self._note_labels: list[widgets.Label] = []
-        self.lesson_text = widgets.HTML(value="", layout=widgets.Layout(width="100%"))
+        self.lesson_text = widgets.HTML(value="", layout=wide, style=style)
         self.lesson_text.add_class("hv-lesson-box")
 
     def _lesson_links(self) -> str:
@@ -232,33 +270,55 @@ class HessianExplorer:
         return f"<div class='hv-help hv-intro-more'>Lessons as links: {links}</div>"
 
     def _build_layout(self) -> widgets.Widget:
+        wide, style = self._wide, self._html_style
         header = widgets.VBox(
             [
-                widgets.HTML(CSS + INTRO, layout=widgets.Layout(width="100%")),
+                widgets.HTML(CSS + INTRO, layout=wide, style=style),
                 widgets.HBox(
                     [self.controls["lesson"]],
                     layout=widgets.Layout(width="100%", max_width="620px"),
                 ),
-                widgets.HTML(self._lesson_links(), layout=widgets.Layout(width="100%")),
+                widgets.HTML(self._lesson_links(), layout=wide, style=style),
                 self.lesson_text,
             ],
-            layout=widgets.Layout(width="100%"),
+            layout=wide,
         )
         header.add_class("hv-header")
-        grid = widgets.Box(list(self._panels.sections.values()))
+        # A page builds the first panel first and the others once it has drawn the first plot:
+        # ~30 widget views fewer to build before the first heatmap (~0.2 s here).
+        self._grid = grid = widgets.Box([self._panels.sections["hessian"]])
         grid.add_class("hv-panels")
+        self.panels["hessian"].plot.on_drawn(self._show_every_panel)
         main = widgets.VBox([self.status, self.message, self.notes, grid])
         main.add_class("hv-main")
-        body = widgets.HBox([self._controls.column, main], layout=widgets.Layout(width="100%"))
+        body = widgets.HBox([self._controls.column, main], layout=wide)
         body.add_class("hv-body")
-        root = widgets.VBox([header, body], layout=widgets.Layout(width="100%"))
+        root = widgets.VBox([header, body], layout=wide)
         root.add_class("hv-app")
         return root
+
+    def _show_every_panel(self) -> None:
+        every = tuple(self._panels.sections.values())
+        if self._grid.children != every:
+            self._grid.children = every
+
+    def _parts(self) -> list[widgets.Widget]:
+        """The explorer's widgets, through what they refer to: the page, and what is not on it
+        now (hidden controls, panels not yet shown, spare note labels)."""
+        return [
+            self.root,
+            *self._panels.sections.values(),
+            *self.controls.values(),
+            *self._note_labels,
+        ]
 
     # -- public ----------------------------------------------------------------------------------
     @property
     def widget(self) -> widgets.Widget:
-        """The root widget to ``display`` (each plot's state is its figure: nothing to sync)."""
+        """The root widget to ``display`` (each plot's state is its figure: nothing to sync).
+
+        It shows the first panel at once and the other panels as soon as a page has drawn the
+        first plot (:meth:`~hessviz.widgets.figure_widget.PlotWidget.on_drawn`)."""
         return self.root
 
     def _repr_mimebundle_(self, **kwargs):
@@ -277,7 +337,7 @@ class HessianExplorer:
     @property
     def captions(self) -> dict[str, str]:
         """Panel name → its caption as plain text (words, the reading of the numbers, formula)."""
-        return {name: text_of(caption) for name, caption in self._panels.captions.items()}
+        return {name: self._panels.caption_text(name) for name in self._panels.captions}
 
     @property
     def model(self) -> torch.nn.Sequential:

@@ -72,48 +72,114 @@ function loadPlotly(model) {
 
 const STATE = ["change:spec", "change:config"];
 
+// First draws take turns, page-wide: one plot per task, the plots on screen first, so the browser
+// paints the first heatmap (and answers clicks) before it draws the plots further down, instead
+// of after all of them. A plot joins the queue once it is on the page with a width: plotly.js
+// then lays it out once, at its real size (a plot drawn before it is attached is drawn again
+// when it gets its width).
+const TURNS = (globalThis.__hessvizFirstDraws ??= { queue: [], running: false });
+
+function onScreen(el) {
+  const r = el.getBoundingClientRect();
+  return r.width > 0 && r.bottom > 0 && r.top < innerHeight && r.left < innerWidth;
+}
+
+const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+async function takeTurns() {
+  if (TURNS.running) return;
+  TURNS.running = true;
+  try {
+    await nextTask(); // plots laid out in the same frame all join before the first is chosen
+    while (TURNS.queue.length) {
+      const i = Math.max(0, TURNS.queue.findIndex((turn) => onScreen(turn.el)));
+      const [turn] = TURNS.queue.splice(i, 1);
+      await turn.draw().catch(() => undefined);
+      await nextTask(); // the browser may paint and handle input between two plots
+    }
+  } finally {
+    TURNS.running = false;
+  }
+}
+
+function firstDraw(el, draw) {
+  TURNS.queue.push({ el, draw });
+  takeTurns();
+}
+
+// Milliseconds after plotly.js is there after which a plot that has no width yet (e.g. in a hidden
+// container) is drawn anyway, at plotly.js's default size; it is resized once it gets a width.
+const UNSIZED_DRAW_MS = 1500;
+
 export default {
-  async render({ model, el }) {
+  // Returns at once: ipywidgets puts a view's element on the page only after `render` resolves,
+  // and the first draw waits for that (and for plotly.js).
+  render({ model, el }) {
     const countEarly = () => (STATS.replayed += 1);
     for (const event of STATE) model.on(event, countEarly);
     const div = document.createElement("div");
     div.className = "hv-plot";
     div.style.width = "100%";
     el.appendChild(div);
-    let Plotly;
-    try {
-      Plotly = await loadPlotly(model);
-    } catch (error) {
-      console.error("[hessviz] plotly.js did not load:", error);
-      div.textContent = "This plot could not load plotly.js; reload the page.";
-      return undefined;
-    } finally {
-      for (const event of STATE) model.off(event, countEarly);
-    }
+    let Plotly = null;
+    let disposed = false;
+    let queued = false;
+    let drawnWidth = -1;
     // Draws are chained, so they reach plotly in order and never overlap; plotly gets copies
     // (it writes into the objects it is given).
     let drawing = Promise.resolve();
     const draw = () => {
       drawing = drawing.catch(() => undefined).then(() => {
+        if (disposed) return undefined;
         const spec = structuredClone(model.get("spec") ?? {});
         const config = { responsive: true, displaylogo: false, ...model.get("config") };
         const layout = { autosize: true, ...(spec.layout ?? {}) };
+        drawnWidth = div.offsetWidth;
         return Plotly.react(div, spec.data ?? [], layout, config);
       });
       drawing.catch((error) => console.error("[hessviz] plotly.js could not draw:", error));
       return drawing;
     };
-    for (const event of STATE) model.on(event, draw);
-    await draw();
-    // The plot takes its container's width whenever that changes (first layout included).
+    const queueFirstDraw = () => {
+      if (queued || disposed || !Plotly) return;
+      queued = true;
+      firstDraw(el, async () => {
+        for (const event of STATE) model.on(event, draw);
+        await draw();
+        if (!disposed) model.send({ event: "drawn" }); // PlotWidget.on_drawn in the kernel
+      });
+    };
+    // The first draw once the plot has a width; later, the plot follows its container's width.
     const resize = new ResizeObserver(() => {
-      if (div.offsetWidth > 0) Plotly.Plots.resize(div);
+      if (div.offsetWidth === 0) return;
+      if (!queued) queueFirstDraw();
+      else if (drawnWidth >= 0 && div.offsetWidth !== drawnWidth) {
+        drawnWidth = div.offsetWidth;
+        Plotly.Plots.resize(div);
+      }
     });
-    resize.observe(el);
+    let unsized;
+    loadPlotly(model).then(
+      (loaded) => {
+        for (const event of STATE) model.off(event, countEarly);
+        if (disposed) return;
+        Plotly = loaded;
+        resize.observe(el); // reports a size once the element is on the page and laid out
+        unsized = setTimeout(queueFirstDraw, UNSIZED_DRAW_MS);
+      },
+      (error) => {
+        for (const event of STATE) model.off(event, countEarly);
+        console.error("[hessviz] plotly.js did not load:", error);
+        div.textContent = "This plot could not load plotly.js; reload the page.";
+      },
+    );
     return () => {
+      disposed = true;
+      clearTimeout(unsized);
       resize.disconnect();
       for (const event of STATE) model.off(event, draw);
-      Plotly.purge(div);
+      for (const event of STATE) model.off(event, countEarly);
+      if (Plotly) Plotly.purge(div);
     };
   },
 };

@@ -4,7 +4,10 @@
 and ``config``, synced traitlets); its browser side (``figure_widget.js``) draws that state with
 ``Plotly.react`` whenever it changes, and follows its container's width with a
 ``ResizeObserver``. Nothing is replayed and nothing needs syncing before display: a page that
-shows the widget later, or inside any container, draws the current state.
+shows the widget later, or inside any container, draws the current state. A page draws its plots'
+first figures one at a time, those on screen first, each once it is laid out at its width (one
+layout by plotly.js instead of two), so the first plot is on screen before the others are drawn;
+after its first draw a plot tells the kernel (:meth:`PlotWidget.on_drawn`).
 
 plotly.js (4.8 MB, shipped by plotly.py as ``package_data/plotly.min.js``) reaches a page once,
 whatever the number of plots: every plot points to this kernel's one :class:`PlotlyJS` widget,
@@ -20,7 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import anywidget
@@ -169,6 +172,16 @@ class PlotWidget(anywidget.AnyWidget):
     def to_plotly_json(self) -> dict:
         """The figure on display as a dict, like ``go.Figure.to_plotly_json``."""
         return self.figure.to_plotly_json()
+
+    def on_drawn(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` whenever a page has drawn this plot for the first time (once per
+        view; never where no page shows it, e.g. in tests or an executed HTML export)."""
+
+        def handle(_widget, content, _buffers) -> None:
+            if isinstance(content, Mapping) and content.get("event") == "drawn":
+                callback()
+
+        self.on_msg(handle)
 
 
 class PlotPanel:

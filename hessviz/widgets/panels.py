@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import ipywidgets as widgets
+from ipywidgets.widgets.widget_string import HTMLStyle
 
 from hessviz.analysis import scientific
 from hessviz.figures import (
@@ -27,6 +28,7 @@ from hessviz.figures import (
 )
 
 from .compute import ViewResults
+from .controls import text_of_html
 from .display import make_panel
 
 
@@ -100,12 +102,14 @@ PANELS: dict[str, PanelText] = {
 }
 
 
-def caption_html(text: PanelText, extra: str = "") -> str:
-    """A panel's caption: the plain words, ``extra`` (escaped), and the formula behind a click."""
+def caption_html(text: PanelText, extra: str = "", *, title: bool = False) -> str:
+    """A panel's caption: the plain words, ``extra`` (escaped), and the formula behind a click;
+    with ``title``, the panel's heading first (one widget for both: fewer to build and show)."""
     words = html.escape(text.caption)
+    heading = f"<h3 class='hv-panel-title'>{html.escape(text.title)}</h3>" if title else ""
     more = f"<div class='hv-reading'>{html.escape(extra)}</div>" if extra else ""
     return (
-        f"<div class='hv-caption'>{words}</div>{more}"
+        f"{heading}<div class='hv-caption'>{words}</div>{more}"
         f"<details class='hv-formula'><summary>the formula</summary>{html.escape(text.formula)}"
         "</details>"
     )
@@ -116,8 +120,9 @@ class Panels:
 
     Attributes:
         plots: panel name → :class:`~hessviz.widgets.figure_widget.PlotPanel`.
-        captions: panel name → its caption (an HTML widget, class ``hv-caption-<name>``).
-        sections: panel name → the whole panel (title, caption, extras, plot; class
+        captions: panel name → its title and caption (one HTML widget, class
+            ``hv-caption-<name>``).
+        sections: panel name → the whole panel (title and caption, extras, plot; class
             ``hv-panel hv-panel-<name>``).
     """
 
@@ -126,21 +131,29 @@ class Panels:
         self.plots = {name: make_panel(name) for name in PANELS}
         self.captions: dict[str, widgets.HTML] = {}
         self.sections: dict[str, widgets.VBox] = {}
+        self._readings = dict.fromkeys(PANELS, "")
+        # Seven panels share one layout and one style: each is a widget the page would build.
+        wide = widgets.Layout(width="100%")
+        section_layout = widgets.Layout(min_width="0", width="100%")
+        style = HTMLStyle()
         for name, text in PANELS.items():
-            title = widgets.HTML(f"<h3 class='hv-panel-title'>{html.escape(text.title)}</h3>")
-            caption = widgets.HTML(caption_html(text), layout=widgets.Layout(width="100%"))
+            caption = widgets.HTML(caption_html(text, title=True), layout=wide, style=style)
             caption.add_class(f"hv-caption-{name}")
             self.captions[name] = caption
             section = widgets.VBox(
-                [title, caption, *extras.get(name, []), self.plots[name].box],
-                layout=widgets.Layout(min_width="0", width="100%"),
+                [caption, *extras.get(name, []), self.plots[name].box], layout=section_layout
             )
             section.add_class("hv-panel")
             section.add_class(f"hv-panel-{name}")
             self.sections[name] = section
 
+    def caption_text(self, name: str) -> str:
+        """Panel ``name``'s caption as plain text, without its title."""
+        return text_of_html(caption_html(PANELS[name], self._readings[name]))
+
     def _caption(self, name: str, extra: str) -> None:
-        value = caption_html(PANELS[name], extra)
+        self._readings[name] = extra
+        value = caption_html(PANELS[name], extra, title=True)
         if self.captions[name].value != value:
             self.captions[name].value = value
 
