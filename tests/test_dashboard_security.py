@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Calls that evaluate or deserialize code; none belongs in the package or the dashboard.
 EVALUATING = re.compile(
-    r"(?<![\w.])(eval|exec|compile|__import__|execfile)\s*\(|\bliteral_eval\b|\bpickle\b"
+    r"(?<![\w.])(?<!def )(eval|exec|compile|__import__|execfile)\s*\(|\bliteral_eval\b|\bpickle\b"
     r"|\bmarshal\b|\bos\.system\b|\bsubprocess\b|\bimport_module\b|\btorch\.load\b"
     r"|\byaml\.(unsafe_)?load\b|shell\s*=\s*True|\bget_ipython\b|\brun_cell\b"
 )
@@ -80,6 +80,8 @@ def test_no_code_is_evaluated_anywhere_in_the_package_or_the_dashboard():
     ]
     assert not found, found
     assert EVALUATING.search("x = eval(text)") and not EVALUATING.search("re.compile('a')")
+    assert EVALUATING.search("compile(src, 'f', 'exec')")
+    assert not EVALUATING.search("def compile(f):")  # a definition (hv.compile), not a call
 
 
 def text_inputs(root: widgets.Widget) -> list[widgets.Widget]:
