@@ -8,6 +8,9 @@ The grid: CPU (or ``--device cuda``), float64, tanh MLPs ``hv.mlp([n] + [width] 
 batched inputs. Methods: ``"auto"`` and every entry of ``hv.METHODS`` that computes the task, plus
 the peers in :mod:`peers` (torch.autograd.functional, torch.func, the seed threads' loop and, when
 installed, JAX under ``jit``). Every result is checked against torch.func before it is timed.
+
+``--suite graph|pinn|tiny`` runs ``graph_models.py``, ``pinn.py`` (PINN Laplacians vs folx, JAX,
+torch.compile, jet) or ``tiny.py`` (tiny-model latency vs JAX jit, torch.compile) instead.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]  # this checkout's hessviz; the helper modules beside us
+# numpy's OpenBLAS (the pinn suite's GEMM rates): one thread; read when torch loads numpy
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import peers  # noqa: E402
 import report  # noqa: E402
@@ -100,10 +105,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-jax", action="store_true", help="leave JAX out even if installed")
     ap.add_argument(
         "--suite",
-        choices=("all", "grid", "graph"),
+        choices=("all", "grid", "graph", "pinn", "tiny"),
         default="all",
         help="grid: the tanh-MLP grid above; graph: user-style models through the graph engine "
-        "(benchmarks/graph_models.py, CPU; results/graph.*); all (default): both",
+        "(benchmarks/graph_models.py, CPU; results/graph.*); all (default): both; "
+        "pinn: the PINN Laplacian grid vs folx, JAX, torch.compile, jet (benchmarks/pinn.py, "
+        "about 15 min; results/pinn.*); tiny: tiny-model latency vs JAX jit and torch.compile "
+        "(benchmarks/tiny.py, about 2 min; results/tiny.*)",
     )
     ap.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -407,7 +415,27 @@ def main(argv=None) -> int:
         run_grid(args)
     if args.suite in ("all", "graph"):
         run_graph_suite(args)
+    if args.suite in ("pinn", "tiny"):
+        run_side_by_side_suite(args)
     return 0
+
+
+def run_side_by_side_suite(args) -> None:
+    """benchmarks/pinn.py or tiny.py with this run's options (CPU, one thread, their own
+    grids: --tasks, --device, --threads and --memory do not apply)."""
+    import pinn
+    import tiny
+
+    suite = {"pinn": pinn, "tiny": tiny}[args.suite]
+    if not args.device.startswith("cpu") or args.threads != 1:
+        print(f"{args.suite} suite skipped: it runs on CPU with one thread only.")
+        return
+    argv = ["--quick"] if args.quick else []
+    argv += ["--rounds", str(args.rounds_given)] if args.rounds_given else []
+    argv += ["--budget", str(args.budget_given)] if args.budget_given else []
+    argv += ["--tag", args.tag_given] if args.tag_given else []
+    argv += ["--out", args.out] if Path(args.out).resolve() != HERE / "results" else []
+    suite.main(argv, command=" ".join(["./dev bench", *sys.argv[1:]]))
 
 
 def run_graph_suite(args) -> None:

@@ -45,13 +45,18 @@ def synchronizer(device: str) -> Callable[[], None]:
     return lambda: None
 
 
-def _timed(fn: Callable, calls: int, sync: Callable[[], None]) -> tuple[float, object]:
+def _timed(
+    fn: Callable,
+    calls: int,
+    sync: Callable[[], None],
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[float, object]:
     sync()
-    start = time.perf_counter()
+    start = clock()
     for _ in range(calls):
         result = fn()
     sync()
-    return (time.perf_counter() - start) / calls, result
+    return (clock() - start) / calls, result
 
 
 def warm_up(fn: Callable, sync: Callable[[], None], slow_s: float) -> tuple[float, object]:
@@ -76,12 +81,15 @@ def interleaved(
     budget_s: float,
     rewarm_below_s: float = 0.1,
     on_round: Callable[[int, int], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Timing]:
     """Time every callable in rotating order; ``budget_s`` caps one method's total time.
 
     Each sample is preceded by one untimed call (for methods faster than ``rewarm_below_s``), so
     a sample measures steady-state calls, not the first call after another method evicted caches
     and freed memory: otherwise a method's time would depend on how many calls share a sample.
+    ``clock``: wall time by default; ``time.process_time`` (CPU time of the whole process, all
+    threads) leaves out the time the process waits for a core on a shared machine.
     """
     names = list(fns)
     calls = {k: max(1, int(min_sample_s / max(estimates[k], 1e-7))) for k in names}
@@ -96,7 +104,7 @@ def interleaved(
             if r < runs[k]:
                 if estimates[k] < rewarm_below_s:
                     fns[k]()  # untimed: caches and pages warm again after the other methods
-                samples[k].append(_timed(fns[k], calls[k], sync)[0])
+                samples[k].append(_timed(fns[k], calls[k], sync, clock)[0])
         if on_round:
             on_round(r + 1, total)
     out = {}
