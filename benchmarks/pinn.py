@@ -15,7 +15,7 @@ The peers (each skipped with a note when its package is absent), all ``(B, 1)``:
 - ``folx``: ``jax.jit(jax.vmap(lambda x: folx.forward_laplacian(u)(x).laplacian))``, the way
   folx's users batch it (folx's default: dense, no sparsity);
 - ``JAX jvp∘jvp``: ``jax.jit`` of ``Σ_j ∂²u/∂e_j²`` by jvp∘jvp, vmapped over the basis and the
-  batch (forward-over-forward; XLA merges the two identical first-order tangents);
+  batch (forward-over-forward);
 - ``torch.func``: the same jvp∘jvp, ``torch.func.vmap`` over basis and batch, eager;
 - ``compiled``: ``torch.compile`` of that torch.func function (its first call — the compile —
   is reported apart; the ratio is of steady-state calls);
