@@ -44,6 +44,7 @@ import peers  # noqa: E402
 import timing  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from sidebyside import code_version, loadavg  # noqa: E402 - one copy, shared with pinn/tiny
 from torch import nn  # noqa: E402
 
 TOL = 1e-8
@@ -220,14 +221,6 @@ def fmt_ms(s: float) -> str:
 
 def fmt_x(x: float) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.2f}x"
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,21 +667,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.tag = args.tag or ("quick-graph" if args.quick else "graph")
     args.argv = sys.argv[1:] if argv is None else list(argv)
     return args
-
-
-def code_version() -> str:
-    """The commit measured, and whether hessviz/ had uncommitted changes."""
-    import subprocess
-
-    def git(*a):
-        proc = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-
-    head = git("rev-parse", "--short", "HEAD")
-    if not head:
-        return "unknown (not a git checkout)"
-    dirty = git("status", "--porcelain", "--", "hessviz")
-    return head + (" with uncommitted changes in hessviz/" if dirty else "")
 
 
 def environment(args) -> dict:
