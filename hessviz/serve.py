@@ -17,12 +17,17 @@ and kernel state do not land in the home directory (set ``JUPYTER_RUNTIME_DIR`` 
 
 Kernels of this server get :data:`SERVE_ENV` set, so :func:`page_url` can tell the dashboard the
 address the visitor opened (for its share link), and :data:`PLOTLY_JS_ENV`: Voila serves
-plotly.js (its ``extra_labextensions_path`` setting, pointed at a folder holding only that file)
-and the dashboard's plots load it from there, once per page, cached by the browser (see
-:mod:`hessviz.widgets.figure_widget`).
+plotly.js (its ``extra_labextensions_path`` setting, pointed at a folder holding only that file:
+plotly.js's cartesian bundle where ``./dev`` installed it, else plotly.py's full one, see
+:mod:`hessviz._plotly_bundle`) and the dashboard's plots load it from there, once per page (see
+:mod:`hessviz.widgets.figure_widget`). The file's name carries its version and bundle, so this
+server lets browsers cache it for good (jupyter_server's ``static_immutable_cache`` setting, through
+Voila's ``tornado_settings``): a later page view does not ask for it again.
 
 The module is also a Jupyter server extension, for Voila running inside a Jupyter server (Binder:
-``binder/jupyter_server_config.json`` enables it). It serves plotly.js there too. Voila's bug
+``binder/jupyter_server_config.json`` enables it). It serves plotly.js there too, under a fixed
+name (the template's URL is in that static configuration file), so browsers revalidate it on each
+page view (a ``304 Not Modified``, no download) rather than cache it for good. Voila's bug
 voila#1458 (closed pages keep their kernels) is worked around in :mod:`hessviz._shims`.
 Importing this module does not import torch (see :mod:`hessviz`), so no server holds torch for
 nothing.
@@ -34,7 +39,6 @@ import argparse
 import asyncio
 import atexit
 import functools
-import importlib.util
 import os
 import re
 import shutil
@@ -47,6 +51,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from . import _plotly_bundle
+
 DASHBOARD = Path("notebooks") / "dashboard.ipynb"
 #: hessviz's Voila template, in ``share/jupyter/voila/templates/`` of the checkout.
 TEMPLATE = "hessviz"
@@ -56,8 +62,6 @@ SERVE_ENV = "HESSVIZ_SERVE"
 PLOTLY_JS_ENV = "HESSVIZ_PLOTLY_JS_PATH"
 #: Where the Jupyter server extension serves plotly.js (``plotly.min.js?v=<version>``).
 PLOTLY_JS_ROUTE = "hessviz/static"
-#: plotly.js as plotly.py ships it (the same file its offline HTML export embeds).
-PLOTLY_JS_FILE = ("package_data", "plotly.min.js")
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")  # name, IPv4 or [IPv6]
 _PORT = re.compile("[0-9]{1,5}")
 _SCHEMES = ("http", "https")
@@ -165,35 +169,34 @@ def _has_template(root: Path) -> bool:
 
 
 def plotly_js_file() -> Path:
-    """plotly.py's copy of plotly.js, found without importing plotly (this server does not)."""
-    spec = importlib.util.find_spec("plotly")
-    if spec is None or spec.origin is None:
-        raise SystemExit("hessviz.serve: plotly is not installed (pip install 'hessviz[explorer]')")
-    return Path(spec.origin).parent.joinpath(*PLOTLY_JS_FILE)
+    """The plotly.js file pages get: plotly.js's cartesian bundle where ``./dev`` or
+    ``binder/postBuild`` installed it, else plotly.py's full copy (see
+    :func:`hessviz._plotly_bundle.bundle`); found without importing plotly (this server does not).
+    """
+    return _plotly_bundle.bundle()
 
 
-@functools.cache
 def plotly_js_version() -> str:
-    """The version of :func:`plotly_js_file`, from its header comment (e.g. ``"4.1.1"``)."""
-    with plotly_js_file().open(encoding="utf-8") as f:
-        head = f.read(200)
-    return head.split("plotly.js v", 1)[1].split()[0]
+    """The version of :func:`plotly_js_file`: plotly.py's plotly.js (e.g. ``"4.1.1"``)."""
+    return _plotly_bundle.full_version()
 
 
-def plotly_js_folder() -> Path:
-    """A temporary folder holding only ``hessviz/plotly-<version>.min.js`` (plotly's file).
+def plotly_js_folder(name: str | None = None) -> Path:
+    """A temporary folder holding only ``hessviz/<name>``: :func:`plotly_js_file`, by default
+    named for its bundle and version (``plotly-cartesian-4.1.1.min.js``, ``plotly-4.1.1.min.js``).
 
     Voila serves it, through its own ``extra_labextensions_path`` setting, at
     ``<base>/voila/labextensions/hessviz/<name>``; the folder is removed at exit.
     """
+    source = plotly_js_file()
     folder = Path(tempfile.mkdtemp(prefix="hessviz-static-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     (folder / "hessviz").mkdir()
-    target = folder / "hessviz" / f"plotly-{plotly_js_version()}.min.js"
+    target = folder / "hessviz" / (name or _plotly_bundle.served_name(source))
     try:  # Voila refuses to serve a symbolic link that leads out of the folder
-        os.link(plotly_js_file(), target)
+        os.link(source, target)
     except OSError:  # another file system
-        shutil.copyfile(plotly_js_file(), target)
+        shutil.copyfile(source, target)
     return folder
 
 
@@ -249,6 +252,14 @@ def main(argv: list[str] | None = None) -> None:
         ]
     app.initialize(voila_argv(notebook.relative_to(root), port, [*ours, *extra]))  # extra wins
     base = "/" + app.base_url.strip("/") + "/" if app.base_url.strip("/") else "/"
+    # The file's name says its version and bundle: browsers may keep it (jupyter_server's setting
+    # for such files; Voila applies tornado_settings when it starts, and marks its
+    # labextensions "no-cache" otherwise).
+    immutable = [*app.tornado_settings.get("static_immutable_cache", [])]
+    app.tornado_settings = {
+        **app.tornado_settings,
+        "static_immutable_cache": [*immutable, f"{base}voila/labextensions/hessviz/"],
+    }
     # Kernels (started by app.start()) inherit the environment: they learn they run here, and
     # where plotly.js is.
     os.environ[SERVE_ENV] = "1"
@@ -309,12 +320,15 @@ def _load_jupyter_server_extension(server_app) -> None:
     from jupyter_server.utils import url_path_join
 
     base_url = server_app.web_app.settings["base_url"]
-    file = plotly_js_file()
-    route = url_path_join(base_url, PLOTLY_JS_ROUTE, f"({re.escape(file.name)})")
-    server_app.web_app.add_handlers(".*$", [(route, FileFindHandler, {"path": str(file.parent)})])
-    # The version in the query: a new plotly is a new URL for the browser's cache.
-    path = url_path_join(base_url, PLOTLY_JS_ROUTE, file.name)
-    os.environ[PLOTLY_JS_ENV] = f"{path}?v={plotly_js_version()}"
+    # A fixed name, "plotly.min.js": binder/jupyter_server_config.json gives hessviz's template
+    # that URL (without a version: browsers revalidate it, "no-cache").
+    folder = plotly_js_folder("plotly.min.js") / "hessviz"
+    route = url_path_join(base_url, PLOTLY_JS_ROUTE, r"(plotly\.min\.js)")
+    server_app.web_app.add_handlers(".*$", [(route, FileFindHandler, {"path": str(folder)})])
+    # Version and bundle in the query: another plotly.js is another URL for the browser's cache.
+    path = url_path_join(base_url, PLOTLY_JS_ROUTE, "plotly.min.js")
+    variant = "-cartesian" if plotly_js_file() != _plotly_bundle.full_bundle() else ""
+    os.environ[PLOTLY_JS_ENV] = f"{path}?v={plotly_js_version()}{variant}"
 
 
 async def _start_jupyter_server_extension(server_app) -> None:

@@ -48,7 +48,7 @@ from test_dashboard_browser import (  # noqa: F401 - fixtures and helpers of the
 )
 from test_explorer import HOSTILE as EXPLORER_HOSTILE
 
-from hessviz import serve
+from hessviz import _plotly_bundle, serve
 from hessviz.widgets import ExplorerState, HessianExplorer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -381,11 +381,18 @@ def test_only_the_dashboard_is_served(dashboard, server_pid):  # noqa: F811
     assert not exposed, exposed
     # None of those requests started a kernel (each would hold ~400 MB until culled).
     assert set(kernels(server_pid)) == before
-    # The one static file hessviz adds: plotly.js, through Voila's extra_labextensions_path.
-    status, body = fetch(
-        f"{base}/voila/labextensions/hessviz/plotly-{serve.plotly_js_version()}.min.js"
-    )
-    assert status == 200 and len(body) > 1_000_000 and "plotly.js v" in body[:200]
+    # The one static file hessviz adds: plotly.js (its cartesian bundle where ./dev installed it),
+    # through Voila's extra_labextensions_path.
+    name = _plotly_bundle.served_name(serve.plotly_js_file())
+    with urllib.request.urlopen(f"{base}/voila/labextensions/hessviz/{name}") as response:
+        status, body = response.status, response.read().decode()
+        cache = response.headers["Cache-Control"]
+    assert status == 200 and len(body) > 1_000_000
+    assert f"v{serve.plotly_js_version()}" in body[:200] and "plotly.js" in body[:200]
+    # Its name says its version and bundle: browsers keep it (Voila's own setting is "no-cache").
+    assert cache == "public, max-age=31536000, immutable", cache
+    with urllib.request.urlopen(f"{base}/voila/labextensions/anywidget/package.json") as response:
+        assert response.headers["Cache-Control"] == "no-cache"  # Voila's own files: as they were
 
 
 @pytest.mark.browser

@@ -3,10 +3,11 @@
 //
 // Public APIs only: anywidget's `render({model, el})` and `model.get`/`model.on`, plotly.js's
 // `Plotly.react`, `Plotly.Plots.resize` and `Plotly.purge`, the browser's `ResizeObserver`.
-// plotly.js (4.8 MB) is loaded once per page, whatever the number of plots: from the URL the
-// PlotlyJS widget names (a server that serves it, cached by the browser), else from the code that
-// widget carries (sent once through the kernel). Every draw reads the model's current state, so
-// a change that arrives while plotly.js loads is simply part of the first draw.
+// plotly.js (its 1.5 MB cartesian bundle, or plotly.py's full 4.8 MB) is loaded once per page,
+// whatever the number of plots: from the URL the PlotlyJS widget names (a server that serves
+// it), else from the code that widget carries (sent once through the kernel). Every draw reads
+// the model's current state, so a change that arrives while plotly.js loads is simply part of
+// the first draw.
 
 const LOADS = (globalThis.__hessvizPlotlyCode ??= new Map()); // code key -> Promise<Plotly>
 // What the browser tests read: plotly.js loads, from where ("url": the server's, fetched by the page

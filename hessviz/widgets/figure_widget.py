@@ -9,11 +9,14 @@ first figures one at a time, those on screen first, each once it is laid out at 
 layout by plotly.js instead of two), so the first plot is on screen before the others are drawn;
 after its first draw a plot tells the kernel (:meth:`PlotWidget.on_drawn`).
 
-plotly.js (4.8 MB, shipped by plotly.py as ``package_data/plotly.min.js``) reaches a page once,
-whatever the number of plots: every plot points to this kernel's one :class:`PlotlyJS` widget,
-which names a URL where the server serves it (``hessviz.serve`` and its Jupyter server extension
-do; the browser caches it) or else carries the code itself, sent once through the kernel.
-Works wherever anywidget does: Voila, JupyterLab, Notebook 7, Binder.
+plotly.js reaches a page once, whatever the number of plots: every plot points to this kernel's
+one :class:`PlotlyJS` widget, which names a URL where the server serves it (``hessviz.serve`` and
+its Jupyter server extension do) or else carries the code itself, sent once through the kernel.
+That code is plotly.js's official cartesian bundle (1.5 MB: scatter, bar, heatmap, contour…)
+where ``./dev`` or ``binder/postBuild`` installed it, else plotly.py's full one (4.8 MB), see
+:mod:`hessviz._plotly_bundle`; a figure with a trace type the page's bundle lacks is refused
+with a message rather than drawn blank. Works wherever anywidget does: Voila, JupyterLab,
+Notebook 7, Binder.
 
 :class:`PlotPanel` is one explorer panel: a PlotWidget in a box with a stable CSS class.
 """
@@ -33,9 +36,10 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import traitlets
 
+from .. import _plotly_bundle
 from ..serve import PLOTLY_JS_ENV, plotly_js_file, plotly_js_version
 
-#: plotly.js as plotly.py ships it (the same file its offline HTML export embeds).
+#: The plotly.js file pages get (the cartesian bundle if installed, else plotly.py's full one).
 PLOTLY_JS = plotly_js_file()
 #: Options every plot gets unless its ``config`` says otherwise.
 DEFAULT_CONFIG = {"responsive": True, "displaylogo": False}
@@ -91,6 +95,25 @@ def figure_json(figure: go.Figure | Mapping) -> dict:
     spec = figure.to_plotly_json() if isinstance(figure, go.Figure) else figure
     spec = {"data": list(spec.get("data") or []), "layout": dict(spec.get("layout") or {})}
     return json.loads(pio.to_json(_decode_typed_arrays(spec), validate=False, engine="json"))
+
+
+def check_trace_types(spec: Mapping) -> None:
+    """Refuse a figure that the page's plotly.js would leave blank (a trace type it lacks).
+
+    Example:
+        >>> check_trace_types({"data": [{"type": "heatmap"}, {"y": [1, 2]}]})  # scatter
+        >>> "scatter" in _plotly_bundle.trace_types(PLOTLY_JS)
+        True
+    """
+    known = _plotly_bundle.trace_types(PLOTLY_JS)
+    missing = {trace.get("type", "scatter") for trace in spec.get("data", [])} - known
+    if missing:
+        raise ValueError(
+            f"PlotWidget: trace type(s) {', '.join(sorted(missing))} are not in the plotly.js "
+            f"this environment serves ({PLOTLY_JS.name}: {', '.join(sorted(known))}); set "
+            f"{_plotly_bundle.BUNDLE_ENV}=full for the server and kernel to serve plotly.py's "
+            "full bundle, or use go.FigureWidget"
+        )
 
 
 def _decode_typed_arrays(value):
@@ -166,8 +189,10 @@ class PlotWidget(anywidget.AnyWidget):
 
     @figure.setter
     def figure(self, figure: go.Figure | Mapping) -> None:
+        spec = figure_json(figure)
+        check_trace_types(spec)
         self._figure = figure
-        self.spec = figure_json(figure)  # an equal spec sends nothing (traitlets compares)
+        self.spec = spec  # an equal spec sends nothing (traitlets compares)
 
     def to_plotly_json(self) -> dict:
         """The figure on display as a dict, like ``go.Figure.to_plotly_json``."""
