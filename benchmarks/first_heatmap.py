@@ -8,11 +8,17 @@
   extension, hessviz's template and extension), no pre-heated kernel either.
 
 Each view is a fresh browser context in headless Chromium (Debian's ``/usr/bin/chromium``) with
-every non-local request blocked; it waits until the server and its kernels are idle first, then
-times page open → the Hessian panel holds a heatmap, and → all seven panels are drawn (the lower
-panels join the page after the first heatmap), with the widget views on the page at each point.
-The load average before each view is printed with it: these machines are shared, and a busy CPU
-stretches every number.
+every non-local request blocked. Before it, the previous view's page is closed (its unload
+handlers run, so the page asks its server to end its kernel) and the servers are idle: their
+processes use < 10 % CPU for a whole second, the previous view's kernel is gone where the server
+ends closed pages' kernels (``warm``, ``binder``: hessviz's shim; plain Voila, ``cold``, keeps
+them until the idle cull, voila#1458, so there they stay, idle, as on a real server), and, warm,
+a pre-heated kernel that no page has used yet is waiting. A server that is not idle within two
+minutes is reported, and the view is marked. Then it times page open → the Hessian panel shows a
+heatmap (drawn, and visible: Voila's loading screen gone, the plot laid out), and → all seven
+panels are drawn (the lower panels join the page after the first heatmap), with the widget views
+on the page at each point. The load average before each view is printed with it: these machines
+are shared, and a busy CPU stretches every number.
 
 With ``--against PATH`` (another checkout, e.g. ``git worktree add /tmp/before HEAD~1``) the
 views take turns between the two, one server each, so that both see the same load: on a shared
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -45,14 +52,20 @@ sys.path.insert(0, str(ROOT))
 from hessviz.serve import free_port  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
+KERNEL_FILE = re.compile(r"kernel-([0-9a-f-]{36})\.json")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",  # fmt: skip
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--disable-dev-shm-usage"]  # fmt: skip
 QUERY = "n=2&m=2&layers=8,8&act=tanh&seed=0&x=0.3,-1"
-#: The Hessian panel holds a heatmap; then the number of widget views on the page (each
-#: ipywidgets view's element has the class ``jupyter-widgets``), else ``false``.
+#: The Hessian panel shows a heatmap: plotly.js has drawn its image (``gd.data`` alone is set
+#: before drawing), and the visitor can see it (a plot in a hidden container is drawn anyway
+#: after 1.5 s, and Voila keeps its cells hidden behind the loading screen until they have run);
+#: then the number of widget views on the page (each ipywidgets view's element has the class
+#: ``jupyter-widgets``), else ``false``.
 HEATMAP = """() => { const d = document.querySelector('.hv-fig-hessian .js-plotly-plot');
-    return !!(d && d.data && d.data.length && d.data[0].z && d.data[0].z.length > 0)
+    return !!(d && d.data && d.data.length && d.data[0].z && d.data[0].z.length > 0
+              && d.querySelector('.hm image') && d.offsetWidth > 0 && d.checkVisibility()
+              && !document.getElementById('loading'))
         && document.querySelectorAll('.jupyter-widgets').length; }"""
 #: Every panel drawn: the page is complete (its lower panels come after the first heatmap).
 ALL_DRAWN = """() => { const p = document.querySelectorAll('[class*="hv-fig-"] .js-plotly-plot');
@@ -85,10 +98,30 @@ def server(mode: str, port: int, tmp: Path, root: Path = ROOT) -> tuple[list[str
     return command, env, "api/status?token=t", "voila/render/notebooks/dashboard.ipynb?token=t&"
 
 
-def wait_until_idle(pid: int, need_kernel: bool, seconds: float = 120) -> None:
-    """Until the server and its kernels use < 10 % CPU (and, warm, the pre-heated kernel exists)."""
+def kernels(pid: int) -> dict[str, psutil.Process]:
+    """Kernel id → process, for the kernels of the server ``pid`` (from their connection files,
+    ``kernel-<id>.json``)."""
+    found = {}
+    for process in psutil.Process(pid).children(recursive=True):
+        try:
+            match = KERNEL_FILE.search(" ".join(process.cmdline()))
+        except psutil.Error:
+            continue
+        if match:
+            found[match.group(1)] = process
+    return found
+
+
+def wait_until_idle(
+    pid: int, *, fresh_kernel: bool, gone: set[str], used: set[str], seconds: float = 120
+) -> bool:
+    """Until the server ``pid`` and its processes use < 10 % CPU for two samples in a row (one
+    second), no kernel in ``gone`` is left and, if ``fresh_kernel``, one of its kernels is not
+    in ``used`` (a pre-heated kernel waiting for a page; a kernel a page has used does not
+    count). ``False`` if that did not happen within ``seconds``."""
     root = psutil.Process(pid)
     deadline = time.monotonic() + seconds
+    quiet = 0
     while time.monotonic() < deadline:
         family = [root, *root.children(recursive=True)]
         for process in family:
@@ -103,8 +136,12 @@ def wait_until_idle(pid: int, need_kernel: bool, seconds: float = 120) -> None:
                 busy += process.cpu_percent(None)
             except psutil.Error:
                 pass
-        if busy < 10 and (len(family) > 1 or not need_kernel):
-            return
+        quiet = quiet + 1 if busy < 10 else 0
+        alive = set(kernels(pid))
+        waiting = bool(alive - used) or not fresh_kernel
+        if quiet >= 2 and waiting and not alive & gone:
+            return True
+    return False
 
 
 def measure(mode: str, views: int, roots: list[Path]) -> dict[Path, list[tuple[float, ...]]]:
@@ -114,6 +151,8 @@ def measure(mode: str, views: int, roots: list[Path]) -> dict[Path, list[tuple[f
     hits each alike."""
     servers, logs, tmps = {}, [], []
     times: dict[Path, list[tuple[float, ...]]] = {root: [] for root in roots}
+    used: dict[Path, set[str]] = {root: set() for root in roots}  # kernels pages have had
+    ends_kernels = mode != "cold"  # plain Voila keeps closed pages' kernels (voila#1458)
     try:
         for root in roots:
             port = free_port()
@@ -133,20 +172,31 @@ def measure(mode: str, views: int, roots: list[Path]) -> dict[Path, list[tuple[f
                         break
                 except OSError:
                     time.sleep(0.2)
+            else:
+                raise SystemExit(f"{mode} server of {root} did not answer: {tmp / 'server.log'}")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
             for view in range(views):
                 for root in roots if view % 2 == 0 else roots[::-1]:
                     process, url = servers[root]
-                    for other, _ in servers.values():
-                        wait_until_idle(other.pid, need_kernel=mode == "warm")
-                    times[root].append(view_once(browser, url, mode))
-                    first, complete, load, views_first, views_all = times[root][-1]
+                    idle = all([
+                        wait_until_idle(
+                            other.pid, fresh_kernel=mode == "warm",
+                            gone=used[checkout] if ends_kernels else set(), used=used[checkout],
+                        )
+                        for checkout, (other, _) in servers.items()
+                    ])  # fmt: skip
+                    *result, kernel = view_once(browser, url, mode)
+                    used[root].add(kernel)
+                    times[root].append(tuple(result))
+                    first, complete, load, views_first, views_all = result
                     name = f" {root}" if len(roots) > 1 else ""
                     print(f"{mode:6}{name} view {view + 1}: page open -> first heatmap "
                           f"{first:5.2f} s ({views_first} widget views), all panels "
                           f"{complete:5.2f} s ({views_all}) (load average {load:.1f} on "
-                          f"{os.cpu_count()} CPUs)", flush=True)  # fmt: skip
+                          f"{os.cpu_count()} CPUs)"
+                          + ("" if idle else " [servers not idle after 120 s]"),
+                          flush=True)  # fmt: skip
             browser.close()
     finally:
         for process, _ in servers.values():
@@ -159,9 +209,9 @@ def measure(mode: str, views: int, roots: list[Path]) -> dict[Path, list[tuple[f
     return times
 
 
-def view_once(browser, url: str, mode: str) -> tuple[float, float, float, int, int]:
+def view_once(browser, url: str, mode: str) -> tuple[float, float, float, int, int, str]:
     """One page view in a fresh context: ``(first heatmap s, all panels s, load average, widget
-    views then, widget views at the end)``."""
+    views then, widget views at the end, the page's kernel id)``."""
     load = os.getloadavg()[0]
     context = browser.new_context(viewport={"width": 1366, "height": 768})
     tab = context.new_page()
@@ -172,9 +222,16 @@ def view_once(browser, url: str, mode: str) -> tuple[float, float, float, int, i
     first = time.perf_counter() - start
     views_all = tab.wait_for_function(ALL_DRAWN, timeout=180_000, polling=50).json_value()
     complete = time.perf_counter() - start
-    tab.close(run_before_unload=True)
+    kernel = tab.evaluate(
+        "() => JSON.parse(document.getElementById('jupyter-config-data').textContent).kernelId"
+    )
+    # Closed as a visitor closes it: the page's unload handlers ask the server to end its
+    # kernel. close(run_before_unload=True) does not wait for that; closing the context at once
+    # cut it short (2 of 3 warm kernels outlived their pages).
+    with tab.expect_event("close"):
+        tab.close(run_before_unload=True)
     context.close()
-    return first, complete, load, views_first, views_all
+    return first, complete, load, views_first, views_all, kernel
 
 
 def main() -> None:
