@@ -2,10 +2,18 @@
 
 A ``PlotPanel`` holds its figure as widget state and draws it with plotly.js's public
 ``Plotly.react``, following its container's width; nothing is synced before display, replayed or
-nudged. This module is the one place the explorer makes panels.
+nudged. This module is the one place the explorer makes panels, and where both explorers write
+the static copy of their figures that executed HTML exports show.
 """
 
 from __future__ import annotations
+
+import html
+import uuid
+from collections.abc import Mapping
+
+import plotly.graph_objects as go
+import plotly.io as pio
 
 from .figure_widget import PlotPanel
 
@@ -20,3 +28,40 @@ def make_panel(name: str) -> PlotPanel:
     ``rendered_key`` and ``show(spec, key)``.
     """
     return PlotPanel(name)
+
+
+def static_figure_html(figure: go.Figure, div_id: str) -> str:
+    """A ``<div>`` and the script that draws ``figure`` in it with ``Plotly.newPlot``.
+
+    If plotly.js is not on the page yet (it may be embedded further down, as nbconvert exports
+    place it with a notebook's first plotly figure), the plot is drawn once the page has loaded.
+    """
+    spec = pio.to_json(figure, validate=False).replace("</", "<\\/")
+    height = int(figure.layout.height or 450)
+    return (
+        f'<div id="{div_id}" style="width:100%;height:{height}px"></div>'
+        '<script type="text/javascript">(function () {'
+        f"var spec = {spec};"
+        f'function draw() {{ Plotly.newPlot("{div_id}", spec.data, spec.layout, '
+        '{"responsive": true, "displaylogo": false}); }'
+        'if (window.Plotly) { draw(); } else { window.addEventListener("load", draw); }'
+        "})();</script>"
+    )
+
+
+def static_copy_html(status: str, figures: Mapping[str, go.Figure]) -> str:
+    """A static copy of an explorer: its status line, then each figure under its title
+    (``figures``: title → figure), drawn with ``Plotly.newPlot`` (see :func:`static_figure_html`).
+
+    Class ``hv-static-copy``: the live explorer's style sheet hides it, so it shows only where the
+    widget cannot render (an executed notebook exported to HTML, opened offline).
+    """
+    parts = [
+        "<div class='hv-static-copy'>",
+        f"<p><b>hessviz explorer (a static copy):</b> {html.escape(status)}</p>",
+    ]
+    for title, figure in figures.items():
+        parts.append(f"<h4>{html.escape(title)}</h4>")
+        parts.append(static_figure_html(figure, f"hv-static-{uuid.uuid4().hex}"))
+    parts.append("</div>")
+    return "\n".join(parts)

@@ -33,6 +33,7 @@ from hessviz.analysis import scientific
 
 from .compute import DEFAULT_THREADS, Pipeline, ViewResults, torch_threads
 from .controls import CSS_CLASSES, Controls, set_text, text_of
+from .display import static_copy_html
 from .errors import ErrorGuard
 from .lessons import LESSONS
 from .panels import PANELS, Panels
@@ -105,6 +106,8 @@ CSS = f"""
 .hv-app .hv-panels {{ grid-template-columns: minmax(0, 1fr); }}
   .hv-app .hv-intro-more {{ display: none; }}
 }}
+/* The static copy of the figures that follows a displayed explorer, for HTML exports. */
+.hv-static-copy {{ display: none; }}
 </style>
 """
 
@@ -318,11 +321,39 @@ class HessianExplorer:
         """The root widget to ``display`` (each plot's state is its figure: nothing to sync).
 
         It shows the first panel at once and the other panels as soon as a page has drawn the
-        first plot (:meth:`~hessviz.widgets.figure_widget.PlotWidget.on_drawn`)."""
+        first plot (:meth:`~hessviz.widgets.figure_widget.PlotWidget.on_drawn`): the dashboard's
+        first view. Without a page (a notebook executed headless) that never happens; display
+        the explorer itself (``display(app)``) there, which shows every panel at once."""
         return self.root
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+    def _ipython_display_(self) -> None:
+        """Display every panel at once, then :meth:`static_html` as a second output.
+
+        Displayed as itself (``app`` as a cell's last line, ``display(app)``), the explorer does
+        not wait for a page to draw its first plot before it shows the other panels (what
+        :attr:`widget` does, for the dashboard's first view): the widget state a notebook saves
+        holds every panel, and so does its executed HTML export, whose static copy (hidden by the
+        live widget's style sheet) shows each figure where the widget cannot render.
+        """
+        from IPython.display import HTML, display
+
+        self._show_every_panel()
+        display(self.widget)
+        display(HTML(self.static_html()))
+
+    def static_html(self) -> str:
+        """The status line and every panel's figure as HTML drawn with ``Plotly.newPlot``.
+
+        Draws with the plotly.js on the page, wherever it is embedded (a notebook that sets
+        ``plotly.io.renderers.default = "plotly_mimetype+notebook"`` embeds it once, with its
+        first figure): each plot waits for the page to load if plotly.js is not there yet.
+        """
+        text = self.last_error or text_of(self.status)
+        titled = {PANELS[name].title: panel.figure for name, panel in self.panels.items()}
+        return static_copy_html(text, titled)
 
     @property
     def state(self) -> ExplorerState:

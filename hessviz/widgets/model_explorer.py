@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import html
 import time
-import uuid
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
-import plotly.io as pio
 import torch
 
 from hessviz.figures import hessian_spec, spectrum_spec
@@ -33,7 +31,7 @@ from hessviz.figures.model import diagonals_spec, node_terms_spec, with_names
 
 from .compute import torch_threads
 from .controls import set_text, text_of
-from .display import make_panel
+from .display import make_panel, static_copy_html
 from .errors import ErrorGuard
 from .model_compute import ModelCompute, ModelProblem, ModelResults, describe, short_reason
 from .panels import PanelText, caption_html
@@ -142,25 +140,6 @@ def model_name(model) -> str:
     if isinstance(model, torch.nn.Module):
         return type(model).__name__
     return getattr(model, "__name__", type(model).__name__)
-
-
-def static_figure_html(figure: go.Figure, div_id: str) -> str:
-    """A ``<div>`` and the script that draws ``figure`` in it with ``Plotly.newPlot``.
-
-    If plotly.js is not on the page yet (it may be embedded further down, as nbconvert exports
-    place it with a notebook's first plotly figure), the plot is drawn once the page has loaded.
-    """
-    spec = pio.to_json(figure, validate=False).replace("</", "<\\/")
-    height = int(figure.layout.height or 450)
-    return (
-        f'<div id="{div_id}" style="width:100%;height:{height}px"></div>'
-        '<script type="text/javascript">(function () {'
-        f"var spec = {spec};"
-        f'function draw() {{ Plotly.newPlot("{div_id}", spec.data, spec.layout, '
-        '{"responsive": true, "displaylogo": false}); }'
-        'if (window.Plotly) { draw(); } else { window.addEventListener("load", draw); }'
-        "})();</script>"
-    )
 
 
 class ModelExplorer:
@@ -462,15 +441,8 @@ class ModelExplorer:
         first figure): each plot waits for the page to load if plotly.js is not there yet.
         """
         text = self.status_text or self.last_error or ""
-        parts = [
-            "<div class='hv-static-copy'>",
-            f"<p><b>hessviz explorer (a static copy):</b> {html.escape(text)}</p>",
-        ]
-        for name, figure in self.figures.items():
-            parts.append(f"<h4>{html.escape(MODEL_PANELS[name].title)}</h4>")
-            parts.append(static_figure_html(figure, f"hv-static-{uuid.uuid4().hex}"))
-        parts.append("</div>")
-        return "\n".join(parts)
+        titled = {MODEL_PANELS[name].title: figure for name, figure in self.figures.items()}
+        return static_copy_html(text, titled)
 
     # -- updates ---------------------------------------------------------------------------------
     def _control_changed(self, _change) -> None:
