@@ -1,33 +1,53 @@
-"""An opt-in handle that runs the layer-wise kernels through ``torch.compile``.
+"""An opt-in handle that runs the layer-wise kernels compiled.
 
 Plain calls already skip their set-up from the second call on (:mod:`hessviz._hot`). What is
 left on small models is PyTorch's cost per operation: a 2-16-16-3 MLP's Hessian is ~25 tensor
-operations of a few microseconds each. ``torch.compile`` fuses them, at a price of seconds of
-compilation per request shape — a price only the caller can decide to pay, so it is paid here,
-in :func:`compile`, never in a plain call or in the explorer.
+operations of a few microseconds each. Compiling fuses them, at a price of seconds per request
+shape — a price only the caller can decide to pay, so it is paid here, in :func:`compile`, never
+in a plain call or in the explorer.
 
     >>> import torch, hessviz as hv
     >>> net = hv.mlp([2, 16, 16, 3], "tanh")
     >>> X = torch.randn(64, 2, dtype=torch.float64)
     >>> c = hv.compile(net, X, batched=True, ops=("hessian",))    # doctest: +SKIP
-    >>> torch.equal(c.hessian(X), hv.hessian(net, X, batched=True))  # doctest: +SKIP
+    >>> torch.allclose(c.hessian(X), hv.hessian(net, X, batched=True))  # doctest: +SKIP
     True
+
+Two compilers, tried in this order:
+
+- **ahead of time** (chains of Linear layers and activations: MLPs, PINNs, forwards lowered to a
+  chain): the kernel, as a function of the input and the layers' weights and biases, goes through
+  ``torch.export`` and AOTInductor into a shared library (~20 s per op). A call then costs the
+  library's arithmetic and a few microseconds, with no Python guards; the weights are passed at
+  every call, so trained weights are used.
+- **just in time** (``torch.compile``, every other layer-wise kernel, and chains where the first
+  failed).
 
 Each compiled kernel proves itself when it is built: its result on the example must equal the
 eager kernel's to round-off, or the op stays eager (``handle.kernels`` says which ran and why).
-A later call with another shape, dtype, device or a changed model takes the plain path
+A later call with another shape, dtype, device, a changed model (other modules, modes, settings,
+or parameter tensors replaced or re-laid out) or a non-finite input takes the plain path
 (validated, exact, uncompiled).
 """
 
 from __future__ import annotations
 
+import atexit
+import math
+import shutil
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from . import _hot, api
 from ._errors import HessvizError
+from .structured import chain
+from .structured.kernels import ChainRunner
 
 _PUBLIC = {
     "hessian": api.hessian,
@@ -42,7 +62,8 @@ class Compiled:
     """``f``'s derivatives for one request, with compiled kernels where they apply.
 
     Attributes:
-        kernels: per op, ``"compiled"`` or why it runs eagerly.
+        kernels: per op, ``"compiled ahead of time"``, ``"compiled"`` (``torch.compile``) or
+            why it runs eagerly.
         compile_seconds: per op, the seconds :func:`compile` spent compiling and checking it.
     """
 
@@ -54,12 +75,14 @@ class Compiled:
     _entries: dict = field(default_factory=dict, repr=False)
 
     def _run(self, op: str, x, v=None, flat=False):
-        entry = self._entries.get(op)
-        key = _hot.request_key(op, "auto", x, self.batched, self.outputs)
-        if entry is not None and key == entry[0]:
-            R = entry[1].run(self.f, x, v)
+        compiled = self._entries.get(op)
+        if (
+            compiled is not None
+            and _hot.request_key(op, "auto", x, self.batched, self.outputs) == compiled[0]
+        ):
+            R = compiled[1].run(self.f, x, v)
             if R is not None:
-                return entry[1].problem.shape_result(R, api._RESULT_AXES[op], flat)
+                return compiled[1].problem.shape_result(R, api._RESULT_AXES[op], flat)
         args = (self.f, x) if v is None else (self.f, x, v)
         kw = {"batched": self.batched, "outputs": self.outputs}
         return (
@@ -84,25 +107,30 @@ class Compiled:
 
 
 def compile(
-    f, x, *, batched: bool = False, outputs=None, ops=("hessian", "diagonal", "laplacian", "hvp")
+    f,
+    x,
+    *,
+    batched: bool = False,
+    outputs=None,
+    ops=("hessian", "diagonal", "laplacian", "hvp"),
+    ahead_of_time: bool = True,
 ) -> Compiled:
     """Compile ``f``'s Hessian kernels for inputs shaped like ``x`` (seconds per op, once).
 
     ``ops``: any of ``"hessian"``, ``"diagonal"``, ``"laplacian"``, ``"hvp"``. Each op is first
     computed the plain way (validated, method chosen, self-checked); when that ran the layer-wise
     engine — ``nn.Sequential`` networks and forwards lowered to a chain of layers — its kernel is
-    compiled and must reproduce the plain result on ``x`` before it is used. Other methods run as
-    plain calls. The handle's methods take the same arguments as the public functions, minus
-    ``f``, ``batched`` and ``outputs``.
+    compiled (ahead of time for chains unless ``ahead_of_time=False``, else by
+    ``torch.compile``) and must reproduce the plain result on ``x`` before it is used. Other
+    methods run as plain calls. The handle's methods take the same arguments as the public
+    functions, minus ``f``, ``batched`` and ``outputs``.
     """
     unknown = [op for op in ops if op not in _PUBLIC]
     if isinstance(ops, str) or unknown:
         raise HessvizError(f"compile: ops must be a tuple of {', '.join(_PUBLIC)}; got {ops!r}.")
     handle = Compiled(f, batched, outputs)
-    v = None
     for op in ops:
-        if op == "hvp":
-            v = torch.ones_like(x) if isinstance(x, torch.Tensor) else None
+        v = torch.ones_like(x) if op == "hvp" and isinstance(x, torch.Tensor) else None
         start = time.perf_counter()
         eager = handle._run(op, x, v)  # the plain path: validates and leaves the hot entry
         key = _hot.request_key(op, "auto", x, batched, outputs)
@@ -110,27 +138,155 @@ def compile(
         if entry is None or entry.method != "structured":  # the graph engine runs autograd
             handle.kernels[op] = f"eager: {api.auto_method(f, x, op=op, batched=batched)}"
             continue
-        fast = replace(entry, kernel=torch.compile(entry.kernel, dynamic=False))
-        p = entry.problem
-        X = x.detach().reshape(p.B, p.n)
-        p = replace(p, f=f) if p.f is None else p
-        args = (X, p.sel) if v is None else (X, v.detach().to(X.dtype).reshape(p.B, p.n), p.sel)
-        try:
-            with torch.no_grad():
-                R = fast.kernel(p, *args)  # compiles now, not in a later call
-        except Exception as err:  # noqa: BLE001 - no compiler, an unsupported op…: stay eager
-            R, why = (
-                None,
-                f"{type(err).__name__}: {(str(err).strip() or '?').splitlines()[0][:160]}",
-            )
-        if R is not None:
-            got = entry.problem.shape_result(R, api._RESULT_AXES[op], False)
-            tol = 1e3 * torch.finfo(got.dtype).eps
-            if torch.allclose(got, eager, rtol=tol, atol=tol * (1 + float(eager.abs().max()))):
-                handle._entries[op] = (key, fast)
-                handle.kernels[op] = "compiled"
-                handle.compile_seconds[op] = time.perf_counter() - start
+        tries = [(_ahead_of_time, "compiled ahead of time")] if ahead_of_time else []
+        why = []
+        for build, how in [*tries, (_just_in_time, "compiled")]:
+            try:
+                fast = build(entry, op, x, v)
+                R = fast.run(f, x, v)
+                if R is None:
+                    raise RuntimeError("the compiled kernel did not run")
+            except Exception as err:  # noqa: BLE001 - no compiler, an unsupported op…
+                why.append(f"{how}: {type(err).__name__}: {_first_line(err)}")
                 continue
-            why = "the compiled kernel disagreed with the eager one"
-        handle.kernels[op] = f"eager: {why}"
+            if _agrees(entry.problem.shape_result(R, api._RESULT_AXES[op], False), eager):
+                handle._entries[op] = (key, fast)
+                handle.kernels[op] = how
+                handle.compile_seconds[op] = time.perf_counter() - start
+                break
+            why.append(f"{how}: the compiled kernel disagreed with the eager one")
+        else:
+            handle.kernels[op] = "eager: " + "; ".join(why)
     return handle
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip() or "?").splitlines()[0][:160]
+
+
+def _agrees(got: torch.Tensor, eager: torch.Tensor) -> bool:
+    tol = 1e3 * torch.finfo(got.dtype).eps
+    return got.shape == eager.shape and torch.allclose(
+        got, eager, rtol=tol, atol=tol * (1 + float(eager.abs().max()))
+    )
+
+
+def _just_in_time(entry: _hot.Entry, op: str, x, v) -> _hot.Entry:
+    """The entry with its kernel through ``torch.compile`` (compiled at its first call)."""
+    return replace(entry, kernel=torch.compile(entry.kernel, dynamic=False))
+
+
+# --- ahead of time: torch.export + AOTInductor, for chains of Linear layers and activations ---
+
+
+class _Affine:
+    """A Linear layer's tensors, as the chain kernels read them."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.weight, self.bias, self.out_features = weight, bias, weight.shape[0]
+
+
+def _tensors(ch: chain.Chain) -> list:
+    """Every Linear layer's weight and bias, as they are now (what a compiled chain reads)."""
+    return [t for lin in ch.linears for t in (lin.weight, lin.bias) if t is not None]
+
+
+class _ChainProgram(nn.Module):
+    """``op``'s chain kernel as a function of tensors only, what ``torch.export`` takes: the
+    input ``X`` ``(B, n)``, for HVPs the directions ``V`` ``(B, n)``, then :func:`_tensors`. It
+    also returns the sum of ``X`` (and ``V``): one number tells the caller they were finite."""
+
+    def __init__(self, ch: chain.Chain, op: str, sel: tuple[int, ...]) -> None:
+        super().__init__()
+        self._derivs, self._op, self._sel = ch.derivs, op, sel
+        self._biased = tuple(lin.bias is not None for lin in ch.linears)  # as _tensors reads
+
+    def forward(self, X: torch.Tensor, *tensors: torch.Tensor):
+        V, tensors = (tensors[0], tensors[1:]) if self._op == "hvp" else (None, tensors)
+        it = iter(tensors)
+        ch = chain.Chain(
+            tuple(_Affine(next(it), next(it) if b else None) for b in self._biased), self._derivs
+        )
+        kernel = getattr(chain, self._op)
+        if V is None:
+            return kernel(ch, X, self._sel), X.sum()
+        return kernel(ch, X, V, self._sel), X.sum() + V.sum()
+
+
+def _settings(modules: tuple) -> list:
+    """``(module, name, value)`` of the activations' plain settings (softplus's ``beta``, …;
+    ``training`` is checked with the module tree): compiled in as constants."""
+    return [
+        (m, k, v)
+        for m in modules
+        for k, v in vars(m).items()
+        if isinstance(v, (bool, int, float, str)) and k != "training"
+    ]
+
+
+def _layout(tensors: list) -> tuple:
+    return tuple((t.shape, t.stride(), t.dtype, t.device) for t in tensors)
+
+
+@dataclass
+class _AheadOfTime:
+    """A chain kernel compiled ahead of time, with what its library assumes about ``f``."""
+
+    entry: _hot.Entry  # the plain path's entry: its checks of f and its problem
+    run_library: Callable  # [X, (V,) *tensors] -> [R, sum of inputs]
+    chain: chain.Chain
+    layout: tuple  # _layout of the tensors passed, when compiled
+    settings: list  # _settings of the activations, when compiled
+
+    @property
+    def problem(self):
+        return self.entry.problem
+
+    def run(self, f, x: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor | None:
+        """Like :meth:`hessviz._hot.Entry.run`: the ``(B, m, …)`` result or None."""
+        e, p = self.entry, self.entry.problem
+        tensors = _tensors(self.chain)
+        if (
+            _hot._tree(f, e.storages) != e.tree
+            or _layout(tensors) != self.layout
+            or any(m.__dict__.get(k, ...) != v for m, k, v in self.settings)
+            or not x.is_floating_point()
+            or (v is not None and (not isinstance(v, torch.Tensor) or v.shape != x.shape))
+        ):
+            return None
+        X = x.detach().reshape(p.B, p.n).contiguous()
+        args = (X,) if v is None else (X, v.detach().to(X.dtype).reshape(p.B, p.n).contiguous())
+        if e.reference is not None:
+            with torch.no_grad():
+                if not e._chain_agrees(f, X[:1].clone()):
+                    return None
+        try:
+            R, total = self.run_library([*args, *tensors])
+        except Exception:  # noqa: BLE001 - the plain path decides again and explains
+            return None
+        return R if math.isfinite(total) else None
+
+
+def _ahead_of_time(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
+    if not isinstance(entry.kernel, ChainRunner):
+        raise TypeError("not a chain of Linear layers and activations")
+    ch = entry.kernel.chain
+    if any(True for m in ch.activations for _ in (*m.parameters(), *m.buffers())):
+        raise TypeError("an activation holds tensors")
+    p = entry.problem
+    X = x.detach().reshape(p.B, p.n).contiguous()
+    V = () if v is None else (v.detach().to(X.dtype).reshape(p.B, p.n).contiguous(),)
+    tensors = [t.detach() for t in _tensors(ch)]
+    with torch.no_grad():
+        program = torch.export.export(_ChainProgram(ch, op, p.sel), (X, *V, *tensors))
+    folder = Path(tempfile.mkdtemp(prefix="hessviz-aot-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    package = torch._inductor.aoti_compile_and_package(
+        program, package_path=str(folder / f"{op}.pt2")
+    )
+    library = torch._inductor.aoti_load_package(package)
+    # The package's own __call__ re-reads its input and output specs on every call (~15 µs);
+    # its loader's run (AOTInductor's C++ API) takes the flat list of tensors directly.
+    loader = getattr(library, "loader", None)
+    run = loader.run if hasattr(loader, "run") else lambda args: library(*args)
+    return _AheadOfTime(entry, run, ch, _layout(_tensors(ch)), _settings(ch.activations))

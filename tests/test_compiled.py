@@ -11,6 +11,8 @@ from torch import nn
 import hessviz as hv
 
 D = torch.float64
+AOT = "compiled ahead of time"
+HAS_COMPILER = bool(shutil.which("g++") or shutil.which("c++"))  # both compilers need one
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +27,9 @@ def test_compiled_kernels_give_the_plain_numbers(compiled_mlp):
     # "compiled" where torch.compile works here; else the reason, and plain calls
     assert set(c.kernels) == {"laplacian", "hvp"}
     for how in c.kernels.values():
-        assert how == "compiled" or how.startswith("eager: "), how
-    if shutil.which("g++") or shutil.which("c++"):  # torch.compile's CPU backend needs one
-        assert c.kernels == {"laplacian": "compiled", "hvp": "compiled"}
+        assert how == "compiled ahead of time" or how.startswith("eager: "), how
+    if HAS_COMPILER:
+        assert c.kernels == {"laplacian": AOT, "hvp": AOT}
     gen = torch.Generator().manual_seed(1)
     X2, V = torch.randn(8, 2, dtype=D, generator=gen), torch.randn(8, 2, dtype=D, generator=gen)
     torch.testing.assert_close(c.laplacian(X2), hv.laplacian(net, X2, batched=True, method="func"))
@@ -37,6 +39,93 @@ def test_compiled_kernels_give_the_plain_numbers(compiled_mlp):
     torch.testing.assert_close(
         c.laplacian(X2[:3]), hv.laplacian(net, X2[:3], batched=True, method="func")
     )
+
+
+def test_results_are_fresh_tensors_and_trained_weights_are_read(compiled_mlp):
+    net, X, c = compiled_mlp
+    first = c.laplacian(X)
+    kept = first.clone()
+    second = c.laplacian(X * 0.5)
+    assert torch.equal(first, kept)  # the second call did not write into the first's result
+    assert not torch.equal(first, second)
+    lin = net[2]
+    with torch.no_grad():
+        lin.weight.mul_(1.5)  # an optimiser step: same tensor, new values
+    try:
+        assert not torch.equal(c.laplacian(X), first)
+        torch.testing.assert_close(
+            c.laplacian(X), hv.laplacian(net, X, batched=True, method="func")
+        )
+    finally:
+        with torch.no_grad():
+            lin.weight.div_(1.5)
+
+
+def test_a_relaid_weight_a_changed_setting_and_a_bad_input_take_the_plain_path():
+    net = nn.Sequential(nn.Linear(2, 6), nn.Softplus(beta=2.0), nn.Linear(6, 6), nn.Tanh(),
+                        nn.Linear(6, 1)).to(D)  # fmt: skip
+    X = torch.randn(5, 2, dtype=D, generator=torch.Generator().manual_seed(2))
+    c = hv.compile(net, X, batched=True, ops=("hessian",))
+    if HAS_COMPILER:
+        assert c.kernels == {"hessian": AOT}
+
+    def plain():
+        return hv.hessian(net, X, batched=True, method="func")
+
+    torch.testing.assert_close(c.hessian(X), plain())
+    W = net[2].weight
+    try:  # same storage, same shape, transposed strides: the library would misread it
+        net[2].weight = nn.Parameter(W.detach().T)
+        assert net[2].weight.data_ptr() == W.data_ptr()
+        torch.testing.assert_close(c.hessian(X), plain())
+    finally:
+        net[2].weight = W
+    net[1].beta = 3.0  # compiled in as a constant: the plain path takes over
+    try:
+        torch.testing.assert_close(c.hessian(X), plain())
+    finally:
+        net[1].beta = 2.0
+    bad = X.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(hv.HessvizError, match="NaN|finite"):
+        c.hessian(bad)
+    torch.testing.assert_close(c.hessian(X), plain())
+
+
+class Branchy(nn.Module):
+    """A hand-written forward, lowered to a chain while ``square`` is off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 2)
+        self.square = False
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        return self.b(h * h if self.square else h)
+
+
+def test_a_lowered_custom_forward_compiles_and_its_branches_are_checked():
+    model = Branchy().to(D)
+    X = torch.randn(4, 3, dtype=D, generator=torch.Generator().manual_seed(3))
+    c = hv.compile(model, X, batched=True, ops=("diagonal",))
+    assert c.kernels["diagonal"] == AOT or not HAS_COMPILER
+    torch.testing.assert_close(
+        c.hessian_diagonal(X), hv.hessian_diagonal(model, X, batched=True, method="func")
+    )
+    model.square = True  # the other branch: the compiled chain no longer equals f
+    torch.testing.assert_close(
+        c.hessian_diagonal(X), hv.hessian_diagonal(model, X, batched=True, method="func")
+    )
+
+
+def test_just_in_time_when_asked():
+    net = hv.mlp([2, 5, 1], "sigmoid", seed=1)
+    X = torch.randn(3, 2, dtype=D, generator=torch.Generator().manual_seed(4))
+    c = hv.compile(net, X, batched=True, ops=("laplacian",), ahead_of_time=False)
+    if HAS_COMPILER:
+        assert c.kernels == {"laplacian": "compiled"}
+    torch.testing.assert_close(c.laplacian(X), hv.laplacian(net, X, batched=True, method="func"))
 
 
 def test_a_changed_model_takes_the_plain_path(compiled_mlp):

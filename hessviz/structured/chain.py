@@ -39,10 +39,13 @@ class Chain:
     Attributes:
         linears: the ``nn.Linear`` modules (their ``weight``/``bias`` are read at every call).
         derivs: one callable per activation.
+        activations: the activation modules ``derivs`` run (their settings, e.g. softplus's
+            ``beta``, are read at every call).
     """
 
     linears: tuple
     derivs: tuple[Derivs, ...]
+    activations: tuple = ()
 
 
 def _values(ch: Chain, X: torch.Tensor) -> tuple[list, list]:

@@ -287,7 +287,24 @@ def _chain(layers: list, p: Problem, op: str) -> chain.Chain | None:
         or (op != "hvp" and linears[0].module.out_features < p.n)
     ):
         return None
-    return chain.Chain(tuple(lay.module for lay in linears), tuple(a.derivs for a in acts))
+    return chain.Chain(
+        tuple(lay.module for lay in linears),
+        tuple(a.derivs for a in acts),
+        tuple(a.module for a in acts),
+    )
+
+
+@dataclass(frozen=True)
+class ChainRunner:
+    """A chain kernel bound to its :class:`~hessviz.structured.chain.Chain`, called like every
+    runner: ``(p, X, sel)`` or ``(p, X, V, sel)``. :func:`hessviz.compile` compiles these ahead
+    of time, from ``chain`` and ``op``."""
+
+    chain: chain.Chain
+    op: str
+
+    def __call__(self, p: Problem, X: torch.Tensor, *args):
+        return getattr(chain, self.op)(self.chain, X, *args)
 
 
 def runner(op: str, p: Problem) -> Callable | None:
@@ -300,8 +317,7 @@ def runner(op: str, p: Problem) -> Callable | None:
         return None
     ch = _chain(layers, p, op)
     if ch is not None:
-        kernel = getattr(chain, op)
-        return lambda p, X, *args: kernel(ch, X, *args)
+        return ChainRunner(ch, op)
     return functools.partial(globals()[op], layers=layers)
 
 
