@@ -163,3 +163,16 @@ def test_other_methods_stay_plain_and_bad_ops_are_refused():
         hv.compile(lambda x: x.sin().sum(), x, ops="hessian")
     with pytest.raises(hv.HessvizError, match="ops must be"):
         hv.compile(lambda x: x.sin().sum(), x, ops=("jacobian",))
+
+
+def test_a_compiled_kernel_slower_than_the_plain_one_is_not_kept(monkeypatch):
+    from hessviz import compiled
+
+    monkeypatch.setattr(compiled, "_race", lambda fast, plain, args: (2e-3, 1e-3))
+    net = hv.mlp([2, 4, 1], "tanh", seed=2)
+    X = torch.randn(3, 2, dtype=D, generator=torch.Generator().manual_seed(5))
+    c = hv.compile(net, X, batched=True, ops=("laplacian",), ahead_of_time=False)
+    if HAS_COMPILER:
+        assert c.kernels["laplacian"] == "eager: compiled: slower here (2 ms against 1 ms)"
+    assert "laplacian" not in c._entries
+    torch.testing.assert_close(c.laplacian(X), hv.laplacian(net, X, batched=True, method="func"))
