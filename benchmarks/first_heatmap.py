@@ -8,17 +8,17 @@
   extension, hessviz's template and extension), no pre-heated kernel either.
 
 Each view is a fresh browser context in headless Chromium (Debian's ``/usr/bin/chromium``) with
-every non-local request blocked. Before it, the previous view's page is closed (its unload
-handlers run, so the page asks its server to end its kernel) and the servers are idle: their
-processes use < 10 % CPU for a whole second, the previous view's kernel is gone where the server
-ends closed pages' kernels (``warm``, ``binder``: hessviz's shim; plain Voila, ``cold``, keeps
-them until the idle cull, voila#1458, so there they stay, idle, as on a real server), and, warm,
-a pre-heated kernel that no page has used yet is waiting. A server that is not idle within two
-minutes is reported, and the view is marked. Then it times page open → the Hessian panel shows a
-heatmap (drawn, and visible: Voila's loading screen gone, the plot laid out), and → all seven
-panels are drawn (the lower panels join the page after the first heatmap), with the widget views
-on the page at each point. The load average before each view is printed with it: these machines
-are shared, and a busy CPU stretches every number.
+every non-local host unresolvable. Before it, the previous view's page is closed (its unload
+handlers run, so the page asks its server to end its kernel), its kernel is gone where the
+server ends closed pages' kernels (``warm``, ``binder``: hessviz's shim, waited for up to 30 s,
+else noted; plain Voila, ``cold``, keeps them until the idle cull, voila#1458, so there they
+stay, idle, as on a real server), and the servers are idle: their processes use < 10 % CPU for
+a whole second and, warm, a pre-heated kernel that no page has used yet is waiting. A server
+that is not idle within two minutes is reported, and the view is marked. Then it times page
+open → the Hessian panel shows a heatmap (drawn, and visible: Voila's loading screen gone, the
+plot laid out), and → all seven panels are drawn (the lower panels join the page after the first
+heatmap), with the widget views on the page at each point. The load average before each view
+is printed with it: these machines are shared, and a busy CPU stretches every number.
 
 With ``--against PATH`` (another checkout, e.g. ``git worktree add /tmp/before HEAD~1``) the
 views take turns between the two, one server each, so that both see the same load: on a shared
@@ -53,9 +53,13 @@ from hessviz.serve import free_port  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 KERNEL_FILE = re.compile(r"kernel-([0-9a-f-]{36})\.json")
+#: Every host but this machine fails to resolve, in the browser itself: intercepting requests
+#: with Playwright's page.route instead sent each of a page's ~100 requests through this script,
+#: and lost the shutdown request of a page closed right after its first view.
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",  # fmt: skip
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage"]  # fmt: skip
+        "--disable-dev-shm-usage",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]  # fmt: skip
 QUERY = "n=2&m=2&layers=8,8&act=tanh&seed=0&x=0.3,-1"
 #: The Hessian panel shows a heatmap: plotly.js has drawn its image (``gd.data`` alone is set
 #: before drawing), and the visitor can see it (a plot in a hidden container is drawn anyway
@@ -112,13 +116,22 @@ def kernels(pid: int) -> dict[str, psutil.Process]:
     return found
 
 
-def wait_until_idle(
-    pid: int, *, fresh_kernel: bool, gone: set[str], used: set[str], seconds: float = 120
-) -> bool:
+def wait_until_gone(pid: int, kernel: str, seconds: float = 30) -> bool:
+    """Until the server ``pid`` has ended ``kernel``; ``False`` if it still runs after
+    ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while kernel in kernels(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def wait_until_idle(pid: int, *, fresh_kernel: bool, used: set[str], seconds: float = 120) -> bool:
     """Until the server ``pid`` and its processes use < 10 % CPU for two samples in a row (one
-    second), no kernel in ``gone`` is left and, if ``fresh_kernel``, one of its kernels is not
-    in ``used`` (a pre-heated kernel waiting for a page; a kernel a page has used does not
-    count). ``False`` if that did not happen within ``seconds``."""
+    second) and, if ``fresh_kernel``, one of its kernels is not in ``used`` (a pre-heated kernel
+    waiting for a page; a kernel a page has used does not count). ``False`` if that did not
+    happen within ``seconds``."""
     root = psutil.Process(pid)
     deadline = time.monotonic() + seconds
     quiet = 0
@@ -137,9 +150,7 @@ def wait_until_idle(
             except psutil.Error:
                 pass
         quiet = quiet + 1 if busy < 10 else 0
-        alive = set(kernels(pid))
-        waiting = bool(alive - used) or not fresh_kernel
-        if quiet >= 2 and waiting and not alive & gone:
+        if quiet >= 2 and (not fresh_kernel or set(kernels(pid)) - used):
             return True
     return False
 
@@ -181,13 +192,14 @@ def measure(mode: str, views: int, roots: list[Path]) -> dict[Path, list[tuple[f
                     process, url = servers[root]
                     idle = all([
                         wait_until_idle(
-                            other.pid, fresh_kernel=mode == "warm",
-                            gone=used[checkout] if ends_kernels else set(), used=used[checkout],
+                            other.pid, fresh_kernel=mode == "warm", used=used[checkout]
                         )
                         for checkout, (other, _) in servers.items()
                     ])  # fmt: skip
                     *result, kernel = view_once(browser, url, mode)
                     used[root].add(kernel)
+                    if ends_kernels and not wait_until_gone(process.pid, kernel):
+                        print(f"  (the page's kernel outlived it by 30 s: {root})", flush=True)
                     times[root].append(tuple(result))
                     first, complete, load, views_first, views_all = result
                     name = f" {root}" if len(roots) > 1 else ""
@@ -215,7 +227,6 @@ def view_once(browser, url: str, mode: str) -> tuple[float, float, float, int, i
     load = os.getloadavg()[0]
     context = browser.new_context(viewport={"width": 1366, "height": 768})
     tab = context.new_page()
-    tab.route("**/*", lambda r: r.continue_() if "127.0.0.1" in r.request.url else r.abort())
     start = time.perf_counter()
     tab.goto(url, wait_until="commit")
     views_first = tab.wait_for_function(HEATMAP, timeout=180_000, polling=50).json_value()
