@@ -104,6 +104,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("--no-jax", action="store_true", help="leave JAX out even if installed")
     ap.add_argument(
+        "--no-compiled", dest="compiled", action="store_false",
+        help="leave hv.compile out (it compiles each task and point ahead of time, ~10 s each)",
+    )  # fmt: skip
+    ap.add_argument(
         "--suite",
         choices=("all", "grid", "graph", "pinn", "tiny"),
         default="all",
@@ -190,10 +194,30 @@ def build_entries(task: str, cfg: Config, model, X, V, args, jdev, jax_reason) -
         if opts.get("loop"):
             too_slow(entry, per_sample=True)
         entries.append(entry)
+    if args.compiled:
+        entries.append(Entry(HV_COMPILED, "hessviz", hv_compiled(task, model, X, V)))
     if jax_reason is None:
         jax_fn = peers.jax_builders(jdev)[task](model, X, V)
         entries.append(Entry(peers.JAX_LABELS[task], "peer", jax_fn))
     return entries
+
+
+HV_COMPILED = "hv.compile"
+
+
+def hv_compiled(task: str, model, X, V):
+    """``hv.compile(model, X, batched=True, ops=(task,))``'s call for ``task`` (compiled here,
+    before timing; the handle keeps its compiled kernel only where it beats the plain one)."""
+    import hessviz as hv
+
+    handle = hv.compile(model, X, batched=True, ops=(task,))
+    if not handle.kernels[task].startswith("compiled"):
+        print(f"hv.compile: {task} {handle.kernels[task]}", file=sys.stderr)
+    if task == "hvp":
+        return lambda: handle.hvp(X, V)
+    call = {"hessian": handle.hessian, "diagonal": handle.hessian_diagonal,
+            "laplacian": handle.laplacian}[task]  # fmt: skip
+    return lambda: call(X)
 
 
 def _as_torch(result):
