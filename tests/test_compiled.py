@@ -176,3 +176,18 @@ def test_a_compiled_kernel_slower_than_the_plain_one_is_not_kept(monkeypatch):
         assert c.kernels["laplacian"] == "eager: compiled: slower here (2 ms against 1 ms)"
     assert "laplacian" not in c._entries
     torch.testing.assert_close(c.laplacian(X), hv.laplacian(net, X, batched=True, method="func"))
+
+
+def test_ahead_of_time_failing_falls_back_to_torch_compile(monkeypatch):
+    from hessviz import compiled
+
+    def fails(*args):
+        raise RuntimeError("no AOTInductor here")
+
+    monkeypatch.setattr(compiled, "_ahead_of_time", fails)
+    net = hv.mlp([2, 4, 1], "tanh", seed=3)
+    X = torch.randn(3, 2, dtype=D, generator=torch.Generator().manual_seed(6))
+    c = hv.compile(net, X, batched=True, ops=("hessian",))
+    if HAS_COMPILER:
+        assert c.kernels == {"hessian": "compiled"}
+    torch.testing.assert_close(c.hessian(X), hv.hessian(net, X, batched=True, method="func"))
