@@ -3,10 +3,10 @@
 plotly.py ships the whole of plotly.js (``package_data/plotly.min.js``, 4.8 MB, every trace type).
 hessviz's figures draw only ``scatter``, ``heatmap``, ``contour`` and ``bar`` traces, which
 plotly.js's official partial bundle ``plotly.js-cartesian-dist-min`` (from npm, 1.5 MB) holds: a
-page parses and starts it 0.5–0.8 s sooner on a busy 2-core machine. ``./dev`` and
-``binder/postBuild`` fetch it into the environment (``python -m hessviz._plotly_bundle``), at
-exactly the plotly.js version plotly.py ships; without npm, or at any other version, pages get
-plotly.py's full bundle, with no error.
+page parses and starts it 0.7–0.9 s sooner on a busy 2-core machine. ``./dev`` and
+``binder/postBuild`` fetch it into the environment (``scripts/fetch_plotly_js.py``: ``npm pack``,
+then :func:`install`), at exactly the plotly.js version plotly.py ships; without npm, or at any
+other version, pages get plotly.py's full bundle, with no error.
 
 ``HESSVIZ_PLOTLY_JS=full`` in the environment of the server and its kernels makes them use the
 full bundle anyway (for :class:`~hessviz.widgets.PlotWidget` figures with other trace types, such
@@ -24,11 +24,7 @@ import functools
 import importlib.util
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
 #: The npm package of plotly.js's official cartesian partial bundle, and its file in the package.
@@ -108,55 +104,21 @@ def trace_types(path: Path) -> frozenset[str]:
     return frozenset(name.decode() for name in _TRACE.findall(path.read_bytes()))
 
 
-def fetch(prefix: str | os.PathLike | None = None, npm: str = "npm") -> Path | None:
-    """Install the cartesian bundle of plotly.py's plotly.js version into ``prefix`` (default:
-    this environment) with ``npm pack``, which checks the registry's integrity hash.
+def install(code: bytes, prefix: str | os.PathLike | None = None) -> Path | None:
+    """Install ``code`` as the cartesian bundle of the environment ``prefix`` (default: this
+    one), if it is plotly.js's cartesian bundle at exactly :func:`full_version`; else ``None``.
 
-    Returns the installed file, or ``None`` (with a note on stderr) when npm is missing or fails:
-    pages then get plotly.py's full bundle. Does nothing when the file is already there.
+    ``scripts/fetch_plotly_js.py`` (run by ``./dev`` and ``binder/postBuild``) gets the code
+    from npm; this package itself never starts a process.
     """
     target = cartesian_path(prefix)
-    if cartesian_bundle(prefix) is not None:
-        return target
-    version = full_version()
-    if shutil.which(npm) is None:
-        print(
-            f"hessviz: no npm here; pages get plotly.py's full plotly.js {version}", file=sys.stderr
-        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.with_name(target.name + ".partial")
+    staged.write_bytes(code)
+    if not _is_cartesian(staged):
+        staged.unlink()
         return None
-    with tempfile.TemporaryDirectory(prefix="hessviz-npm-") as tmp:
-        try:
-            subprocess.run(
-                [npm, "pack", f"{PACKAGE}@{version}", "--silent", "--pack-destination", tmp],
-                cwd=tmp,
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                timeout=300,
-            )
-            (tarball,) = Path(tmp).glob("*.tgz")
-            with tarfile.open(tarball) as archive:
-                member = archive.extractfile(PACKAGE_FILE)
-                if member is None:
-                    raise ValueError(f"no {PACKAGE_FILE} in {tarball.name}")
-                code = member.read()
-        except (OSError, ValueError, KeyError, subprocess.SubprocessError) as error:
-            detail = getattr(error, "stderr", None) or error
-            print(
-                f"hessviz: could not fetch {PACKAGE}@{version} ({str(detail).strip()[:300]}); "
-                "pages get plotly.py's full plotly.js",
-                file=sys.stderr,
-            )
-            return None
-        partial = Path(tmp) / target.name
-        partial.write_bytes(code)
-        if not _is_cartesian(partial):
-            print(f"hessviz: {PACKAGE}@{version} is not plotly.js {version}", file=sys.stderr)
-            return None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staged = target.with_suffix(".partial")
-        shutil.copyfile(partial, staged)
-        os.replace(staged, target)  # never a half-written bundle under the final name
+    os.replace(staged, target)  # never a half-written bundle under the final name
     return target
 
 
@@ -167,11 +129,3 @@ def _is_cartesian(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return variant.startswith("cartesian") and version == full_version()
-
-
-if __name__ == "__main__" and cartesian_bundle() is None:  # silent when it is there
-    installed = fetch()
-    if installed is not None:
-        print(
-            f"hessviz: plotly.js cartesian bundle {full_version()} at {installed}", file=sys.stderr
-        )

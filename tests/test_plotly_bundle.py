@@ -5,6 +5,7 @@ and without it (no npm, a failed download) pages get plotly.py's full bundle."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import io
 import os
 import stat
@@ -19,7 +20,13 @@ from hessviz.widgets import HessianExplorer, PlotWidget
 from hessviz.widgets import figure_widget as fw
 from hessviz.widgets.lessons import LESSONS
 
-PACKAGE = Path(__file__).resolve().parents[1] / "hessviz"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "hessviz"
+_SCRIPT = importlib.util.spec_from_file_location(
+    "fetch_plotly_js", ROOT / "scripts" / "fetch_plotly_js.py"
+)
+fetch_plotly_js = importlib.util.module_from_spec(_SCRIPT)
+_SCRIPT.loader.exec_module(fetch_plotly_js)
 #: Explorer views beyond the default and the lessons: every panel variant (one input, many,
 #: piecewise-linear, float32, Hutchinson) and a query that opens the landscape view.
 QUERIES = [
@@ -154,19 +161,21 @@ def fake_npm(tmp_path: Path, code: str | None) -> str:
 
 
 def test_fetch_installs_the_right_version_and_never_fails(tmp_path, capsys):
+    """``scripts/fetch_plotly_js.py``, with a stand-in for npm."""
     version = bundle.full_version()
     prefix = tmp_path / "env"
     good = header("cartesian - minified", version) + 'x={moduleType:"trace",name:"scatter"}'
     wrong = header("cartesian - minified", "9.9.9") + "x=1"
     # No npm, npm failing, a package of another version: nothing installed, no exception.
-    assert bundle.fetch(prefix, npm=str(tmp_path / "no-such-npm")) is None
-    assert bundle.fetch(prefix, npm=fake_npm(tmp_path / "a", None)) is None
-    assert bundle.fetch(prefix, npm=fake_npm(tmp_path / "b", wrong)) is None
+    assert fetch_plotly_js.fetch(prefix, npm=str(tmp_path / "no-such-npm")) is None
+    assert fetch_plotly_js.fetch(prefix, npm=fake_npm(tmp_path / "a", None)) is None
+    assert fetch_plotly_js.fetch(prefix, npm=fake_npm(tmp_path / "b", wrong)) is None
     assert not bundle.cartesian_path(prefix).exists()
     assert "full plotly.js" in capsys.readouterr().err
-    installed = bundle.fetch(prefix, npm=fake_npm(tmp_path / "c", good))
+    installed = fetch_plotly_js.fetch(prefix, npm=fake_npm(tmp_path / "c", good))
     assert installed == bundle.cartesian_path(prefix) and installed.read_text() == good
     assert [p.name for p in installed.parent.iterdir()] == [installed.name]  # no partial file
+    assert bundle.install(wrong.encode(), prefix) is None and installed.read_text() == good
 
 
 def test_a_plot_refuses_a_trace_type_its_bundle_lacks(tmp_path, monkeypatch):
