@@ -26,6 +26,7 @@ from test_dashboard_browser import (  # noqa: F401 - fixtures and helpers of the
     INITIAL,
     ROOT,
     _serve,
+    assert_plotly_is_the_servers_bundle,
     chromium,
     kernel_processes,
     link_state,
@@ -79,6 +80,7 @@ def test_binder_page_draws_with_the_servers_plotly_code_and_ends_its_kernel_on_c
 
     stats = page.evaluate("() => globalThis.__hessvizPlotlyStats")
     assert stats["via"] == "url" and stats["loads"] == 1, stats
+    assert_plotly_is_the_servers_bundle(page)
     assert page.inner_text(".hv-notes").strip() == "", "the login token is no view key: no note"
     assert "token" not in link_state(page) and TOKEN not in shown(page)["link"]
 

@@ -32,6 +32,8 @@ import torch
 from playwright.sync_api import sync_playwright
 
 import hessviz as hv
+from hessviz import serve
+from hessviz._plotly_bundle import trace_types
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = Path("notebooks") / "dashboard.ipynb"
@@ -306,6 +308,13 @@ def screenshot(page, name: str, panels: bool = False) -> None:
         page.locator(".hv-app").evaluate("(e) => e.scrollIntoView()")
 
 
+def assert_plotly_is_the_servers_bundle(page) -> None:
+    """The page's plotly.js registers the trace types of the file the server chose (plotly.js's
+    cartesian bundle where ./dev installed it, else plotly.py's full one)."""
+    traces = page.evaluate("() => Object.keys(window.Plotly.PlotSchema.get().traces)")
+    assert set(traces) == trace_types(serve.plotly_js_file()), sorted(traces)
+
+
 # -- the test -----------------------------------------------------------------------------------
 def test_dashboard_renders_reacts_and_matches_the_engine(chromium, dashboard):
     url, log_path = dashboard
@@ -326,6 +335,7 @@ def test_dashboard_renders_reacts_and_matches_the_engine(chromium, dashboard):
         timeout=60_000,
     )
     first_render = time.perf_counter() - start
+    assert_plotly_is_the_servers_bundle(page)
     ARTIFACTS.mkdir(exist_ok=True)
     print(f"\ndashboard: page open -> first heatmap in {first_render:.2f} s")
     for selector in (".hv-activation select", ".hv-x0 .widget-readout", ".hv-layers .noUi-handle"):
