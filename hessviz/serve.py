@@ -60,7 +60,7 @@ TEMPLATE = "hessviz"
 SERVE_ENV = "HESSVIZ_SERVE"
 #: Set for the kernels of a server that serves plotly.js: its path, absolute on the server.
 PLOTLY_JS_ENV = "HESSVIZ_PLOTLY_JS_PATH"
-#: Where the Jupyter server extension serves plotly.js (``plotly.min.js?v=<version>``).
+#: Where the Jupyter server extension serves plotly.js (``plotly.min.js?v=<version>[-cartesian]``).
 PLOTLY_JS_ROUTE = "hessviz/static"
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")  # name, IPv4 or [IPv6]
 _PORT = re.compile("[0-9]{1,5}")
