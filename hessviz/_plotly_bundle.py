@@ -3,7 +3,7 @@
 plotly.py ships the whole of plotly.js (``package_data/plotly.min.js``, 4.8 MB, every trace type).
 hessviz's figures draw only ``scatter``, ``heatmap``, ``contour`` and ``bar`` traces, which
 plotly.js's official partial bundle ``plotly.js-cartesian-dist-min`` (from npm, 1.5 MB) holds: a
-page parses and starts it 0.7–0.9 s sooner on a busy 2-core machine. ``./dev`` and
+page shows its first heatmap 0.7–1.1 s sooner on a busy 2-core machine. ``./dev`` and
 ``binder/postBuild`` fetch it into the environment (``scripts/fetch_plotly_js.py``: ``npm pack``,
 then :func:`install`), at exactly the plotly.js version plotly.py ships; without npm, or at any
 other version, pages get plotly.py's full bundle, with no error.
