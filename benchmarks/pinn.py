@@ -393,33 +393,33 @@ def _ratios(rows, method, process="main", dims=None) -> list[float]:
     ]  # fmt: skip
 
 
-def _ceilings(rows, method, process, dims) -> list[float]:
-    """Per point: the peer's time over the GEMM yardstick's (both relative to hessviz, which
-    cancels; jet's hessviz is the one of its own process)."""
-    gemm = {_key(r): r["ratio"] for r in rows if r["method"] == GEMM and r["ratio"]}
+def _over(rows, method, process, by, dims=None, by_process=None) -> list[float]:
+    """Per point: ``method``'s ratio over ``by``'s, both taken against plain hessviz (which
+    cancels): ``(t_peer / t_hv) / (t_by / t_hv)``. ``by`` is read from ``by_process`` (any
+    process when None: the GEMM yardstick runs in the main one only)."""
+    base = {_key(r): r["ratio"] for r in rows if r["method"] == by and r["ratio"]
+            and by_process in (None, r["process"])}  # fmt: skip
     return [
-        r["ratio"] / gemm[_key(r)]
+        r["ratio"] / base[_key(r)]
         for r in rows
         if r["method"] == method and r["process"] == process and r["ratio"]
-        and _key(r) in gemm and (dims is None or r["d"] in dims)
+        and _key(r) in base and (dims is None or r["d"] in dims)
     ]  # fmt: skip
+
+
+def _ceilings(rows, method, process, dims) -> list[float]:
+    """Per point: the peer's time over the GEMM yardstick's (jet's hessviz is the one of its
+    own process, the yardstick's the main one's)."""
+    return _over(rows, method, process, GEMM, dims)
+
+
+def _against_compiled(rows, method, process, dims=None) -> list[float]:
+    """Per point: peer time / hv.compile time, both from ``process``."""
+    return _over(rows, method, process, HVC, dims, by_process=process)
 
 
 def _key(r: dict) -> tuple:
     return tuple(r[f.name] for f in fields(Point))
-
-
-def _against_compiled(rows, method, process, dims=None) -> list[float]:
-    """Per point: peer time / hv.compile time, both taken against the plain hessviz of the
-    same process (``(t_peer / t_hv) / (t_hvc / t_hv)``)."""
-    hvc = {_key(r): r["ratio"] for r in rows
-           if r["method"] == HVC and r["process"] == process and r["ratio"]}  # fmt: skip
-    return [
-        r["ratio"] / hvc[_key(r)]
-        for r in rows
-        if r["method"] == method and r["process"] == process and r["ratio"]
-        and _key(r) in hvc and (dims is None or r["d"] in dims)
-    ]  # fmt: skip
 
 
 def summary_lines(rows: list[dict], jet_note: str, n_points: int) -> list[str]:
