@@ -65,3 +65,40 @@ def static_copy_html(status: str, figures: Mapping[str, go.Figure]) -> str:
         parts.append(static_figure_html(figure, f"hv-static-{uuid.uuid4().hex}"))
     parts.append("</div>")
     return "\n".join(parts)
+
+
+class WithStaticCopy:
+    """Displayed as itself (a cell's last line, ``display(app)``): the live widget, then a static
+    copy of its figures (:func:`static_copy_html`) as a second output. The live widget's style
+    sheet hides the copy; where the widget cannot render — an executed notebook exported to HTML,
+    opened offline — the copy shows the figures instead.
+
+    The explorers give ``widget``, :meth:`_static_parts` and, if they need one, a
+    :meth:`_before_display` step.
+    """
+
+    def _static_parts(self) -> tuple[str, Mapping[str, go.Figure]]:
+        """The status line, and the figures on screen by title."""
+        raise NotImplementedError
+
+    def _before_display(self) -> None:
+        """What to do before the widget is displayed (nothing by default)."""
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import HTML, display
+
+        self._before_display()
+        display(self.widget)
+        display(HTML(self.static_html()))
+
+    def static_html(self) -> str:
+        """The status line and every figure on screen as HTML drawn with ``Plotly.newPlot``.
+
+        Draws with the plotly.js on the page, wherever it is embedded (a notebook that sets
+        ``plotly.io.renderers.default = "plotly_mimetype+notebook"`` embeds it once, with its
+        first figure): each plot waits for the page to load if plotly.js is not there yet.
+        """
+        return static_copy_html(*self._static_parts())

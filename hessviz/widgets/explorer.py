@@ -33,7 +33,7 @@ from hessviz.analysis import scientific
 
 from .compute import DEFAULT_THREADS, Pipeline, ViewResults, torch_threads
 from .controls import CSS_CLASSES, Controls, set_text, text_of
-from .display import static_copy_html
+from .display import WithStaticCopy
 from .errors import ErrorGuard
 from .lessons import LESSONS
 from .panels import PANELS, Panels
@@ -137,7 +137,7 @@ def widgets_in(*roots: widgets.Widget) -> list[widgets.Widget]:
     return list(found.values())
 
 
-class HessianExplorer:
+class HessianExplorer(WithStaticCopy):
     """The interactive explorer of input Hessians of small MLPs.
 
     Args:
@@ -326,34 +326,16 @@ class HessianExplorer:
         the explorer itself (``display(app)``) there, which shows every panel at once."""
         return self.root
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def _ipython_display_(self) -> None:
-        """Display every panel at once, then :meth:`static_html` as a second output.
-
-        Displayed as itself (``app`` as a cell's last line, ``display(app)``), the explorer does
-        not wait for a page to draw its first plot before it shows the other panels (what
-        :attr:`widget` does, for the dashboard's first view): the widget state a notebook saves
-        holds every panel, and so does its executed HTML export, whose static copy (hidden by the
-        live widget's style sheet) shows each figure where the widget cannot render.
-        """
-        from IPython.display import HTML, display
-
+    def _before_display(self) -> None:
+        """Displayed as itself, the explorer shows every panel at once instead of waiting for a
+        page to draw its first plot (what :attr:`widget` does, for the dashboard's first view):
+        the widget state a notebook saves holds every panel, and so does its executed HTML
+        export."""
         self._show_every_panel()
-        display(self.widget)
-        display(HTML(self.static_html()))
 
-    def static_html(self) -> str:
-        """The status line and every panel's figure as HTML drawn with ``Plotly.newPlot``.
-
-        Draws with the plotly.js on the page, wherever it is embedded (a notebook that sets
-        ``plotly.io.renderers.default = "plotly_mimetype+notebook"`` embeds it once, with its
-        first figure): each plot waits for the page to load if plotly.js is not there yet.
-        """
+    def _static_parts(self):
         text = self.last_error or text_of(self.status)
-        titled = {PANELS[name].title: panel.figure for name, panel in self.panels.items()}
-        return static_copy_html(text, titled)
+        return text, {PANELS[name].title: panel.figure for name, panel in self.panels.items()}
 
     @property
     def state(self) -> ExplorerState:

@@ -31,7 +31,7 @@ from hessviz.figures.model import diagonals_spec, node_terms_spec, with_names
 
 from .compute import torch_threads
 from .controls import set_text, text_of
-from .display import make_panel, static_copy_html
+from .display import WithStaticCopy, make_panel
 from .errors import ErrorGuard
 from .model_compute import ModelCompute, ModelProblem, ModelResults, describe, short_reason
 from .panels import PanelText, caption_html
@@ -142,7 +142,7 @@ def model_name(model) -> str:
     return getattr(model, "__name__", type(model).__name__)
 
 
-class ModelExplorer:
+class ModelExplorer(WithStaticCopy):
     """Exact input Hessians of any model the engine handles, at one input, on one screen.
 
     Made by :meth:`HessianExplorer.for_model(model, x, input_names=…, output_names=…)
@@ -418,31 +418,9 @@ class ModelExplorer:
 
         return self._guard.run("applying the change", apply)
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def _ipython_display_(self) -> None:
-        """Display the widget, then :meth:`static_html` as a second output.
-
-        The live widget's style sheet hides the static copy (class ``hv-static-copy``); where the
-        widget cannot render — an executed notebook exported to HTML, opened offline — the copy
-        shows the figures instead.
-        """
-        from IPython.display import HTML, display
-
-        display(self.widget)
-        display(HTML(self.static_html()))
-
-    def static_html(self) -> str:
-        """The status line and every figure on screen as HTML drawn with ``Plotly.newPlot``.
-
-        Draws with the plotly.js on the page, wherever it is embedded (a notebook that sets
-        ``plotly.io.renderers.default = "plotly_mimetype+notebook"`` embeds it once, with its
-        first figure): each plot waits for the page to load if plotly.js is not there yet.
-        """
+    def _static_parts(self):
         text = self.status_text or self.last_error or ""
-        titled = {MODEL_PANELS[name].title: figure for name, figure in self.figures.items()}
-        return static_copy_html(text, titled)
+        return text, {MODEL_PANELS[name].title: figure for name, figure in self.figures.items()}
 
     # -- updates ---------------------------------------------------------------------------------
     def _control_changed(self, _change) -> None:
