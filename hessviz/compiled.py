@@ -213,7 +213,24 @@ class _Affine:
 
 def _tensors(ch: chain.Chain) -> list:
     """Every Linear layer's weight and bias, as they are now (what a compiled chain reads)."""
-    return [t for lin in ch.linears for t in (lin.weight, lin.bias) if t is not None]
+    return [t for lin in ch.linears for t in _weight_and_bias(lin) if t is not None]
+
+
+def _weight_and_bias(lin: nn.Module) -> tuple:
+    # nn.Linear keeps both in _parameters (read there: Module.__getattr__ costs ~0.5 µs a read);
+    # a lowered chain's layers may hold them otherwise
+    own = lin._parameters
+    if "weight" in own and "bias" in own:
+        return own["weight"], own["bias"]
+    return lin.weight, lin.bias
+
+
+def _rows(t: torch.Tensor, B: int, n: int) -> torch.Tensor:
+    """``t`` as a contiguous ``(B, n)`` tensor (itself when it already is one; the library
+    ignores autograd, so no detach)."""
+    if t.shape != (B, n):
+        t = t.reshape(B, n)
+    return t.contiguous()
 
 
 class _ChainProgram(nn.Module):
@@ -279,14 +296,14 @@ class _AheadOfTime:
             or (v is not None and (not isinstance(v, torch.Tensor) or v.shape != x.shape))
         ):
             return None
-        X = x.detach().reshape(p.B, p.n).contiguous()
-        args = (X,) if v is None else (X, v.detach().to(X.dtype).reshape(p.B, p.n).contiguous())
+        X = _rows(x, p.B, p.n)
+        args = [X] if v is None else [X, _rows(v.to(X.dtype), p.B, p.n)]
         if e.reference is not None:
             with torch.no_grad():
-                if not e._chain_agrees(f, X[:1].clone()):
+                if not e._chain_agrees(f, X[:1].detach().clone()):
                     return None
         try:
-            R, total = self.run_library([*args, *tensors])
+            R, total = self.run_library(args + tensors)
         except Exception:  # noqa: BLE001 - the plain path decides again and explains
             return None
         return R if math.isfinite(total) else None

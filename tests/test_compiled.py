@@ -48,6 +48,9 @@ def test_results_are_fresh_tensors_and_trained_weights_are_read(compiled_mlp):
     second = c.laplacian(X * 0.5)
     assert torch.equal(first, kept)  # the second call did not write into the first's result
     assert not torch.equal(first, second)
+    tracked = c.laplacian(X.clone().requires_grad_(True))  # x as a training loop holds it
+    assert torch.equal(tracked, first) and not tracked.requires_grad
+    assert torch.equal(c.laplacian(X.T.contiguous().T), first)  # a column-major x: same numbers
     lin = net[2]
     with torch.no_grad():
         lin.weight.mul_(1.5)  # an optimiser step: same tensor, new values
