@@ -29,7 +29,6 @@ import argparse
 import copy
 import csv
 import math
-import os
 import platform
 import sys
 import time
@@ -315,11 +314,7 @@ def time_case(case: Case, ops, args, sync) -> list[dict]:
                 "op": m["op"],
                 "method": m["method"],
                 "ran": m["ran"],
-                "median_ms": t.median_s * 1e3,
-                "q1_ms": t.q1_s * 1e3,
-                "q3_ms": t.q3_s * 1e3,
-                "runs": t.runs,
-                "calls_per_run": t.calls_per_run,
+                **timing.columns(t),
                 "speedup_vs_func": timing.speedup(ref_t, t),
                 "custom_over_twin": (
                     timing.speedup(mine, twin_t)
@@ -670,14 +665,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def environment(args) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
-        "machine": f"{cpu}, {os.cpu_count()} logical CPUs",
+        "machine": timing.machine(),
         "threads": args.threads,
         "torch": torch.__version__,
         "python": platform.python_version(),

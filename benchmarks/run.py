@@ -279,11 +279,7 @@ def time_grid_point(task, cfg, args, jdev, jax_reason, sync) -> tuple[list[dict]
                 **asdict(cfg),
                 "method": e.label + (f" ({auto_choice})" if e.label == "hessviz auto" else ""),
                 "family": e.family,
-                "median_ms": None if t is None else t.median_s * 1e3,
-                "q1_ms": None if t is None else t.q1_s * 1e3,
-                "q3_ms": None if t is None else t.q3_s * 1e3,
-                "runs": None if t is None else t.runs,
-                "calls_per_run": None if t is None else t.calls_per_run,
+                **timing.columns(t),
                 "speedup_vs_ref": None if t is None else timing.speedup(ref, t),
                 "max_rel_err": err,
                 "peak_mib": None,
@@ -402,15 +398,9 @@ def measure_memory(cfg: Config, rows: list[dict], args) -> None:
 def environment(args, jax_reason) -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     env = {
         "device": args.device,
-        "machine": cpu + f", {os.cpu_count()} logical CPUs",
+        "machine": timing.machine(),
         "threads": args.threads,
         "torch": torch.__version__,
         "python": platform.python_version(),

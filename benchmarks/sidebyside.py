@@ -163,11 +163,7 @@ def measure(
         rows.append(
             {
                 "method": m.label,
-                "median_ms": None if t is None else t.median_s * 1e3,
-                "q1_ms": None if t is None else t.q1_s * 1e3,
-                "q3_ms": None if t is None else t.q3_s * 1e3,
-                "runs": None if t is None else t.runs,
-                "calls_per_run": None if t is None else t.calls_per_run,
+                **timing.columns(t),
                 "build_s": build.get(m.label),
                 "first_call_s": first.get(m.label),
                 "ratio": None if t is None else timing.speedup(t, ref),
@@ -330,14 +326,8 @@ def code_version() -> str:
 
 def environment(command: str) -> dict:
     """Machine, versions, date, load: the summary block of a results file."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
-        "machine": f"{cpu}, {os.cpu_count()} logical CPUs",
+        "machine": timing.machine(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "jax": version("jax") if missing("jax") is None else None,

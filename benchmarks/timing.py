@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
+import platform
 import re
 import statistics
 import sys
@@ -37,6 +39,25 @@ class Timing:
     runs: int
     calls_per_run: int
     samples: list[float] = field(default_factory=list, repr=False)
+
+
+def columns(t: Timing | None) -> dict:
+    """The columns every results file writes for one timing (all None: not timed)."""
+    if t is None:
+        return dict.fromkeys(("median_ms", "q1_ms", "q3_ms", "runs", "calls_per_run"))
+    return {"median_ms": t.median_s * 1e3, "q1_ms": t.q1_s * 1e3, "q3_ms": t.q3_s * 1e3,
+            "runs": t.runs, "calls_per_run": t.calls_per_run}  # fmt: skip
+
+
+def machine() -> str:
+    """``"<CPU model>, <n> logical CPUs"`` for a results file's header."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs"
 
 
 def synchronizer(device: str) -> Callable[[], None]:
