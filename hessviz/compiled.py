@@ -316,8 +316,8 @@ def _ahead_of_time(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
     if any(True for m in ch.activations for _ in (*m.parameters(), *m.buffers())):
         raise TypeError("an activation holds tensors")
     p = entry.problem
-    X = x.detach().reshape(p.B, p.n).contiguous()
-    V = () if v is None else (v.detach().to(X.dtype).reshape(p.B, p.n).contiguous(),)
+    X = _rows(x.detach(), p.B, p.n)  # laid out as run() will pass it
+    V = () if v is None else (_rows(v.detach().to(X.dtype), p.B, p.n),)
     tensors = [t.detach() for t in _tensors(ch)]
     with torch.no_grad():
         program = torch.export.export(_ChainProgram(ch, op, p.sel), (X, *V, *tensors))
