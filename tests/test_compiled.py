@@ -9,10 +9,21 @@ import torch
 from torch import nn
 
 import hessviz as hv
+from hessviz import compiled
 
 D = torch.float64
 AOT = "compiled ahead of time"
 HAS_COMPILER = bool(shutil.which("g++") or shutil.which("c++"))  # both compilers need one
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled_kernels_win_the_race():
+    """Unit tests do not time anything: on a busy machine the compile-time race (a best of five
+    calls each) could keep the plain kernel and make the kernel-kind assertions flaky. Here it
+    reports the compiled kernel faster; what a lost race does is tested on its own below."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compiled, "_race", lambda fast, plain, args: (0.0, 1.0))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +180,6 @@ def test_other_methods_stay_plain_and_bad_ops_are_refused():
 
 
 def test_a_compiled_kernel_slower_than_the_plain_one_is_not_kept(monkeypatch):
-    from hessviz import compiled
-
     monkeypatch.setattr(compiled, "_race", lambda fast, plain, args: (2e-3, 1e-3))
     net = hv.mlp([2, 4, 1], "tanh", seed=2)
     X = torch.randn(3, 2, dtype=D, generator=torch.Generator().manual_seed(5))
@@ -182,8 +191,6 @@ def test_a_compiled_kernel_slower_than_the_plain_one_is_not_kept(monkeypatch):
 
 
 def test_ahead_of_time_failing_falls_back_to_torch_compile(monkeypatch):
-    from hessviz import compiled
-
     def fails(*args):
         raise RuntimeError("no AOTInductor here")
 
