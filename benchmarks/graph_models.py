@@ -693,7 +693,7 @@ def main(argv=None, command: str | None = None) -> int:
     """Run the suite; ``command`` is the command line shown in the results (run.py passes its
     ``./dev bench …``)."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    peers.pin(args.threads)
     sync = timing.synchronizer("cpu")
     env = environment(args)
     env["command"] = command or env["command"]

@@ -138,10 +138,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def setup(args):
     """Threads, JAX flags (before JAX is imported) and the device check."""
-    peers.configure_jax(args.threads)
+    peers.pin(args.threads)
     import torch
 
-    torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit(f"--device {args.device}: torch sees no CUDA device here.")
     jax_reason = "left out (--no-jax)" if args.no_jax else peers.jax_unavailable_reason()

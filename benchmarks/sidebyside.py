@@ -2,8 +2,9 @@
 
 The protocol, per problem (one model, one batch):
 
-1. ``one_thread()`` first: torch and XLA on one CPU thread each (the machine is shared; one
-   thread gives steady numbers and the same footing to every library).
+1. ``one_thread()`` first: the process pinned to one core, torch on one thread (the machine is
+   shared; one core gives steady numbers and the same footing to every library — XLA starts
+   worker threads whatever its flags say, and unpinned it used two cores).
 2. Every method is a :class:`Method`: a ``build`` step (``jax.jit`` + ``.lower().compile()``,
    ``torch.compile`` and its compiling first call, jet's graph capture — whatever must happen
    once per shape), then a zero-argument callable. The build's seconds (``build_s``) and the
@@ -55,10 +56,10 @@ TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-4}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
-def one_thread() -> None:
-    """One torch thread; one XLA thread and x64 enabled (before JAX is imported)."""
-    peers.configure_jax(1)
-    torch.set_num_threads(1)
+def one_thread() -> str:
+    """The whole process on one core, one torch thread, x64 JAX (before JAX is imported);
+    returns :func:`peers.pin`'s header line."""
+    return peers.pin(1)
 
 
 def missing(module: str) -> str | None:

@@ -50,14 +50,19 @@ def columns(t: Timing | None) -> dict:
 
 
 def machine() -> str:
-    """``"<CPU model>, <n> logical CPUs"`` for a results file's header."""
+    """``"<CPU model>, <n> logical CPUs"`` for a results file's header, and the cores the
+    process is pinned to (:func:`peers.pin`)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs"
+    line = f"{cpu}, {os.cpu_count()} logical CPUs"
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < (os.cpu_count() or 0):
+        cores = sorted(os.sched_getaffinity(0))
+        line += f", the process pinned to core(s) {cores} (every library in it alike)"
+    return line
 
 
 def synchronizer(device: str) -> Callable[[], None]:
