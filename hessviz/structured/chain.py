@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .._memory import Scratch, empty
+from .gram import Gram
 
 #: ``z ↦ (σ(z), σ'(z), σ''(z))`` for one activation
 Derivs = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -78,50 +79,56 @@ def _reverse(ch: Chain, s1s: list, s2s: list, sel: tuple[int, ...], tangents=Non
     return cs, q
 
 
-def _sweep(ch: Chain, X: torch.Tensor, s1s: list, term: Callable) -> None:
+def _sweep(ch: Chain, X: torch.Tensor, s1s: list, term: Callable, into=None) -> None:
     """Carry ``G_l = J_lᵀ`` through the chain and hand each to ``term(l, G_l)``.
 
     ``G_1 = W_1ᵀ`` is ``(n, K_1)``; the later ones are ``(B, n, K_l)``, valid only during the
-    call (two buffers serve every layer: the scaled Jacobian and the next one).
+    call (two buffers serve every layer: the scaled Jacobian and the next one). With ``into``,
+    a ``(B, n, ΣK_l)`` buffer, every ``G_l`` is written side by side there instead and kept.
     """
     B, n = X.shape
     G = ch.linears[0].weight.T.contiguous()  # products with a transposed view would inherit it
+    if into is not None:
+        G = into[:, :, : G.shape[1]].copy_(G)
     term(0, G)
     if len(ch.derivs) == 1:
         return
     width = max(lin.out_features for lin in ch.linears[:-1])
-    scaled_buf, G_buf = empty(B * n * width, like=X), empty(B * n * width, like=X)
+    scaled_buf = empty(B * n * width, like=X)
+    G_buf = empty(B * n * width, like=X) if into is None else None
+    end = G.shape[-1]
     for k in range(1, len(ch.derivs)):
         W = ch.linears[k].weight  # (K_k, K_{k-1})
         K_in, K_out = W.shape[1], W.shape[0]
         scaled = torch.mul(
             G, s1s[k - 1][:, None, :], out=scaled_buf[: B * n * K_in].view(B, n, K_in)
         )
-        G = torch.mm(scaled.view(B * n, K_in), W.T, out=G_buf[: B * n * K_out].view(B * n, K_out))
-        G = G.view(B, n, K_out)
+        if into is None:
+            out = G_buf[: B * n * K_out].view(B * n, K_out)
+        else:  # rows ΣK apart: still one GEMM, written in place
+            out = into[:, :, end : end + K_out].view(B * n, K_out)
+            end += K_out
+        G = torch.mm(scaled.view(B * n, K_in), W.T, out=out).view(B, n, K_out)
         term(k, G)
 
 
 def hessian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
-    """``(B, m, n, n)``: ``Σ_l (G_l ⊙ c_l) G_lᵀ``, one (batched) GEMM per activation."""
+    """``(B, m, n, n)``: ``Σ_l (G_l ⊙ c_l) G_lᵀ``, upper panels only (:class:`~.gram.Gram`).
+
+    With panels, every layer's ``G_l`` goes side by side into one ``(B, n, ΣK)`` Jacobian and
+    each panel is one GEMM over all layers (1.25× faster than one per layer at n = 64, m = 10).
+    """
     s1s, s2s = _values(ch, X)
     cs, _ = _reverse(ch, s1s, s2s, sel)
-    B, n, m = X.shape[0], X.shape[1], len(sel)
-    H = empty(B, m, n, n, like=X)
-    rows = Scratch()
-
-    def term(k, G):
-        K = G.shape[-1]
-        Gc = torch.mul(
-            G if k == 0 else G[:, None], cs[k][:, :, None, :], out=rows(B, m, n, K, like=X)
-        )
-        if k == 0:  # shared G_1: samples and outputs fold into the rows of one GEMM
-            torch.mm(Gc.view(B * m * n, K), G.T, out=H.view(B * m * n, n))
-        else:
-            H.view(B, m * n, n).baddbmm_(Gc.view(B, m * n, K), G.mT)
-
-    _sweep(ch, X, s1s, term)
-    return H
+    B, n = X.shape
+    gram = Gram(B, len(sel), n, like=X)
+    if not gram.panels:
+        _sweep(ch, X, s1s, lambda k, G: gram.add(G, cs[k]))
+        return gram.result()
+    G_all = empty(B, n, sum(c.shape[-1] for c in cs), like=X)
+    _sweep(ch, X, s1s, lambda k, G: None, into=G_all)
+    gram.add(G_all, torch.cat(cs, -1))
+    return gram.result()
 
 
 def diagonal(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .._memory import empty
-
 
 @dataclass(frozen=True)
 class Jacobian:
@@ -42,39 +40,8 @@ class Jacobian:
             return Jacobian(torch.diag_embed(scale))
         return Jacobian(torch.mul(self.rows, scale[:, None, :], out=out))
 
-    def add_term(self, H: torch.Tensor | None, c: torch.Tensor, scratch=None) -> torch.Tensor:
-        """``H + Jᵀ diag(c) J`` for every sample and output, ``(B, m, r, r)``; ``c`` is
-        ``(B, m, K)``, ``H`` None or accumulated in place: ``(J ⊙ c) Jᵀ``, one (batched) GEMM."""
-        B, m, K = c.shape
-        G = self.rows
-        if G is None:  # the term is diag(c)
-            if H is None:
-                H = empty(B, m, K, K, like=c).zero_()
-                H.diagonal(dim1=-2, dim2=-1).copy_(c)
-                return H
-            H.diagonal(dim1=-2, dim2=-1).add_(c)
-            return H
-        r = G.shape[-2]
-        # Written into a contiguous (B, m, r, K) buffer: a broadcast product may pick another
-        # memory order, and the GEMM below needs these rows contiguous.
-        Gc = empty(B, m, r, K, like=c) if scratch is None else scratch(B, m, r, K, like=c)
-        torch.mul(G if self.shared else G[:, None], c[:, :, None, :], out=Gc)
-        if self.shared:  # fold samples and outputs into the rows of one GEMM
-            if H is None:
-                H = empty(B, m, r, r, like=c)
-                torch.mm(Gc.view(-1, K), G.T, out=H.view(-1, r))
-                return H
-            H.view(-1, r).addmm_(Gc.view(-1, K), G.T)
-            return H
-        if H is None:
-            H = empty(B, m, r, r, like=c)
-            torch.bmm(Gc.view(B, m * r, K), G.mT, out=H.view(B, m * r, r))
-            return H
-        H.view(B, m * r, r).baddbmm_(Gc.view(B, m * r, K), G.mT)
-        return H
-
     def add_diagonal_term(self, D: torch.Tensor | None, c: torch.Tensor) -> torch.Tensor:
-        """``D + Σ_k c_k J_k²`` (the diagonal of :meth:`add_term`'s term), ``(B, m, r)``.
+        """``D + Σ_k c_k J_k²`` (the diagonal of the term ``Jᵀ diag(c) J``), ``(B, m, r)``.
         Per-sample rows are consumed (squared in place)."""
         G = self.rows
         if G is None:  # the term's diagonal is c itself

@@ -20,6 +20,7 @@ from torch import nn
 from .._memory import Scratch, empty
 from .._problem import Problem
 from . import chain
+from .gram import Gram
 from .jacobian import Jacobian
 from .layers import Elementwise, Identity, Linear, parse
 
@@ -343,14 +344,16 @@ def hessian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> t
     if not fw.acts:
         return _zeros(p, X, sel, p.n, p.n)
     cs, _ = _reverse(fw, sel)
-    H, scratch = None, Scratch()
+    B, m = X.shape[0], len(sel)
     if fw.P is not None and not _narrowing_pays(fw):
+        gram = Gram(B, m, p.n, like=X)
         for act, c in zip(fw.acts, cs):
-            H = _x_jacobian(fw, act).add_term(H, c, scratch)
-        return H
+            gram.add(_x_jacobian(fw, act).rows, c)
+        return gram.result()
+    gram = Gram(B, m, p.n if fw.P is None else fw.P.shape[1], like=X)
     for act, c in zip(fw.acts, cs):
-        H = act.G.add_term(H, c, scratch)
-    return _to_x(fw, H)
+        gram.add(act.G.rows, c)
+    return _to_x(fw, gram.result())
 
 
 @_no_autograd
@@ -358,7 +361,15 @@ def layer_terms(p: Problem, X: torch.Tensor, sel: tuple[int, ...]):
     """``[(index, name, term)]`` with ``term`` of shape ``(B, m, n, n)``; the terms sum to H."""
     fw = forward(parse(p.f), p, X, jacobian=True)
     cs, _ = _reverse(fw, sel) if fw.acts else ([], None)
-    return [(a.index, a.name, _to_x(fw, a.G.add_term(None, c))) for a, c in zip(fw.acts, cs)]
+    r = X.shape[1] if fw.P is None else fw.P.shape[1]
+    return [(a.index, a.name, _to_x(fw, _term(a.G, c, r))) for a, c in zip(fw.acts, cs)]
+
+
+def _term(G: Jacobian, c: torch.Tensor, r: int) -> torch.Tensor:
+    """One activation's ``G diag(c) Gᵀ``: ``(B, m, r, r)``."""
+    gram = Gram(c.shape[0], c.shape[1], r, like=c)
+    gram.add(G.rows, c)
+    return gram.result()
 
 
 @_no_autograd
