@@ -70,3 +70,24 @@ def test_auto_runs_the_chain_kernels_and_narrowing_stems_keep_their_own():
         chain.hessian = original
     assert calls, "auto did not run the chain kernel on an MLP"
     torch.testing.assert_close(H, hv.hessian(wide, X, batched=True, method="func"))
+
+
+@pytest.mark.parametrize(
+    "sizes, in_x",
+    [([40, 20, 20, 20, 3], True), ([12, 3, 4, 2], False), ([60, 8, 30, 30, 1], False)],
+    ids=["equal-widths", "narrow-then-wider", "bottleneck"],
+)
+def test_diagonal_of_a_narrowing_chain_goes_where_it_costs_less(sizes, in_x):
+    """A first layer narrower than the input: the diagonal carries Jacobians in ``x`` (the chain
+    kernel) when that costs fewer multiply-adds than ``z_1`` and mapping back, and is exact
+    either way; the full Hessian and the Laplacian stay in ``z_1``."""
+    model = hv.mlp(sizes, "tanh", seed=len(sizes))
+    X = torch.randn(3, sizes[0], dtype=D, generator=torch.Generator().manual_seed(2))
+    assert (_chain_of(model, X, "diagonal")[1] is not None) is in_x
+    assert _chain_of(model, X, "hessian")[1] is None and _chain_of(model, X, "laplacian")[1] is None
+    torch.testing.assert_close(
+        hv.hessian_diagonal(model, X, batched=True),
+        hv.hessian_diagonal(model, X, batched=True, method="func"),
+        rtol=1e-10,
+        atol=1e-12,
+    )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .._problem import Problem
+from .gram import panel_edges
 from .kernels import Pass, forward, narrowing_pays_for
 from .layers import Unsupported, parse
 
@@ -73,4 +74,9 @@ def cost(p: Problem, fw: Pass) -> Cost:
     structured = r * jac_body + assembly
     func = n * (1 + 2 * m) * fwd + m * n * n
     K_max = max(Ks, default=0)
-    return Cost(structured, func, r * sum(Ks) + n * K_max, r * K_max + r * r + r * n + n * n)
+    # per output: the scaled copy (one panel of every layer's rows side by side when the
+    # assembly uses panels, see gram.py), the panels' sum and the result, P H, H in x
+    edges = panel_edges(r, m)
+    scaled = r * K_max if len(edges) == 2 else (edges[1] - edges[0]) * sum(Ks)
+    per_output = scaled + (2 if len(edges) > 2 else 1) * r * r + r * n + n * n
+    return Cost(structured, func, r * sum(Ks) + n * K_max, per_output)
