@@ -263,6 +263,8 @@ def time_grid_point(task, cfg, args, jdev, jax_reason, sync) -> tuple[list[dict]
         budget_s=args.budget,
     )
     ref = timings[ref_label]
+    auto = next(e for e in entries if e.label == "hessviz auto")
+    gemm = gemm_share_of(auto.fn, args, sync) if cfg.n >= GEMM_SHARE_MIN_N else {}
     rows = []
     for e in entries:
         t = timings.get(e.label)
@@ -282,11 +284,42 @@ def time_grid_point(task, cfg, args, jdev, jax_reason, sync) -> tuple[list[dict]
                 "speedup_vs_ref": None if t is None else timing.speedup(ref, t),
                 "max_rel_err": err,
                 "peak_mib": None,
+                **{k: (gemm.get(k) if e is auto else None) for k in GEMM_COLUMNS},
                 "note": note,
                 "_samples": [] if t is None else t.samples,  # seconds per round (not in CSV)
             }
         )
     return rows, auto_choice
+
+
+GEMM_SHARE_MIN_N = 64
+GEMM_COLUMNS = ("gemm_gflop", "gemm_share", "hv_gflops", "mm_gflops")
+
+
+def gemm_share_of(fn, args, sync) -> dict:
+    """The GEMM share of one call (``gemm_share.py``): its matrix products replayed alone on
+    contiguous operands, timed interleaved with the call; ``gemm_share`` = t(replay) / t(call),
+    ``hv_gflops`` and ``mm_gflops`` the GEMM FLOPs over the call's and the replay's time.
+    CPU only (a CUDA call's products are not timed apart)."""
+    import gemm_share
+
+    if not args.device.startswith("cpu"):
+        return {}
+    gemms = gemm_share.record(fn)
+    if not gemms:
+        return {}
+    fns = {"call": fn, "replay": gemm_share.replay(gemms)}
+    estimates = {k: timing.warm_up(f, sync, slow_s=0.5)[0] for k, f in fns.items()}
+    t = timing.interleaved(
+        fns, estimates, sync, rounds=args.rounds, min_sample_s=0.02, budget_s=args.budget
+    )
+    flops = gemm_share.flops(gemms)
+    return {
+        "gemm_gflop": flops / 1e9,
+        "gemm_share": timing.speedup(t["replay"], t["call"]),
+        "hv_gflops": flops / t["call"].median_s / 1e9,
+        "mm_gflops": flops / t["replay"].median_s / 1e9,
+    }
 
 
 def _latency_calls(model, x) -> dict[str, Callable]:

@@ -1,0 +1,90 @@
+"""How much of a call is GEMM at torch's own GEMM rate: the grid's *GEMM share*.
+
+:func:`record` runs a call once under a :class:`~torch.utils._python_dispatch.TorchDispatchMode`
+and keeps every matrix product it issues (``mm``, ``bmm``, ``addmm``, ``baddbmm``, in place or
+not: ``linear`` and ``matmul`` arrive as these), as shapes. :func:`replay` builds fresh
+contiguous operands for exactly those products and returns a callable that runs them with
+``torch.mm``/``torch.bmm`` into preallocated outputs, and nothing else. Then::
+
+    share = t(replay) / t(call)           (1.0: all of the call is GEMM at torch's rate)
+    rate  = GEMM FLOPs / t(call)          against   GEMM FLOPs / t(replay)
+
+A product torch would run on strided views, or one broadcast over a stride-0 batch, is replayed
+contiguous: the share also counts what memory order costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+_PRODUCTS = {  # op → positions of its two factors
+    aten.mm: (0, 1),
+    aten.bmm: (0, 1),
+    aten.addmm: (1, 2),
+    aten.addmm_: (1, 2),
+    aten.baddbmm: (1, 2),
+    aten.baddbmm_: (1, 2),
+}
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """One product: ``batch`` × ``(M, K) @ (K, N)`` in ``dtype``."""
+
+    batch: int
+    M: int
+    K: int
+    N: int
+    dtype: torch.dtype
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.batch * self.M * self.K * self.N
+
+
+class _Record(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gemms: list[Gemm] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        where = _PRODUCTS.get(func.overloadpacket)
+        if where is not None:
+            A, B = args[where[0]], args[where[1]]
+            batch = A.shape[0] if A.ndim == 3 else 1
+            self.gemms.append(Gemm(batch, A.shape[-2], A.shape[-1], B.shape[-1], A.dtype))
+        return func(*args, **(kwargs or {}))
+
+
+def record(call: Callable[[], object]) -> list[Gemm]:
+    """The matrix products one ``call()`` issues, in order."""
+    with _Record() as mode:
+        call()
+    return mode.gemms
+
+
+def replay(gemms: list[Gemm]) -> Callable[[], None]:
+    """A callable running exactly ``gemms`` on fresh contiguous operands (built here, once)."""
+    g = torch.Generator().manual_seed(0)
+    work = []
+    for p in gemms:
+        lead = (p.batch,) if p.batch > 1 else ()
+        A = torch.rand(*lead, p.M, p.K, generator=g, dtype=p.dtype)
+        B = torch.rand(*lead, p.K, p.N, generator=g, dtype=p.dtype)
+        out = torch.empty(*lead, p.M, p.N, dtype=p.dtype)
+        work.append((torch.bmm if lead else torch.mm, A, B, out))
+
+    def run() -> None:
+        for product, A, B, out in work:
+            product(A, B, out=out)
+
+    return run
+
+
+def flops(gemms: list[Gemm]) -> int:
+    return sum(p.flops for p in gemms)
