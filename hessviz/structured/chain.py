@@ -60,23 +60,23 @@ def _values(ch: Chain, X: torch.Tensor) -> tuple[list, list]:
     return s1s, s2s
 
 
-def _reverse(ch: Chain, s1s: list, s2s: list, sel: tuple[int, ...], tangents=None):
-    """``c_l`` for every activation (``(B, m, K_l)``) from one reverse sweep; with ``tangents``
-    (the ``J_l v``, ``(B, K_l)``) also ``Σ_l J_lᵀ(c_l ⊙ J_l v)`` at ``x``: the HVP ``(B, m, n)``."""
-    W_out = ch.linears[-1].weight  # (M, K_L): ∂y/∂a_L, the same for every sample
-    d = W_out if sel == tuple(range(W_out.shape[0])) else W_out[list(sel)]
-    cs, q = [], None
+def _output_rows(ch: Chain, sel: tuple[int, ...]) -> torch.Tensor:
+    """``∂y_i/∂a_L`` for the selected outputs, ``(m, K_L)``: rows of the last weight matrix, the
+    same for every sample."""
+    W_out = ch.linears[-1].weight
+    return W_out if sel == tuple(range(W_out.shape[0])) else W_out[list(sel)]
+
+
+def _reverse(ch: Chain, s1s: list, s2s: list, sel: tuple[int, ...]) -> list:
+    """``c_l`` for every activation (``(B, m, K_l)``) from one reverse sweep for all outputs."""
+    d = _output_rows(ch, sel)
+    cs = []
     for k in range(len(ch.derivs) - 1, -1, -1):
-        c = s2s[k][:, None, :] * d  # (B, m, K_k)
-        cs.append(c)
-        if tangents is not None:
-            ct = c * tangents[k][:, None, :]
-            q = ct if q is None else q.mul_(s1s[k][:, None, :]).add_(ct)
-            q = torch.matmul(q, ch.linears[k].weight)
+        cs.append(s2s[k][:, None, :] * d)  # (B, m, K_k)
         if k > 0:
             d = torch.matmul(s1s[k][:, None, :] * d, ch.linears[k].weight)
     cs.reverse()
-    return cs, q
+    return cs
 
 
 def _sweep(ch: Chain, X: torch.Tensor, s1s: list, term: Callable, into=None) -> None:
@@ -119,7 +119,7 @@ def hessian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
     each panel is one GEMM over all layers (1.25× faster than one per layer at n = 64, m = 10).
     """
     s1s, s2s = _values(ch, X)
-    cs, _ = _reverse(ch, s1s, s2s, sel)
+    cs = _reverse(ch, s1s, s2s, sel)
     B, n = X.shape
     gram = Gram(B, len(sel), n, like=X)
     if not gram.panels:
@@ -134,7 +134,7 @@ def hessian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
 def diagonal(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
     """``(B, m, n)``: ``D_ij = Σ_l Σ_k c_{l,ik} (G_l)_{jk}²``."""
     s1s, s2s = _values(ch, X)
-    cs, _ = _reverse(ch, s1s, s2s, sel)
+    cs = _reverse(ch, s1s, s2s, sel)
     B, n, m = X.shape[0], X.shape[1], len(sel)
     D = empty(B, m, n, like=X)
     squares = Scratch()
@@ -153,7 +153,7 @@ def diagonal(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
 def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
     """``(B, m)``: ``Σ_l c_l · w_l`` with ``w_l = Σ_j (G_l)_{jk}²`` (``w_1`` shared)."""
     s1s, s2s = _values(ch, X)
-    cs, _ = _reverse(ch, s1s, s2s, sel)
+    cs = _reverse(ch, s1s, s2s, sel)
     L = torch.zeros(X.shape[0], len(sel), dtype=X.dtype, device=X.device)
 
     def term(k, G):
@@ -165,14 +165,28 @@ def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
 
 
 def hvp(ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
-    """``(B, m, n)``: one tangent forward with the values, one reverse sweep for all outputs."""
+    """``(B, m, n)``: ``Σ_l J_lᵀ(c_l ⊙ J_l v)`` from one tangent forward with the values and one
+    reverse sweep for all outputs.
+
+    ``c_l ⊙ J_l v = (σ_l'' ⊙ J_l v) ⊙ ∂y/∂a_l``: the per-sample factor ``σ_l'' ⊙ J_l v`` is
+    ``(B, K_l)``, formed in the forward pass, so the reverse sweep never forms ``c_l`` itself:
+    three ``(B, m, K)`` passes per layer instead of five.
+    """
     a, t = X, V
-    s1s, s2s, ts = [], [], []
+    s1s, s2ts = [], []
     for lin, derivs in zip(ch.linears, ch.derivs):
         a, s1, s2 = derivs(torch.nn.functional.linear(a, lin.weight, lin.bias))
-        t = t @ lin.weight.T if not ts else (t * s1s[-1]) @ lin.weight.T
+        t = t @ lin.weight.T if not s1s else (t * s1s[-1]) @ lin.weight.T  # J_l v at z_l
         s1s.append(s1)
-        s2s.append(s2)
-        ts.append(t)
-    _, q = _reverse(ch, s1s, s2s, sel, tangents=ts)
+        s2ts.append(s2 * t)
+    d = _output_rows(ch, sel)
+    q = None
+    for k in range(len(ch.derivs) - 1, -1, -1):
+        W = ch.linears[k].weight
+        s2t = s2ts[k].unsqueeze(1)
+        # q at z_k: the HVP's part from the layers above, carried through σ_k', plus layer k's
+        q = s2t * d if q is None else q.mul_(s1s[k].unsqueeze(1)).addcmul_(s2t, d)
+        q = torch.matmul(q, W)
+        if k > 0:
+            d = torch.matmul(s1s[k].unsqueeze(1) * d, W)
     return q
