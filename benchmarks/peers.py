@@ -172,9 +172,10 @@ def configure_jax(threads: int) -> None:
     os.environ.setdefault("JAX_ENABLE_X64", "1")
 
 
-def pin(threads: int) -> str:
-    """Run the whole process — torch, XLA and their helper threads — on ``threads`` cores, and
-    set torch's thread count to match; returns a line for a results file's header.
+def pin(threads: int) -> None:
+    """Run the whole process — torch, XLA and their helper threads — on the first ``threads``
+    of its allowed cores, and set torch's thread count to match (results headers name the
+    cores: :func:`timing.machine`).
 
     Every library then computes on the same cores: "1 thread each" would not hold otherwise
     (XLA's float64 GEMM ran at 110 GFLOP/s on two cores, 56 on one).
@@ -184,11 +185,8 @@ def pin(threads: int) -> str:
     configure_jax(threads)
     torch.set_num_threads(threads)
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(allowed) <= threads:
-        return f"{len(allowed) or os.cpu_count()} core(s), all of them"
-    cores = set(allowed[:threads])
-    os.sched_setaffinity(0, cores)
-    return f"pinned to core(s) {sorted(cores)} (os.sched_setaffinity), every library alike"
+    if len(allowed) > threads:
+        os.sched_setaffinity(0, set(allowed[:threads]))
 
 
 def jax_device_for(device: str):

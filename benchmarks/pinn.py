@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -309,10 +310,11 @@ def jet_worker(args) -> None:
         print(json.dumps(r), flush=True)
 
 
-def start_jet(points: list[Point], args) -> tuple[tuple | None, str]:
+def start_jet(points: list[Point], args, core: list[int]) -> tuple[tuple | None, str]:
     """Start the Python 3.12 process that times hessviz and jet on ``points``; it runs while
-    this process works through the grid (each takes one core; samples are CPU time). Returns
-    (the process, its stdout and stderr files), or None and why not."""
+    this process works through the grid, pinned to ``core`` (a core of its own where there is
+    a second one; samples are CPU time). Returns (the process, its stdout and stderr files), or
+    None and why not."""
     python = Path(args.jet_python)
     if args.no_jet:
         return None, "jet left out (--no-jet)"
@@ -323,7 +325,10 @@ def start_jet(points: list[Point], args) -> tuple[tuple | None, str]:
     cmd += ["--rounds", str(args.rounds), "--budget", str(args.budget)]
     cmd += ["--min-sample", str(args.min_sample)]
     out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    return (subprocess.Popen(cmd, stdout=out, stderr=err, text=True), out, err), ""
+    # it would inherit this process's pinning to the first core
+    move = (lambda: os.sched_setaffinity(0, set(core))) if core else None
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, preexec_fn=move)
+    return (proc, out, err), ""
 
 
 def finish_jet(started: tuple | None, note: str) -> tuple[list[dict], dict, str]:
@@ -653,7 +658,8 @@ def main(argv=None, command: str | None = None) -> int:
     if args.jet_worker:
         jet_worker(args)
         return 0
-    sbs.one_thread()
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    sbs.one_thread()  # this process: the first core
     start = time.perf_counter()
     points = select(QUICK if args.quick else GRID, args.points)
     if not points:
@@ -667,7 +673,7 @@ def main(argv=None, command: str | None = None) -> int:
     def make(p, model, X, predicted):
         return methods(p, model, X, unavailable, predicted, args.peer_limit)
 
-    jet_run, jet_note = start_jet(points, args)
+    jet_run, jet_note = start_jet(points, args, cores[1:2])
     bar.update("pinn: start-up (first compile, first jit)")
     env["prime_s"] = prime(unavailable)
     rows = time_points(points, args, make, "main", bar)

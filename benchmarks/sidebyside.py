@@ -56,10 +56,9 @@ TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-4}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
-def one_thread() -> str:
-    """The whole process on one core, one torch thread, x64 JAX (before JAX is imported);
-    returns :func:`peers.pin`'s header line."""
-    return peers.pin(1)
+def one_thread() -> None:
+    """The whole process on one core, one torch thread, x64 JAX (before JAX is imported)."""
+    peers.pin(1)
 
 
 def missing(module: str) -> str | None:
