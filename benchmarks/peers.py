@@ -178,7 +178,9 @@ def pin(threads: int) -> None:
     cores: :func:`timing.machine`).
 
     Every library then computes on the same cores: "1 thread each" would not hold otherwise
-    (XLA's float64 GEMM ran at 110 GFLOP/s on two cores, 56 on one).
+    (XLA's float64 GEMM ran at 110 GFLOP/s on two cores, 56 on one). ``sched_setaffinity(0)``
+    moves only the calling thread, so the threads already running (a BLAS pool started when
+    its library was imported) are moved one by one.
     """
     import torch
 
@@ -186,7 +188,21 @@ def pin(threads: int) -> None:
     torch.set_num_threads(threads)
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if len(allowed) > threads:
-        os.sched_setaffinity(0, set(allowed[:threads]))
+        cores = set(allowed[:threads])
+        os.sched_setaffinity(0, cores)  # this thread, and every thread started from now on
+        for tid in _threads():  # and the ones already running (pools started at import)
+            try:
+                os.sched_setaffinity(tid, cores)
+            except OSError:  # exited meanwhile
+                pass
+
+
+def _threads() -> list[int]:
+    """The ids of this process's threads (Linux: ``/proc/self/task``; elsewhere none)."""
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return []
 
 
 def jax_device_for(device: str):

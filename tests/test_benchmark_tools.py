@@ -1,11 +1,16 @@
-"""The benchmark's GEMM-share yardstick (``benchmarks/gemm_share.py``) sees every matrix
-product a call issues, with its shape, and replays exactly those."""
+"""The benchmark's tools: the GEMM-share yardstick (``benchmarks/gemm_share.py``) sees every
+matrix product a call issues, with its shape, and replays exactly those; ``peers.pin`` puts every
+thread of the process on the pinned cores."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -39,3 +44,40 @@ def test_record_sees_every_product_with_its_shape():
 def test_replay_runs_exactly_the_recorded_products():
     gemms = [gemm_share.Gemm(1, 7, 4, 3, torch.float64), gemm_share.Gemm(3, 2, 5, 6, torch.float32)]
     assert gemm_share.record(gemm_share.replay(gemms)) == gemms
+
+
+_PIN_CHILD = """
+import os, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+started = threading.Event()
+ids = []
+def pool_thread():  # like a BLAS pool started when its library is imported: before pin()
+    ids.append(threading.get_native_id()); started.set(); time.sleep(5)
+threading.Thread(target=pool_thread, daemon=True).start()
+started.wait()
+import peers
+peers.pin(1)
+late = []
+t = threading.Thread(target=lambda: late.append(os.sched_getaffinity(0)))
+t.start(); t.join()
+import json
+cores = [os.sched_getaffinity(ids[0]), os.sched_getaffinity(0), late[0]]
+print(json.dumps([sorted(c) for c in cores]))
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs two cores and Linux affinity",
+)
+def test_pin_moves_threads_that_were_already_running():
+    """``sched_setaffinity(0)`` moves only the calling thread: a pool started at import kept
+    computing on the other core. After ``pin(1)`` the early thread, the caller and a thread
+    started later all run on the first allowed core, and nowhere else."""
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    out = subprocess.run(
+        [sys.executable, "-c", _PIN_CHILD, bench], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    early, caller, later = json.loads(out.stdout)
+    assert early == caller == later == [min(os.sched_getaffinity(0))]
