@@ -264,7 +264,7 @@ def time_grid_point(task, cfg, args, jdev, jax_reason, sync) -> tuple[list[dict]
     )
     ref = timings[ref_label]
     auto = next(e for e in entries if e.label == "hessviz auto")
-    gemm = gemm_share_of(auto.fn, args, sync) if cfg.n >= GEMM_SHARE_MIN_N else {}
+    gemm = gemm_share_of(auto.fn, args, sync, jdev) if cfg.n >= GEMM_SHARE_MIN_N else {}
     rows = []
     for e in entries:
         t = timings.get(e.label)
@@ -293,13 +293,14 @@ def time_grid_point(task, cfg, args, jdev, jax_reason, sync) -> tuple[list[dict]
 
 
 GEMM_SHARE_MIN_N = 64
-GEMM_COLUMNS = ("gemm_gflop", "gemm_share", "hv_gflops", "mm_gflops")
+GEMM_COLUMNS = ("gemm_gflop", "gemm_share", "hv_gflops", "mm_gflops", "xla_gflops")
 
 
-def gemm_share_of(fn, args, sync) -> dict:
+def gemm_share_of(fn, args, sync, jdev=None) -> dict:
     """The GEMM share of one call (``gemm_share.py``): its matrix products replayed alone on
     contiguous operands, timed interleaved with the call; ``gemm_share`` = t(replay) / t(call),
-    ``hv_gflops`` and ``mm_gflops`` the GEMM FLOPs over the call's and the replay's time.
+    ``hv_gflops`` and ``mm_gflops`` the GEMM FLOPs over the call's and the replay's time, and
+    with JAX device ``jdev``, ``xla_gflops`` the same products' rate under XLA.
     CPU only (a CUDA call's products are not timed apart)."""
     import gemm_share
 
@@ -309,6 +310,8 @@ def gemm_share_of(fn, args, sync) -> dict:
     if not gemms:
         return {}
     fns = {"call": fn, "replay": gemm_share.replay(gemms)}
+    if jdev is not None:
+        fns["xla"] = gemm_share.replay_xla(gemms, jdev)
     estimates = {k: timing.warm_up(f, sync, slow_s=0.5)[0] for k, f in fns.items()}
     t = timing.interleaved(
         fns, estimates, sync, rounds=args.rounds, min_sample_s=0.02, budget_s=args.budget
@@ -319,6 +322,7 @@ def gemm_share_of(fn, args, sync) -> dict:
         "gemm_share": timing.speedup(t["replay"], t["call"]),
         "hv_gflops": flops / t["call"].median_s / 1e9,
         "mm_gflops": flops / t["replay"].median_s / 1e9,
+        "xla_gflops": flops / t["xla"].median_s / 1e9 if "xla" in t else None,
     }
 
 

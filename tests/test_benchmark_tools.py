@@ -46,6 +46,25 @@ def test_replay_runs_exactly_the_recorded_products():
     assert gemm_share.record(gemm_share.replay(gemms)) == gemms
 
 
+def test_xla_replay_computes_every_recorded_product():
+    """XLA's replay returns one result per product, equal to that product of its operands."""
+    pytest.importorskip("jax")
+    import jax
+
+    gemms = [
+        gemm_share.Gemm(1, 5, 3, 4, torch.float32),
+        gemm_share.Gemm(2, 6, 5, 2, torch.float32),
+    ]
+    results = gemm_share.replay_xla(gemms, jax.devices("cpu")[0])()
+    g = torch.Generator().manual_seed(0)
+    assert len(results) == len(gemms)
+    for p, got in zip(gemms, results):
+        lead = (p.batch,) if p.batch > 1 else ()
+        A = torch.rand(*lead, p.M, p.K, generator=g, dtype=p.dtype)
+        B = torch.rand(*lead, p.K, p.N, generator=g, dtype=p.dtype)
+        torch.testing.assert_close(torch.from_numpy(jax.device_get(got).copy()), A @ B)
+
+
 _PIN_CHILD = """
 import os, sys, threading, time
 sys.path.insert(0, sys.argv[1])
