@@ -66,17 +66,20 @@ def _tree(f: nn.Module, storages: bool) -> tuple:
     ``storages``, also which tensors hold the parameters and buffers (a lowered chain holds the
     user's tensors themselves, so a replaced tensor means the chain is out of date)."""
     tree, stack = [], [f]
+    append, pop, extend = tree.append, stack.pop, stack.extend
     while stack:  # f.modules() without its memo set: this runs on every call
-        m = stack.pop()
-        hooked = bool(m._forward_hooks or m._forward_pre_hooks)
+        m = pop()
+        if m is None:  # a child registered as None
+            continue
+        d = m.__dict__  # what Module.__init__ sets lives here: no attribute lookups
+        hooked = bool(d["_forward_hooks"] or d["_forward_pre_hooks"])
         # ids, not the modules: an entry must not keep f alive (the kernels hold the leaves)
-        tree.append((id(m), type(m), m.training, m.__dict__.get("p"), hooked))
+        append((id(m), type(m), d["training"], d.get("p"), hooked))
         if storages:
-            for t in (*m._parameters.values(), *m._buffers.values()):
-                tree.append(None if t is None else t.data_ptr())
-        stack.extend(c for c in m._modules.values() if c is not None)
-    tree = tuple(tree)
-    return tree
+            for t in (*d["_parameters"].values(), *d["_buffers"].values()):
+                append(None if t is None else t.data_ptr())
+        extend(d["_modules"].values())
+    return tuple(tree)
 
 
 @dataclass
@@ -95,20 +98,21 @@ class Entry:
         p = self.problem
         if _tree(f, self.storages) != self.tree:
             return None
-        if not _finite(x) or (v is not None and not _same_kind(v, x)):
+        if not (_finite(x) if v is None else _both_finite(x, v)):
             return None
-        X = x.detach().reshape(p.B, p.n)
-        if self.storages:  # f itself runs on X (a graph's check, a lowered chain's): our copy
-            X = X.clone()  # the layer-wise kernels only read X and never return it
         if p.f is None:
             p = _with_f(p, f)
         try:
-            with torch.no_grad():
+            with torch.no_grad():  # nothing here records autograd history: no detach needed
+                X = x if x.shape == (p.B, p.n) else x.reshape(p.B, p.n)
+                if self.storages:  # f itself runs on X (a graph's check, a lowered chain's)
+                    X = X.clone()  # our copy: the layer-wise kernels only read X
                 if self.reference is not None and not self._chain_agrees(f, X[:1]):
                     return None
                 if v is None:
                     return self.kernel(p, X, p.sel)
-                return self.kernel(p, X, v.detach().to(X.dtype).reshape(p.B, p.n), p.sel)
+                V = v.to(X.dtype)
+                return self.kernel(p, X, V if V.shape == X.shape else V.reshape(X.shape), p.sel)
         except Exception:  # noqa: BLE001 - the full path decides again and explains
             return None
 
@@ -136,10 +140,24 @@ def _with_f(p: Problem, f: object) -> Problem:
     return q
 
 
-def _same_kind(v: object, x: torch.Tensor) -> bool:
-    return (
-        isinstance(v, torch.Tensor) and v.shape == x.shape and v.device == x.device and _finite(v)
-    )
+def _both_finite(x: torch.Tensor, v: object) -> bool:
+    """``x`` finite (:func:`_finite`) and ``v`` a finite real tensor of its shape and device.
+
+    With one dtype, one reduction serves both: ``x · v`` is NaN or ±inf whenever either holds
+    a NaN or an infinity (``inf · 0`` is NaN, ``inf − inf`` is NaN), and a dot that only
+    overflows sends finite inputs down the full path, which checks element by element."""
+    if not (
+        isinstance(v, torch.Tensor)
+        and v.shape == x.shape
+        and v.device == x.device
+        and x.is_floating_point()
+        and v.is_floating_point()
+        and x.numel() > 0
+    ):
+        return False
+    if v.dtype != x.dtype:
+        return _finite(x) and _finite(v)
+    return math.isfinite(torch.dot(x.reshape(-1), v.reshape(-1)))
 
 
 def find(f: object, key) -> Entry | None:

@@ -121,7 +121,8 @@ class Problem:
         else:
             tail = tuple(self.sample_shape) * n_input_axes
             head = {"all": tuple(self.out_shape), "int": (), "list": (m,)}[self.outputs_kind]
-        out = R.reshape(B, *head, *tail)
+        shape = (B, *head, *tail)
+        out = R if R.shape == shape else R.reshape(shape)
         return out if self.batched else out[0]
 
 

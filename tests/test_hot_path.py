@@ -162,6 +162,23 @@ def test_bad_input_on_the_second_call_still_gets_the_clear_error():
         hv.hessian(model.float(), X, batched=True)  # model changed dtype, x did not
 
 
+@pytest.mark.parametrize(
+    "where, value",
+    [("x", float("inf")), ("x", float("nan")), ("v", float("-inf")), ("v", float("nan"))],
+)
+def test_a_non_finite_x_or_v_of_a_repeated_hvp_gets_the_clear_error(where, value):
+    """The repeated HVP checks ``x`` and ``v`` with one dot product: a non-finite entry facing a
+    zero of the other (``inf · 0``) must not slip through."""
+    model, X = _mlp(), torch.randn(4, 3, dtype=D)
+    V = torch.randn(4, 3, dtype=D)
+    hv.hvp(model, X, V, batched=True)
+    X, V = X.clone(), V.clone()
+    X[1, 2] = V[1, 2] = 0.0
+    (X if where == "x" else V)[1, 2] = value
+    with pytest.raises(hv.HessvizError, match="NaN|inf"):
+        hv.hvp(model, X, V, batched=True)
+
+
 def test_user_tensors_are_never_changed_or_aliased():
     model, X = _mlp(act=lambda: nn.Tanh()), torch.randn(4, 3, dtype=D)
     hv.hessian(model, X, batched=True)
@@ -235,4 +252,3 @@ def test_plans_do_not_keep_the_model_alive(make):
     del model
     gc.collect()
     assert ref() is None, "a cached plan keeps the model (and its parameters) in memory"
-
