@@ -95,6 +95,42 @@ DERIVATIVES = {
 }
 
 
+def _tanh_into(z, a, s1, s2):
+    torch.tanh(z, out=a)
+    torch.addcmul(_one(z), a, a, value=-1, out=s1)
+    return a, s1, torch.mul(a, s1, out=s2).mul_(-2)
+
+
+def _sigmoid_into(z, a, s1, s2):
+    torch.sigmoid(z, out=a)
+    torch.addcmul(a, a, a, value=-1, out=s1)  # a - a² = a(1 - a)
+    return a, s1, torch.addcmul(s1, a, s1, value=-2, out=s2)  # s1 (1 - 2a)
+
+
+def _sin_into(z, a, s1, s2):
+    return torch.sin(z, out=a), torch.cos(z, out=s1), torch.neg(a, out=s2)
+
+
+_ONES: dict = {}
+
+
+def _one(z: torch.Tensor) -> torch.Tensor:
+    """A 0-d one of ``z``'s dtype and device (made once)."""
+    key = (z.dtype, z.device)
+    one = _ONES.get(key)
+    if one is None:
+        one = _ONES[key] = torch.ones((), dtype=z.dtype, device=z.device)
+    return one
+
+
+#: ``(z, a, s1, s2) ↦ (σ(z), σ'(z), σ''(z))`` written into the given buffers (``a``, ``s1``,
+#: ``s2``, each shaped like ``z``): the same closed forms as :data:`DERIVATIVES`, for kernels
+#: that keep their temporaries between calls (:class:`hessviz._memory.Workspace`). ``σ(z)`` is
+#: the op itself (``torch.tanh``, …), so only an activation module that is exactly that op may
+#: use these.
+DERIVATIVES_INTO = {"tanh": _tanh_into, "sigmoid": _sigmoid_into, "sin": _sin_into}
+
+
 def autograd_derivatives(fn, z: torch.Tensor):
     """``(σ(z), σ'(z), σ''(z))`` of an elementwise ``fn`` by autograd on it alone.
 

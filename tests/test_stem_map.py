@@ -53,8 +53,14 @@ def _conv(seed: int = 0) -> nn.Module:
     )
 
 
-def _check(op, model, X):
-    torch.testing.assert_close(OPS[op](model, X), REFERENCE[op](model, X), rtol=1e-9, atol=1e-11)
+def _check(op, model, X, after="the first call"):
+    torch.testing.assert_close(
+        OPS[op](model, X),
+        REFERENCE[op](model, X),
+        rtol=1e-9,
+        atol=1e-11,
+        msg=lambda m: f"{op} after {after}: {m}",
+    )
 
 
 def _edits(model):
@@ -63,8 +69,9 @@ def _edits(model):
     yield ".data write", lambda: first.weight.data.mul_(-1.5)
     yield "one entry", lambda: first.weight.data.view(-1)[3].add_(0.25)
     yield "bias", lambda: first.bias.data.add_(0.3)  # the bias is not in the map: still exact
-    yield "replaced parameter", lambda: setattr(
-        first, "weight", nn.Parameter(torch.randn_like(first.weight))
+    yield (
+        "replaced parameter",
+        lambda: setattr(first, "weight", nn.Parameter(torch.randn_like(first.weight))),
     )
 
 
@@ -78,7 +85,7 @@ def test_every_edit_of_the_stem_is_seen(op, make):
     _check(op, model, X)  # served from the kept map
     for what, edit in _edits(model):
         edit()
-        _check(op, model, X)
+        _check(op, model, X, after=what)
 
 
 def test_a_changed_setting_in_the_stem_is_seen():

@@ -16,17 +16,19 @@ of operations, on large ones the GEMMs. Notation (per sample ``b``, selected out
 
 Every kernel takes ``X`` of shape ``(B, n)`` and the selected flat outputs ``sel`` (``m`` of
 them) and returns ``(B, m, n, n)`` Hessians, ``(B, m, n)`` diagonals or HVPs, or ``(B, m)``
-Laplacians, without autograd.
+Laplacians, without autograd. ``ws`` supplies the temporaries (:class:`~hessviz._memory.Workspace`:
+a plan's own, kept between its calls, or fresh ones); results are always new tensors.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .._memory import Scratch, empty
+from .._memory import FRESH, Workspace, empty
 from .gram import Gram
 
 #: ``z ↦ (σ(z), σ'(z), σ''(z))`` for one activation
@@ -42,19 +44,43 @@ class Chain:
         derivs: one callable per activation.
         activations: the activation modules ``derivs`` run (their settings, e.g. softplus's
             ``beta``, are read at every call).
+        into: per activation, :data:`hessviz.ops.DERIVATIVES_INTO`'s function when the module
+            is exactly that op (it then writes into workspace buffers), else None; empty: none.
     """
 
     linears: tuple
     derivs: tuple[Derivs, ...]
     activations: tuple = ()
+    into: tuple = ()
 
 
-def _values(ch: Chain, X: torch.Tensor) -> tuple[list, list]:
+def _activate(ch: Chain, k: int, a: torch.Tensor, ws: Workspace) -> tuple:
+    """``(σ(z), σ'(z), σ''(z))`` of activation ``k`` with ``z = W_k a + b_k``, ``(B, K)`` each.
+
+    With a closed form that writes into buffers, ``z`` and the three results live in ``ws``
+    (``σ(z)`` in one of two buffers: the next layer reads it while writing its own); otherwise
+    the module computes ``σ(z)`` itself, as in ``f``, and its results are new tensors (never
+    written here: a closed form may return one tensor twice, as ``exp`` does)."""
+    lin = ch.linears[k]
+    into = ch.into[k] if ch.into else None
+    if into is None:
+        return ch.derivs[k](torch.nn.functional.linear(a, lin.weight, lin.bias))
+    B, K = a.shape[0], lin.out_features
+    z = ws("z", B, K, like=a)
+    if lin.bias is None:  # what F.linear runs: the same numbers
+        torch.mm(a, lin.weight.T, out=z)
+    else:
+        torch.addmm(lin.bias, a, lin.weight.T, out=z)
+    buffers = (ws(("a", k % 2), B, K, like=a), ws(("s1", k), B, K, like=a))
+    return into(z, *buffers, ws(("s2", k), B, K, like=a))
+
+
+def _values(ch: Chain, X: torch.Tensor, ws: Workspace = FRESH) -> tuple[list, list]:
     """σ_l'(z_l) and σ_l''(z_l), ``(B, K_l)`` each; the output layer's value is never needed."""
     a = X
     s1s, s2s = [], []
-    for lin, derivs in zip(ch.linears, ch.derivs):
-        a, s1, s2 = derivs(torch.nn.functional.linear(a, lin.weight, lin.bias))
+    for k in range(len(ch.derivs)):
+        a, s1, s2 = _activate(ch, k, a, ws)
         s1s.append(s1)
         s2s.append(s2)
     return s1s, s2s
@@ -67,19 +93,25 @@ def _output_rows(ch: Chain, sel: tuple[int, ...]) -> torch.Tensor:
     return W_out if sel == tuple(range(W_out.shape[0])) else W_out[list(sel)]
 
 
-def _reverse(ch: Chain, s1s: list, s2s: list, sel: tuple[int, ...]) -> list:
+def _reverse(ch: Chain, s1s: list, s2s: list, sel: tuple[int, ...], ws: Workspace = FRESH) -> list:
     """``c_l`` for every activation (``(B, m, K_l)``) from one reverse sweep for all outputs."""
-    d = _output_rows(ch, sel)
-    cs = []
+    d = _output_rows(ch, sel)  # (m, K_L), then (B, m, K_l)
+    B, m = s1s[0].shape[0], d.shape[0]
+    cs = [None] * len(ch.derivs)
     for k in range(len(ch.derivs) - 1, -1, -1):
-        cs.append(s2s[k][:, None, :] * d)  # (B, m, K_k)
+        K = s1s[k].shape[1]
+        cs[k] = torch.mul(s2s[k][:, None, :], d, out=ws(("c", k), B, m, K, like=d))
         if k > 0:
-            d = torch.matmul(s1s[k][:, None, :] * d, ch.linears[k].weight)
-    cs.reverse()
+            W = ch.linears[k].weight
+            s1d = torch.mul(s1s[k][:, None, :], d, out=ws("s1d", B, m, K, like=d))
+            out = ws(("d", k % 2), B * m, W.shape[1], like=d)
+            d = torch.mm(s1d.view(B * m, K), W, out=out).view(B, m, -1)
     return cs
 
 
-def _sweep(ch: Chain, X: torch.Tensor, s1s: list, term: Callable, into=None) -> None:
+def _sweep(
+    ch: Chain, X: torch.Tensor, s1s: list, term: Callable, into=None, ws: Workspace = FRESH
+) -> None:
     """Carry ``G_l = J_lᵀ`` through the chain and hand each to ``term(l, G_l)``.
 
     ``G_1 = W_1ᵀ`` is ``(n, K_1)``; the later ones are ``(B, n, K_l)``, valid only during the
@@ -87,15 +119,17 @@ def _sweep(ch: Chain, X: torch.Tensor, s1s: list, term: Callable, into=None) -> 
     a ``(B, n, ΣK_l)`` buffer, every ``G_l`` is written side by side there instead and kept.
     """
     B, n = X.shape
-    G = ch.linears[0].weight.T.contiguous()  # products with a transposed view would inherit it
-    if into is not None:
-        G = into[:, :, : G.shape[1]].copy_(G)
+    W1 = ch.linears[0].weight
+    # contiguous: products with a transposed view would inherit its memory order
+    G = (ws("G1", n, W1.shape[0], like=X) if into is None else into[:, :, : W1.shape[0]]).copy_(
+        W1.T
+    )
     term(0, G)
     if len(ch.derivs) == 1:
         return
     width = max(lin.out_features for lin in ch.linears[:-1])
-    scaled_buf = empty(B * n * width, like=X)
-    G_buf = empty(B * n * width, like=X) if into is None else None
+    scaled_buf = ws("scaled", B * n * width, like=X)
+    G_buf = ws("G", B * n * width, like=X) if into is None else None
     end = G.shape[-1]
     for k in range(1, len(ch.derivs)):
         W = ch.linears[k].weight  # (K_k, K_{k-1})
@@ -112,59 +146,68 @@ def _sweep(ch: Chain, X: torch.Tensor, s1s: list, term: Callable, into=None) -> 
         term(k, G)
 
 
-def hessian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+def hessian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH):
     """``(B, m, n, n)``: ``Σ_l (G_l ⊙ c_l) G_lᵀ``, upper panels only (:class:`~.gram.Gram`).
 
     With panels, every layer's ``G_l`` goes side by side into one ``(B, n, ΣK)`` Jacobian and
     each panel is one GEMM over all layers (1.25× faster than one per layer at n = 64, m = 10).
     """
-    s1s, s2s = _values(ch, X)
-    cs = _reverse(ch, s1s, s2s, sel)
-    B, n = X.shape
-    gram = Gram(B, len(sel), n, like=X)
+    s1s, s2s = _values(ch, X, ws)
+    cs = _reverse(ch, s1s, s2s, sel, ws)
+    B, n, m = X.shape[0], X.shape[1], len(sel)
+    gram = Gram(B, m, n, like=X)
     if not gram.panels:
-        _sweep(ch, X, s1s, lambda k, G: gram.add(G, cs[k]))
+        _sweep(ch, X, s1s, lambda k, G: gram.add(G, cs[k]), ws=ws)
         return gram.result()
-    G_all = empty(B, n, sum(c.shape[-1] for c in cs), like=X)
-    _sweep(ch, X, s1s, lambda k, G: None, into=G_all)
-    gram.add(G_all, torch.cat(cs, -1))
+    K_all = sum(c.shape[-1] for c in cs)
+    G_all = ws("G_all", B, n, K_all, like=X)
+    _sweep(ch, X, s1s, lambda k, G: None, into=G_all, ws=ws)
+    gram.add(G_all, torch.cat(cs, -1, out=ws("c_all", B, m, K_all, like=X)))
     return gram.result()
 
 
-def diagonal(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+def diagonal(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH):
     """``(B, m, n)``: ``D_ij = Σ_l Σ_k c_{l,ik} (G_l)_{jk}²``."""
-    s1s, s2s = _values(ch, X)
-    cs = _reverse(ch, s1s, s2s, sel)
+    s1s, s2s = _values(ch, X, ws)
+    cs = _reverse(ch, s1s, s2s, sel, ws)
     B, n, m = X.shape[0], X.shape[1], len(sel)
     D = empty(B, m, n, like=X)
-    squares = Scratch()
+    squares = _flat(ws, "squares", B * n * max(c.shape[-1] for c in cs), X)
 
     def term(k, G):
-        sq = torch.mul(G, G, out=squares(*G.shape, like=X))
+        sq = torch.mul(G, G, out=squares(G.shape))
         if k == 0:
             torch.mm(cs[0].view(B * m, -1), sq.T, out=D.view(B * m, n))
         else:
             D.baddbmm_(cs[k], sq.mT)
 
-    _sweep(ch, X, s1s, term)
+    _sweep(ch, X, s1s, term, ws=ws)
     return D
 
 
-def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH):
     """``(B, m)``: ``Σ_l c_l · w_l`` with ``w_l = Σ_j (G_l)_{jk}²`` (``w_1`` shared)."""
-    s1s, s2s = _values(ch, X)
-    cs = _reverse(ch, s1s, s2s, sel)
-    L = torch.zeros(X.shape[0], len(sel), dtype=X.dtype, device=X.device)
+    s1s, s2s = _values(ch, X, ws)
+    cs = _reverse(ch, s1s, s2s, sel, ws)
+    B, n = X.shape
+    L = torch.zeros(B, len(sel), dtype=X.dtype, device=X.device)
+    width = max(c.shape[-1] for c in cs)
+    squares = _flat(ws, "squares", B * n * width, X)
+    norms = _flat(ws, "norms", B * width, X)
 
     def term(k, G):
-        w = torch.linalg.vecdot(G, G, dim=-2)  # (K,) or (B, K): squared column norms
-        L.add_(cs[k] @ w if k == 0 else torch.bmm(cs[k], w[:, :, None])[..., 0])
+        if k == 0:  # (n, K): shared by every sample
+            L.add_(cs[0] @ torch.linalg.vecdot(G, G, dim=-2))
+            return
+        sq = torch.mul(G, G, out=squares(G.shape))
+        w = torch.sum(sq, dim=1, out=norms(G.shape[::2]))  # (B, K): squared column norms
+        L.add_(torch.bmm(cs[k], w[:, :, None])[..., 0])
 
-    _sweep(ch, X, s1s, term)
+    _sweep(ch, X, s1s, term, ws=ws)
     return L
 
 
-def hvp(ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...]) -> torch.Tensor:
+def hvp(ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], ws=FRESH):
     """``(B, m, n)``: ``Σ_l J_lᵀ(c_l ⊙ J_l v)`` from one tangent forward with the values and one
     reverse sweep for all outputs.
 
@@ -172,21 +215,40 @@ def hvp(ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...]) -> to
     ``(B, K_l)``, formed in the forward pass, so the reverse sweep never forms ``c_l`` itself:
     three ``(B, m, K)`` passes per layer instead of five.
     """
+    B = X.shape[0]
     a, t = X, V
     s1s, s2ts = [], []
-    for lin, derivs in zip(ch.linears, ch.derivs):
-        a, s1, s2 = derivs(torch.nn.functional.linear(a, lin.weight, lin.bias))
-        t = t @ lin.weight.T if not s1s else (t * s1s[-1]) @ lin.weight.T  # J_l v at z_l
+    for k, lin in enumerate(ch.linears[: len(ch.derivs)]):
+        a, s1, s2 = _activate(ch, k, a, ws)
+        K = lin.out_features
+        if s1s:  # J_l v at z_l
+            t = torch.mul(t, s1s[-1], out=ws(("ts1", k), *t.shape, like=X))
+        t = torch.mm(t, lin.weight.T, out=ws(("t", k % 2), B, K, like=X))
         s1s.append(s1)
-        s2ts.append(s2 * t)
-    d = _output_rows(ch, sel)
+        s2ts.append(torch.mul(s2, t, out=ws(("s2t", k), B, K, like=X)))
+    d = _output_rows(ch, sel)  # (m, K_L), then (B, m, K_l)
+    m = d.shape[0]
     q = None
     for k in range(len(ch.derivs) - 1, -1, -1):
         W = ch.linears[k].weight
+        K = W.shape[0]
         s2t = s2ts[k].unsqueeze(1)
         # q at z_k: the HVP's part from the layers above, carried through σ_k', plus layer k's
-        q = s2t * d if q is None else q.mul_(s1s[k].unsqueeze(1)).addcmul_(s2t, d)
-        q = torch.matmul(q, W)
+        if q is None:
+            q = torch.mul(s2t, d, out=ws("q", B, m, K, like=X))
+        else:
+            q.mul_(s1s[k].unsqueeze(1)).addcmul_(s2t, d)
+        out = ws(("qW", k % 2), B * m, W.shape[1], like=X) if k > 0 else None  # last: the result
+        q = torch.mm(q.view(B * m, K), W, out=out).view(B, m, -1)
         if k > 0:
-            d = torch.matmul(s1s[k].unsqueeze(1) * d, W)
+            s1d = torch.mul(s1s[k].unsqueeze(1), d, out=ws("s1d", B, m, K, like=X))
+            out = ws(("d", k % 2), B * m, W.shape[1], like=X)
+            d = torch.mm(s1d.view(B * m, K), W, out=out).view(B, m, -1)
     return q
+
+
+def _flat(ws: Workspace, role: str, size: int, like: torch.Tensor) -> Callable:
+    """``shape ↦`` a view of one ``size``-element buffer of ``ws``: temporaries of one role
+    whose shapes change from layer to layer share it."""
+    buf = ws(role, size, like=like)
+    return lambda shape: buf[: math.prod(shape)].view(shape)

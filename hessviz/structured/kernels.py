@@ -13,18 +13,18 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .._budget import get_memory_budget
-from .._memory import Scratch, empty
+from .._memory import Scratch, Workspace, empty
 from .._problem import Problem
 from . import chain
 from .gram import Gram
 from .jacobian import Jacobian
-from .layers import Elementwise, Identity, Linear, parse
+from .layers import Elementwise, Identity, Linear, derivatives_into, parse
 
 
 @dataclass
@@ -384,6 +384,7 @@ def _chain(layers: list, p: Problem, op: str) -> chain.Chain | None:
         tuple(lay.module for lay in linears),
         tuple(a.derivs for a in acts),
         tuple(a.module for a in acts),
+        tuple(derivatives_into(a.module) for a in acts),
     )
 
 
@@ -395,9 +396,17 @@ class ChainRunner:
 
     chain: chain.Chain
     op: str
+    #: the temporaries this plan keeps between its calls (one call at a time)
+    workspace: Workspace = field(default_factory=lambda: Workspace(keep=True), compare=False)
 
     def __call__(self, p: Problem, X: torch.Tensor, *args):
-        return getattr(chain, self.op)(self.chain, X, *args)
+        kernel, ws = getattr(chain, self.op), self.workspace
+        if not ws.acquire():  # another thread is in this plan: fresh buffers for this call
+            return kernel(self.chain, X, *args)
+        try:
+            return kernel(self.chain, X, *args, ws=ws)
+        finally:
+            ws.release()
 
 
 def runner(op: str, p: Problem) -> Callable | None:

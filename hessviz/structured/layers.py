@@ -125,6 +125,14 @@ class Elementwise:
         return ops.autograd_derivatives(self.module, z)
 
 
+def derivatives_into(module: nn.Module):
+    """:data:`hessviz.ops.DERIVATIVES_INTO`'s function for ``module``, or None: only for the
+    exact module types whose ``forward`` is that op (``nn.Tanh`` is ``torch.tanh``; a subclass
+    may compute something else)."""
+    op = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", ops.Sin: "sin"}.get(type(module))
+    return None if op is None else ops.DERIVATIVES_INTO[op]
+
+
 def _from_catalogue(op: str):
     """σ' and σ'' of a parameter-free activation, from the op catalogue (:mod:`hessviz.ops`)."""
     return lambda m, z, a: ops.DERIVATIVES[op](z, a)
