@@ -87,7 +87,7 @@ class Workspace:
 
     One call at a time: :meth:`acquire` fails while another thread holds the workspace (that
     call gets fresh buffers). Buffers beyond an eighth of the memory budget are let go after the
-    call (:meth:`release`). A workspace that was never acquired hands out fresh buffers every
+    call (:meth:`release`). A workspace made with ``keep=False`` hands out fresh buffers every
     time (what kernels get when no plan keeps one, and under ``torch.compile``).
     """
 
@@ -111,12 +111,17 @@ class Workspace:
 
     def __call__(self, role: object, *shape: int, like: torch.Tensor) -> torch.Tensor:
         """An uninitialised ``shape`` tensor like ``like`` for ``role``: the one kept from the
-        last call when it matches, else a new one (kept, if this workspace keeps buffers)."""
-        if not self._keep or torch.compiler.is_compiling():
+        last call when it matches, else a new one (kept, if this workspace keeps buffers).
+
+        A plan's dtype and device are part of its request: only the dtype is checked (a
+        tensor on another device fails in the kernel, which sends the call down the full path).
+        """
+        if not self._keep:
             return empty(*shape, like=like)
-        t = self._bufs.get(role)
-        if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
-            t = self._bufs[role] = empty(*shape, like=like)
+        key = (role, shape)
+        t = self._bufs.get(key)
+        if t is None or t.dtype is not like.dtype:
+            t = self._bufs[key] = empty(*shape, like=like)
         return t
 
 

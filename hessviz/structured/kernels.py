@@ -401,7 +401,8 @@ class ChainRunner:
 
     def __call__(self, p: Problem, X: torch.Tensor, *args):
         kernel, ws = getattr(chain, self.op), self.workspace
-        if not ws.acquire():  # another thread is in this plan: fresh buffers for this call
+        # traced by torch.compile, or another thread is in this plan: fresh buffers
+        if torch.compiler.is_compiling() or not ws.acquire():
             return kernel(self.chain, X, *args)
         try:
             return kernel(self.chain, X, *args, ws=ws)
