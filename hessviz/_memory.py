@@ -85,8 +85,9 @@ class Workspace:
     kernel takes its temporaries from here instead; the buffers outlive the call, the results
     never live in them.
 
-    One call at a time: :meth:`acquire` fails while another thread holds the workspace (that
-    call gets fresh buffers). Buffers beyond an eighth of the memory budget are let go after the
+    CPU only (CUDA's caching allocator already reuses memory). One call at a time:
+    :meth:`acquire` fails while another thread holds the workspace (that call gets fresh
+    buffers). Buffers beyond an eighth of the memory budget are let go after the
     call (:meth:`release`). A workspace made with ``keep=False`` hands out fresh buffers every
     time (what kernels get when no plan keeps one, and under ``torch.compile``).
     """

@@ -140,3 +140,17 @@ def test_a_busy_workspace_hands_out_fresh_buffers_and_a_plan_keeps_within_its_bu
             )
         small = _runner(model, X, "laplacian").workspace
     assert small is not ws and not small._bufs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_a_plan_on_the_gpu_keeps_no_buffers():
+    """CUDA's caching allocator reuses memory per stream; buffers kept across calls would be
+    shared by calls on different streams."""
+    model = _model("tanh").cuda()
+    X, V = (t.cuda() for t in _data(0))
+    for _ in range(3):
+        torch.testing.assert_close(
+            hv.laplacian(model, X, batched=True),
+            hv.laplacian(model, X, batched=True, method="func"),
+        )
+    assert not _runner(model, X, "laplacian").workspace._bufs

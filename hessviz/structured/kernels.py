@@ -401,8 +401,10 @@ class ChainRunner:
 
     def __call__(self, p: Problem, X: torch.Tensor, *args):
         kernel, ws = getattr(chain, self.op), self.workspace
-        # traced by torch.compile, or another thread is in this plan: fresh buffers
-        if torch.compiler.is_compiling() or not ws.acquire():
+        # Fresh buffers when traced by torch.compile, on a GPU (its caching allocator already
+        # reuses memory, per stream: buffers kept here would be shared across streams) or
+        # while another thread is in this plan.
+        if torch.compiler.is_compiling() or not X.is_cpu or not ws.acquire():
             return kernel(self.chain, X, *args)
         try:
             return kernel(self.chain, X, *args, ws=ws)
