@@ -14,6 +14,7 @@ import ctypes
 import math
 import sys
 import threading
+import weakref
 
 import torch
 
@@ -87,28 +88,44 @@ class Workspace:
 
     CPU only (CUDA's caching allocator already reuses memory). One call at a time:
     :meth:`acquire` fails while another thread holds the workspace (that call gets fresh
-    buffers). Buffers beyond an eighth of the memory budget are let go after the
-    call (:meth:`release`). A workspace made with ``keep=False`` hands out fresh buffers every
-    time (what kernels get when no plan keeps one, and under ``torch.compile``).
+    buffers). All workspaces together keep at most an eighth of the memory budget: a call
+    whose buffers would pass that lets them go when it ends (:meth:`release`). A workspace
+    made with ``keep=False`` hands out fresh buffers every time (what kernels get when no plan
+    keeps one, and under ``torch.compile``).
     """
 
     def __init__(self, keep: bool = False) -> None:
         self._bufs: dict = {}
         self._keep = keep
         self._lock = threading.Lock()
+        self._kept = [0]  # bytes this workspace counts in _KEPT (a cell its finalizer reads)
+        self._grew = False
+        if keep:
+            weakref.finalize(self, _forget, self._kept)
 
     def acquire(self) -> bool:
         """Take the workspace for one call (False: another call has it)."""
         return self._lock.acquire(blocking=False)
 
     def release(self) -> None:
+        """End the call: count new buffers against the budget (letting them all go if they
+        would pass it) and free the workspace for the next call."""
+        if self._grew:
+            self._grew = False
+            self._account()
+        self._lock.release()
+
+    def _account(self) -> None:
         from ._budget import get_memory_budget
 
-        if sum(t.numel() * t.element_size() for t in self._bufs.values()) > (
-            get_memory_budget() // 8
-        ):
-            self._bufs.clear()
-        self._lock.release()
+        size = sum(t.numel() * t.element_size() for t in self._bufs.values())
+        with _KEPT_LOCK:
+            total = _KEPT[0] - self._kept[0] + size
+            if total > get_memory_budget() // 8:
+                self._bufs.clear()
+                total -= size
+                size = 0
+            _KEPT[0], self._kept[0] = total, size
 
     def __call__(self, role: object, *shape: int, like: torch.Tensor) -> torch.Tensor:
         """An uninitialised ``shape`` tensor like ``like`` for ``role``: the one kept from the
@@ -123,7 +140,22 @@ class Workspace:
         t = self._bufs.get(key)
         if t is None or t.dtype is not like.dtype:
             t = self._bufs[key] = empty(*shape, like=like)
+            self._grew = True
         return t
+
+
+_KEPT = [0]  # bytes all live workspaces keep
+_KEPT_LOCK = threading.Lock()
+
+
+def kept_bytes() -> int:
+    """Bytes all plans' workspaces keep between calls."""
+    return _KEPT[0]
+
+
+def _forget(cell: list) -> None:
+    with _KEPT_LOCK:
+        _KEPT[0] -= cell[0]
 
 
 #: the workspace of a call that keeps nothing: fresh buffers (shared, it holds no state)

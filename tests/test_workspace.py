@@ -154,3 +154,26 @@ def test_a_plan_on_the_gpu_keeps_no_buffers():
             hv.laplacian(model, X, batched=True, method="func"),
         )
     assert not _runner(model, X, "laplacian").workspace._bufs
+
+
+def test_all_plans_together_keep_at_most_an_eighth_of_the_budget_and_free_it_with_the_model():
+    import gc
+
+    from hessviz._memory import kept_bytes
+
+    gc.collect()
+    before = kept_bytes()
+    budget = 64 * 1024 * 1024
+    model = _model("tanh", sizes=(3, 64, 64, 1))
+    with hv.memory_budget(budget):
+        for B in (256, 512, 768, 1024, 1280, 1536):  # six plans of growing size
+            X, V = _data(B, B=B)
+            for _ in range(2):
+                torch.testing.assert_close(
+                    hv.laplacian(model, X, batched=True),
+                    hv.laplacian(model, X, batched=True, method="func"),
+                )
+            assert before < kept_bytes() <= before + budget // 8
+    del model
+    gc.collect()
+    assert kept_bytes() == before
