@@ -20,9 +20,9 @@ once, :math:`H = A^\top H_{z_1} A`, when the cost model says that pays; the Lapl
 column norms there, through :math:`A A^\top` (``K_1 × K_1``); the stem's map and that Gram are
 kept between calls while the stem's tensors still equal the copies they came from. (2) HVPs
 need no Jacobian at all: one forward tangent, one reverse sweep with the curvature injected per
-layer. (3) The affine *tail*
-after the last activation is sample-independent: ``∂y_i/∂a_L`` is computed once (for a final
-``Linear`` it is a row of its weight), and no Jacobian or tangent is carried through it.
+layer. (3) The affine *tail* after the last activation is sample-independent: ``∂y_i/∂a_L`` is
+computed once (for a final ``Linear`` it is a row of its weight), and no Jacobian or tangent is
+carried through it.
 (4) Per-op overhead dominates small models: the common activations have closed-form σ', σ'';
 kernels run without autograd recording; every layer's term is one batched GEMM accumulated in
 place; temporaries of the same role share one scratch buffer, and a plan keeps the chain
