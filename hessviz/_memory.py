@@ -145,7 +145,7 @@ class Workspace:
 
 
 _KEPT = [0]  # bytes all live workspaces keep
-_KEPT_LOCK = threading.Lock()
+_KEPT_LOCK = threading.RLock()  # re-entrant: a finalizer may run in a collection inside it
 
 
 def kept_bytes() -> int:
