@@ -120,12 +120,11 @@ class Workspace:
 
         size = sum(t.numel() * t.element_size() for t in self._bufs.values())
         with _KEPT_LOCK:
-            total = _KEPT[0] - self._kept[0] + size
-            if total > get_memory_budget() // 8:
+            if _KEPT[0] - self._kept[0] + size > get_memory_budget() // 8:
                 self._bufs.clear()
-                total -= size
                 size = 0
-            _KEPT[0], self._kept[0] = total, size
+            _KEPT[0] += size - self._kept[0]  # one update: a finalizer's own stays counted
+            self._kept[0] = size
 
     def __call__(self, role: object, *shape: int, like: torch.Tensor) -> torch.Tensor:
         """An uninitialised ``shape`` tensor like ``like`` for ``role``: the one kept from the
