@@ -50,6 +50,7 @@ from . import _hot, api
 from ._errors import HessvizError
 from .structured import chain
 from .structured.kernels import ChainRunner
+from .structured.layers import plain_settings
 
 _PUBLIC = {
     "hessian": api.hessian,
@@ -258,12 +259,7 @@ class _ChainProgram(nn.Module):
 def _settings(modules: tuple) -> list:
     """``(module, name, value)`` of the activations' plain settings (softplus's ``beta``, …;
     ``training`` is checked with the module tree): compiled in as constants."""
-    return [
-        (m, k, v)
-        for m in modules
-        for k, v in vars(m).items()
-        if isinstance(v, (bool, int, float, str)) and k != "training"
-    ]
+    return [(m, k, v) for m in modules for k, v in plain_settings(m) if k != "training"]
 
 
 def _layout(tensors: list) -> tuple:

@@ -207,7 +207,7 @@ def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = 
     return L
 
 
-def hvp(ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], ws=FRESH):
+def hvp(ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH):
     """``(B, m, n)``: ``Σ_l J_lᵀ(c_l ⊙ J_l v)`` from one tangent forward with the values and one
     reverse sweep for all outputs.
 

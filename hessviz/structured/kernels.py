@@ -24,7 +24,7 @@ from .._problem import Problem
 from . import chain
 from .gram import Gram
 from .jacobian import Jacobian
-from .layers import Elementwise, Identity, Linear, derivatives_into, parse
+from .layers import Elementwise, Identity, Linear, derivatives_into, parse, plain_settings
 
 
 @dataclass
@@ -91,12 +91,6 @@ class _StemMap:
 _STEM_MAPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _settings(m: nn.Module) -> list:
-    return sorted(
-        (k, v) for k, v in vars(m).items() if isinstance(v, (bool, int, float, str, tuple))
-    )
-
-
 def _stem_map(stem: list, S: torch.Size, X: torch.Tensor) -> _StemMap:
     """The stem's :class:`_StemMap`, reused when every parameter and buffer of the stem still
     equals (``torch.equal``, one read of each) the copy it was computed from: in-place edits,
@@ -104,7 +98,7 @@ def _stem_map(stem: list, S: torch.Size, X: torch.Tensor) -> _StemMap:
     Maps larger than a sixteenth of the memory budget are not kept."""
     modules = [lay.module for lay in stem]
     key = (tuple(map(id, modules)), tuple(S), X.dtype, X.device)
-    settings = [_settings(m) for m in modules]
+    settings = [plain_settings(m) for m in modules]
     tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
     if torch.compiler.is_compiling():  # traced: nothing to keep between calls
         return _StemMap(key, settings, [], _stem_jacobian(stem, S, X))

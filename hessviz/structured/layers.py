@@ -125,6 +125,14 @@ class Elementwise:
         return ops.autograd_derivatives(self.module, z)
 
 
+def plain_settings(module: nn.Module) -> list:
+    """``(name, value)`` of ``module``'s plain attributes (``beta``, ``stride``, ``eps``, …),
+    sorted: what a kernel may assume unchanged between calls besides its tensors."""
+    return sorted(
+        (k, v) for k, v in vars(module).items() if isinstance(v, (bool, int, float, str, tuple))
+    )
+
+
 def derivatives_into(module: nn.Module):
     """:data:`hessviz.ops.DERIVATIVES_INTO`'s function for ``module``, or None: only for the
     exact module types whose ``forward`` is that op (``nn.Tanh`` is ``torch.tanh``; a subclass
