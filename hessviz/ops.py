@@ -112,7 +112,8 @@ def _sigmoid_into(z, a, s1, s2):
 
 
 def _sin_into(z, a, s1, s2):
-    return torch.sin(z, out=a), torch.cos(z, out=s1), torch.neg(a, out=s2)
+    torch.cos(z, out=s1)  # before ``a`` is written: ``a`` may be ``z``
+    return torch.sin(z, out=a), s1, torch.neg(a, out=s2)
 
 
 #: numpy's float dtypes for torch's: those :func:`tanh_into` may hand to ``np.tanh``
@@ -196,11 +197,11 @@ def _one(z: torch.Tensor) -> torch.Tensor:
 
 
 #: ``(z, a, s1, s2) ↦ (σ(z), σ'(z), σ''(z))`` written into the given buffers (``a``, ``s1``,
-#: ``s2``, each shaped like ``z``): the same closed forms as :data:`DERIVATIVES`, for kernels
-#: that keep their temporaries between calls (:class:`hessviz._memory.Workspace`). ``σ(z)`` is
-#: the op itself (``torch.sigmoid``, ``torch.sin``; ``tanh`` by :func:`tanh_into`, numpy's
-#: where faster, within :data:`TANH_ULPS`), so only an activation module that is exactly that op
-#: may use these.
+#: ``s2``, each shaped like ``z``; ``a`` may be ``z`` itself): the same closed forms as
+#: :data:`DERIVATIVES`, for kernels that keep their temporaries between calls
+#: (:class:`hessviz._memory.Workspace`). ``σ(z)`` is the op itself (``torch.sigmoid``,
+#: ``torch.sin``; ``tanh`` by :func:`tanh_into`, numpy's where faster, within
+#: :data:`TANH_ULPS`), so only an activation module that is exactly that op may use these.
 DERIVATIVES_INTO = {"tanh": _tanh_into, "sigmoid": _sigmoid_into, "sin": _sin_into}
 
 

@@ -64,7 +64,7 @@ def test_auto_runs_the_chain_kernels_and_narrowing_stems_keep_their_own():
     calls = []
     original = chain.hessian
     try:
-        chain.hessian = lambda *a: calls.append(1) or original(*a)
+        chain.hessian = lambda *a, **kw: calls.append(1) or original(*a, **kw)
         H = hv.hessian(wide, X, batched=True)
     finally:
         chain.hessian = original
@@ -91,3 +91,49 @@ def test_diagonal_of_a_narrowing_chain_goes_where_it_costs_less(sizes, in_x):
         rtol=1e-10,
         atol=1e-12,
     )
+
+
+@pytest.mark.parametrize("op", ["hessian", "diagonal", "laplacian", "hvp"])
+@pytest.mark.parametrize("outputs", [None, [1]], ids=["all", "second"])
+def test_a_batch_run_in_chunks_equals_torch_func(op, outputs, monkeypatch):
+    """11 samples in chunks of 4 (the last one short), HVP directions sliced alike."""
+    model = hv.mlp([3, 8, 8, 2], "tanh", seed=5)
+    gen = torch.Generator().manual_seed(7)
+    X = torch.randn(11, 3, dtype=D, generator=gen)
+    V = torch.randn(11, 3, dtype=D, generator=gen)
+    call = {
+        "hessian": lambda **kw: hv.hessian(model, X, batched=True, outputs=outputs, **kw),
+        "diagonal": lambda **kw: hv.hessian_diagonal(model, X, batched=True, outputs=outputs, **kw),
+        "laplacian": lambda **kw: hv.laplacian(model, X, batched=True, outputs=outputs, **kw),
+        "hvp": lambda **kw: hv.hvp(model, X, V, batched=True, outputs=outputs, **kw),
+    }[op]
+    sizes = []
+    original = getattr(chain, op)
+
+    def spy(ch, X, *args, **kw):
+        sizes.append(X.shape[0])
+        return original(ch, X, *args, **kw)
+
+    monkeypatch.setattr(chain, "chunk_size", lambda *a: 4)
+    monkeypatch.setattr(chain, op, spy)
+    got = call()
+    assert sizes[-3:] == [4, 4, 3] and 11 not in sizes  # (a one-sample check may come first)
+    torch.testing.assert_close(got, call(method="func"), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("op, rows", [("laplacian", 4), ("diagonal", 2), ("hvp", 8)])
+def test_chunks_hold_about_chunk_bytes(op, rows):
+    """2 → 64 ×4 → 1, float64, 4096 samples: ``rows`` per sample × 64 × 8 bytes, in equal
+    chunks of at most CHUNK_BYTES (rounded up to a sample; float32: four times the bytes); one
+    chunk on another device."""
+    model = hv.mlp([2, 64, 64, 64, 64, 1], "tanh", seed=0)
+    X = torch.zeros(4096, 2, dtype=D)
+    ch = _chain_of(model, X, op)[1]
+    step = chain.chunk_size(op, ch, X, 1)
+    per_sample = rows * 64 * 8
+    chunks = -(-4096 * per_sample // chain.CHUNK_BYTES)
+    assert step == -(-4096 // chunks) and (step - 1) * per_sample < chain.CHUNK_BYTES
+    assert chain.chunk_size(op, ch, X[:8], 1) == 8
+    assert chain.chunk_size(op, ch, X.to("meta"), 1) == 4096
+    chunks32 = -(-4096 * per_sample // 2 // (4 * chain.CHUNK_BYTES))  # float32: 4x the bytes
+    assert chain.chunk_size(op, ch, X.float(), 1) == -(-4096 // chunks32)

@@ -62,8 +62,7 @@ def _activate(ch: Chain, k: int, a: torch.Tensor, ws: Workspace) -> tuple:
     the module computes ``σ(z)`` itself, as in ``f``, and its results are new tensors (never
     written here: a closed form may return one tensor twice, as ``exp`` does)."""
     lin = ch.linears[k]
-    into = ch.into[k] if ch.into else None
-    if into is None:
+    if not ch.into or ch.into[k] is None:
         return ch.derivs[k](torch.nn.functional.linear(a, lin.weight, lin.bias))
     B, K = a.shape[0], lin.out_features
     z = ws("z", B, K, like=a)
@@ -71,8 +70,19 @@ def _activate(ch: Chain, k: int, a: torch.Tensor, ws: Workspace) -> tuple:
         torch.mm(a, lin.weight.T, out=z)
     else:
         torch.addmm(lin.bias, a, lin.weight.T, out=z)
-    buffers = (ws(("a", k % 2), B, K, like=a), ws(("s1", k), B, K, like=a))
-    return into(z, *buffers, ws(("s2", k), B, K, like=a))
+    return _derivs(ch, k, z, ws(("a", k % 2), B, K, like=a), ws)
+
+
+def _derivs(ch: Chain, k: int, z: torch.Tensor, a: torch.Tensor, ws: Workspace) -> tuple:
+    """``(σ(z), σ'(z), σ''(z))`` of activation ``k`` at a given ``z`` (``(B, K)``, any strides).
+
+    A closed form writing into buffers puts ``σ(z)`` in ``a`` (which may be ``z`` itself) and
+    the derivatives in ``ws``; otherwise all three are the activation's new tensors."""
+    into = ch.into[k] if ch.into else None
+    if into is None:
+        return ch.derivs[k](z)
+    B, K = z.shape
+    return into(z, a, ws(("s1", k), B, K, like=z), ws(("s2", k), B, K, like=z))
 
 
 def _values(ch: Chain, X: torch.Tensor, ws: Workspace = FRESH) -> tuple[list, list]:
@@ -186,25 +196,52 @@ def diagonal(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = F
 
 
 def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH):
-    """``(B, m)``: ``Σ_l c_l · w_l`` with ``w_l = Σ_j (G_l)_{jk}²`` (``w_1`` shared)."""
-    s1s, s2s = _values(ch, X, ws)
-    cs = _reverse(ch, s1s, s2s, sel, ws)
+    """``(B, m)``, by the forward Laplacian: each layer's value ``a``, Jacobian ``J = ∂a/∂x``
+    and Laplacian ``Δa`` travel together, stacked as ``(B, n + 2, K)``, so one GEMM per layer
+    maps all three (``n + 2`` rows per sample whatever ``m``; the outputs' Laplacians are
+    ``W_out Δa_L`` at the end). Through ``a = σ(z)``:
+
+        ``J_a = σ'(z) ⊙ J_z``,  ``Δa = σ'(z) ⊙ Δz + σ''(z) ⊙ Σ_j (J_z)_j²``.
+
+    The first layer's ``J_z = W_1`` is the same for every sample and ``Δz_1 = 0``.
+    """
     B, n = X.shape
-    L = torch.zeros(B, len(sel), dtype=X.dtype, device=X.device)
-    width = max(c.shape[-1] for c in cs)
+    hidden = ch.linears[: len(ch.derivs)]
+    width = max(lin.weight.shape[0] for lin in hidden)
+    stacks = [_flat(ws, ("stack", i), B * (n + 2) * width, X) for i in (0, 1)]
+    W1 = hidden[0].weight  # (K_1, n)
+    K = W1.shape[0]
+    Y = stacks[0]((B, n + 2, K))
+    z = Y[:, 0]
+    if hidden[0].bias is None:
+        torch.mm(X, W1.T, out=z)
+    else:
+        torch.addmm(hidden[0].bias, X, W1.T, out=z)
+    a, s1, s2 = _derivs(ch, 0, z, z, ws)
+    lap = torch.mul(s2, torch.linalg.vecdot(W1, W1), out=Y[:, n + 1])  # Σ_j W1[:, j]²
+    if len(hidden) > 1:
+        torch.mul(s1[:, None, :], W1.T, out=Y[:, 1 : n + 1])
+        if a is not z:
+            z.copy_(a)
     squares = _flat(ws, "squares", B * n * width, X)
     norms = _flat(ws, "norms", B * width, X)
-
-    def term(k, G):
-        if k == 0:  # (n, K): shared by every sample
-            L.add_(cs[0] @ torch.linalg.vecdot(G, G, dim=-2))
-            return
-        sq = torch.mul(G, G, out=squares(G.shape))
-        w = torch.sum(sq, dim=1, out=norms(G.shape[::2]))  # (B, K): squared column norms
-        L.add_(torch.bmm(cs[k], w[:, :, None])[..., 0])
-
-    _sweep(ch, X, s1s, term, ws=ws)
-    return L
+    for k in range(1, len(hidden)):
+        lin = hidden[k]
+        K, K_in = lin.weight.shape
+        Z = stacks[k % 2]((B * (n + 2), K))
+        Y = torch.mm(Y.view(B * (n + 2), K_in), lin.weight.T, out=Z).view(B, n + 2, K)
+        z, J, lap = Y[:, 0], Y[:, 1 : n + 1], Y[:, n + 1]
+        if lin.bias is not None:
+            z.add_(lin.bias)
+        sq = torch.mul(J, J, out=squares((B, n, K)))
+        w = torch.sum(sq, dim=1, out=norms((B, K)))  # (B, K): Σ_j (J_z)_j²
+        a, s1, s2 = _derivs(ch, k, z, z, ws)
+        lap.mul_(s1).addcmul_(s2, w)
+        if k < len(hidden) - 1:  # the last layer's value and Jacobian are never read
+            J.mul_(s1[:, None, :])
+            if a is not z:
+                z.copy_(a)
+    return torch.mm(lap, _output_rows(ch, sel).T)
 
 
 def hvp(ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH):
@@ -252,3 +289,49 @@ def _flat(ws: Workspace, role: str, size: int, like: torch.Tensor) -> Callable:
     whose shapes change from layer to layer share it."""
     buf = ws(role, size, like=like)
     return lambda shape: buf[: math.prod(shape)].view(shape)
+
+
+#: Bytes of one chunk's largest per-layer tensors on the CPU (:func:`chunk_size`)
+CHUNK_BYTES = 3 << 19
+
+
+def chunk_size(op: str, ch: Chain, X: torch.Tensor, m: int) -> int:
+    """Samples per chunk for kernel ``op`` on ``X`` (``(B, n)``) with ``m`` selected outputs.
+
+    On the CPU the batch runs in chunks whose largest per-layer tensors (per sample: the
+    Laplacian's ``n + 2`` stacked rows, the diagonal's and Hessian's ``n``-row Jacobian, the
+    HVP's ``~3m + 5`` rows, times the widest layer) take about :data:`CHUNK_BYTES`, so each
+    layer's GEMM reads and writes cache-resident data. Measured here (one core): MKL's float64
+    ``(M, 64) @ (64, 64)`` runs at 39 GFLOP/s up to M = 4096 and at 21-25 beyond 12 k rows, and
+    every kernel at batch 1024-4096 ran 1.1-1.7× faster in chunks of this size than whole.
+    Smaller dtypes lose less to size (float32 ran 5-10% slower in such chunks) and get four
+    times the bytes. On a GPU: one chunk.
+    """
+    B, n = X.shape
+    if not X.is_cpu:
+        return B
+    width = max(lin.weight.shape[0] for lin in ch.linears[: len(ch.derivs)])
+    rows = {"laplacian": n + 2, "hessian": n, "diagonal": n, "hvp": 3 * m + 5}[op]
+    budget = CHUNK_BYTES if X.element_size() >= 8 else 4 * CHUNK_BYTES
+    chunks = -(-B * rows * width * X.element_size() // budget)
+    return -(-B // max(chunks, 1))
+
+
+def run(op: str, ch: Chain, X: torch.Tensor, *args, ws: Workspace = FRESH) -> torch.Tensor:
+    """Kernel ``op`` (``hessian``, ``diagonal``, ``laplacian``, ``hvp``; ``args``: ``sel`` or
+    ``V, sel``) on chunks of :func:`chunk_size` samples, one chunk when the batch fits; the
+    results gathered in one new tensor."""
+    kernel = globals()[op]
+    *V, sel = args
+    B = X.shape[0]
+    step = chunk_size(op, ch, X, len(sel))
+    if step >= B:
+        return kernel(ch, X, *args, ws=ws)
+    out = None
+    for start in range(0, B, step):
+        rows = slice(start, start + step)
+        r = kernel(ch, X[rows], *(v[rows] for v in V), sel, ws=ws)
+        if out is None:
+            out = empty(B, *r.shape[1:], like=r)
+        out[rows] = r
+    return out

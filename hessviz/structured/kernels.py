@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .._budget import get_memory_budget
-from .._memory import Scratch, Workspace, empty
+from .._memory import FRESH, Scratch, Workspace, empty
 from .._problem import Problem
 from . import chain
 from .gram import Gram
@@ -395,15 +395,16 @@ class ChainRunner:
 
     def __call__(self, p: Problem, X: torch.Tensor, *args):
         kernel, ws = getattr(chain, self.op), self.workspace
-        # Fresh buffers when traced by torch.compile, on a GPU (its caching allocator already
-        # reuses memory, per stream: buffers kept here would be shared across streams) or
-        # while another thread is in this plan.
-        if torch.compiler.is_compiling() or not X.is_cpu or not ws.acquire():
+        if torch.compiler.is_compiling():  # traced: one chunk, the compiled code's own buffers
             return kernel(self.chain, X, *args)
+        # Kept buffers only on the CPU (a GPU's caching allocator already reuses memory, per
+        # stream: buffers kept here would be shared across streams), one thread at a time.
+        kept = X.is_cpu and ws.acquire()
         try:
-            return kernel(self.chain, X, *args, ws=ws)
+            return chain.run(self.op, self.chain, X, *args, ws=ws if kept else FRESH)
         finally:
-            ws.release()
+            if kept:
+                ws.release()
 
 
 def runner(op: str, p: Problem) -> Callable | None:
@@ -437,7 +438,7 @@ def _zeros(p: Problem, X: torch.Tensor, sel, *tail: int) -> torch.Tensor:
 def hessian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> torch.Tensor:
     layers = layers or parse(p.f)
     if (ch := _chain(layers, p, "hessian")) is not None:
-        return chain.hessian(ch, X, sel)
+        return chain.run("hessian", ch, X, sel)
     fw = forward(layers, p, X, jacobian=True)
     if not fw.acts:
         return _zeros(p, X, sel, p.n, p.n)
@@ -475,7 +476,7 @@ def diagonal(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> 
     r"""``D_ij = Σ_l Σ_k c_{l,ik} (J_l)_{kj}²``: one GEMM per activation with squared Jacobians."""
     layers = layers or parse(p.f)
     if (ch := _chain(layers, p, "diagonal")) is not None:
-        return chain.diagonal(ch, X, sel)
+        return chain.run("diagonal", ch, X, sel)
     fw = forward(layers, p, X, jacobian=True)
     if not fw.acts:
         return _zeros(p, X, sel, p.n)
@@ -494,7 +495,7 @@ def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) ->
     ``PᵀP`` once (``r × r``), so no ``n``-sized Jacobian is ever formed."""
     layers = layers or parse(p.f)
     if (ch := _chain(layers, p, "laplacian")) is not None:
-        return chain.laplacian(ch, X, sel)
+        return chain.run("laplacian", ch, X, sel)
     fw = forward(layers, p, X, jacobian=True)
     if not fw.acts:
         return _zeros(p, X, sel)
@@ -514,7 +515,7 @@ def hvp(
 ) -> torch.Tensor:
     layers = layers or parse(p.f)
     if (ch := _chain(layers, p, "hvp")) is not None:
-        return chain.hvp(ch, X, V, sel)
+        return chain.run("hvp", ch, X, V, sel)
     fw = forward(layers, p, X, jacobian=False, V=V)
     if not fw.acts:
         return _zeros(p, X, sel, p.n)
