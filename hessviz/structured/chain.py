@@ -14,10 +14,14 @@ of operations, on large ones the GEMMs. Notation (per sample ``b``, selected out
   for every sample, ``(n, K_1)``, and is never copied per sample;
 - ``c_l = σ_l'' ⊙ ∂y_i/∂a_l``: ``(B, m, K_l)``, from one reverse sweep for all outputs.
 
+The Laplacian alone runs forward instead (:func:`laplacian`: each layer's value, Jacobian and
+Laplacian stacked under one GEMM, whatever ``m``).
+
 Every kernel takes ``X`` of shape ``(B, n)`` and the selected flat outputs ``sel`` (``m`` of
 them) and returns ``(B, m, n, n)`` Hessians, ``(B, m, n)`` diagonals or HVPs, or ``(B, m)``
 Laplacians, without autograd. ``ws`` supplies the temporaries (:class:`~hessviz._memory.Workspace`:
 a plan's own, kept between its calls, or fresh ones); results are always new tensors.
+:func:`run` calls a kernel on cache-sized chunks of a large CPU batch (:func:`chunk_size`).
 """
 
 from __future__ import annotations
