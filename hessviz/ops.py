@@ -140,6 +140,7 @@ def tanh_into(z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """
     if (
         not torch.compiler.is_compiling()  # first: no shape is read while traced
+        and z.numel() >= _NUMPY_MIN_NUMEL  # next: small tensors leave at once
         and type(z) is torch.Tensor
         and type(out) is torch.Tensor
         and z.device.type == "cpu"
@@ -147,7 +148,6 @@ def tanh_into(z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         and out.dtype == z.dtype
         and out.shape == z.shape
         and not (z.requires_grad or out.requires_grad)
-        and z.numel() >= _NUMPY_MIN_NUMEL
         and (z.numel() < _ONE_THREAD_NUMEL or torch.get_num_threads() <= 2)
         and numpy_tanh_agrees(z.dtype)
     ):

@@ -73,7 +73,7 @@ def cost(p: Problem, fw: Pass) -> Cost:
         assembly = m * n * n * sum(Ks)
     structured = r * jac_body + assembly
     func = n * (1 + 2 * m) * fwd + m * n * n
-    K_max = max(Ks, default=0)
+    K_max = max([0, *Ks])
     # per output: the scaled copy (one panel of every layer's rows side by side when the
     # assembly uses panels, see gram.py), the panels' sum and the result, P H, H in x
     edges = panel_edges(r, m)

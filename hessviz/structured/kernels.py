@@ -182,7 +182,7 @@ def forward(
     a = X.reshape(B, *S)
     first = next((k for k, lay in enumerate(layers) if lay.elementwise), len(layers))
     stem, body = layers[:first], layers[first:]
-    last = max((k for k, lay in enumerate(body) if lay.elementwise), default=-1)
+    last = max([-1] + [k for k, lay in enumerate(body) if lay.elementwise])  # traceable
     stem_shapes = []
     t = None if V is None else V.reshape(B, *S)
     for lay in stem:
