@@ -116,8 +116,8 @@ def _sin_into(z, a, s1, s2):
     return torch.sin(z, out=a), s1, torch.neg(a, out=s2)
 
 
-#: numpy's float dtypes for torch's: those :func:`tanh_into` may hand to ``np.tanh``
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+#: the dtypes :func:`tanh_into` may hand to ``np.tanh`` (numpy has them too)
+_NUMPY_DTYPES = frozenset({torch.float32, torch.float64})
 #: below this many elements numpy's call overhead (~3 µs) eats its gain
 _NUMPY_MIN_NUMEL = 2048
 #: tensors smaller than this run single-threaded in ``torch.tanh`` whatever the thread count

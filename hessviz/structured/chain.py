@@ -58,6 +58,18 @@ class Chain:
     into: tuple = ()
 
 
+def _width(ch: Chain) -> int:
+    """The widest hidden layer's size (what per-layer buffers are sized for)."""
+    return max(lin.weight.shape[0] for lin in ch.linears[: len(ch.derivs)])
+
+
+def _affine_into(lin, a: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = a W_kᵀ + b_k``: what ``F.linear`` runs, the same numbers, written into ``out``."""
+    if lin.bias is None:
+        return torch.mm(a, lin.weight.T, out=out)
+    return torch.addmm(lin.bias, a, lin.weight.T, out=out)
+
+
 def _activate(ch: Chain, k: int, a: torch.Tensor, ws: Workspace) -> tuple:
     """``(σ(z), σ'(z), σ''(z))`` of activation ``k`` with ``z = W_k a + b_k``, ``(B, K)`` each.
 
@@ -69,11 +81,7 @@ def _activate(ch: Chain, k: int, a: torch.Tensor, ws: Workspace) -> tuple:
     if not ch.into or ch.into[k] is None:
         return ch.derivs[k](torch.nn.functional.linear(a, lin.weight, lin.bias))
     B, K = a.shape[0], lin.out_features
-    z = ws("z", B, K, like=a)
-    if lin.bias is None:  # what F.linear runs: the same numbers
-        torch.mm(a, lin.weight.T, out=z)
-    else:
-        torch.addmm(lin.bias, a, lin.weight.T, out=z)
+    z = _affine_into(lin, a, ws("z", B, K, like=a))
     return _derivs(ch, k, z, ws(("a", k % 2), B, K, like=a), ws)
 
 
@@ -141,7 +149,7 @@ def _sweep(
     term(0, G)
     if len(ch.derivs) == 1:
         return
-    width = max(lin.out_features for lin in ch.linears[:-1])
+    width = _width(ch)
     scaled_buf = ws("scaled", B * n * width, like=X)
     G_buf = ws("G", B * n * width, like=X) if into is None else None
     end = G.shape[-1]
@@ -211,16 +219,12 @@ def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = 
     """
     B, n = X.shape
     hidden = ch.linears[: len(ch.derivs)]
-    width = max(lin.weight.shape[0] for lin in hidden)
+    width = _width(ch)
     stacks = [_flat(ws, ("stack", i), B * (n + 2) * width, X) for i in (0, 1)]
     W1 = hidden[0].weight  # (K_1, n)
     K = W1.shape[0]
     Y = stacks[0]((B, n + 2, K))
-    z = Y[:, 0]
-    if hidden[0].bias is None:
-        torch.mm(X, W1.T, out=z)
-    else:
-        torch.addmm(hidden[0].bias, X, W1.T, out=z)
+    z = _affine_into(hidden[0], X, Y[:, 0])
     a, s1, s2 = _derivs(ch, 0, z, z, ws)
     lap = torch.mul(s2, torch.linalg.vecdot(W1, W1), out=Y[:, n + 1])  # Σ_j W1[:, j]²
     if len(hidden) > 1:
@@ -314,7 +318,7 @@ def chunk_size(op: str, ch: Chain, X: torch.Tensor, m: int) -> int:
     B, n = X.shape
     if not X.is_cpu:
         return B
-    width = max(lin.weight.shape[0] for lin in ch.linears[: len(ch.derivs)])
+    width = _width(ch)
     rows = {"laplacian": n + 2, "hessian": n, "diagonal": n, "hvp": 3 * m + 5}[op]
     budget = CHUNK_BYTES if X.element_size() >= 8 else 4 * CHUNK_BYTES
     chunks = -(-B * rows * width * X.element_size() // budget)

@@ -394,9 +394,9 @@ class ChainRunner:
     workspace: Workspace = field(default_factory=lambda: Workspace(keep=True), compare=False)
 
     def __call__(self, p: Problem, X: torch.Tensor, *args):
-        kernel, ws = getattr(chain, self.op), self.workspace
         if torch.compiler.is_compiling():  # traced: one chunk, the compiled code's own buffers
-            return kernel(self.chain, X, *args)
+            return getattr(chain, self.op)(self.chain, X, *args)
+        ws = self.workspace
         # Kept buffers only on the CPU (a GPU's caching allocator already reuses memory, per
         # stream: buffers kept here would be shared across streams), one thread at a time.
         kept = X.is_cpu and ws.acquire()
