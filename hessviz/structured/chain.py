@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import _gemm
 from .._memory import FRESH, Workspace, empty
 from .gram import Gram
 
@@ -66,8 +67,8 @@ def _width(ch: Chain) -> int:
 def _affine_into(lin, a: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out = a W_kᵀ + b_k``: what ``F.linear`` runs, the same numbers, written into ``out``."""
     if lin.bias is None:
-        return torch.mm(a, lin.weight.T, out=out)
-    return torch.addmm(lin.bias, a, lin.weight.T, out=out)
+        return _gemm.mm(a, lin.weight.T, out=out)
+    return _gemm.addmm(lin.bias, a, lin.weight.T, out=out)
 
 
 def _activate(ch: Chain, k: int, a: torch.Tensor, ws: Workspace) -> tuple:
@@ -127,7 +128,7 @@ def _reverse(ch: Chain, s1s: list, s2s: list, sel: tuple[int, ...], ws: Workspac
             W = ch.linears[k].weight
             s1d = torch.mul(s1s[k][:, None, :], d, out=ws("s1d", B, m, K, like=d))
             out = ws(("d", k % 2), B * m, W.shape[1], like=d)
-            d = torch.mm(s1d.view(B * m, K), W, out=out).view(B, m, -1)
+            d = _gemm.mm(s1d.view(B * m, K), W, out=out).view(B, m, -1)
     return cs
 
 
@@ -164,7 +165,7 @@ def _sweep(
         else:  # rows ΣK apart: still one GEMM, written in place
             out = into[:, :, end : end + K_out].view(B * n, K_out)
             end += K_out
-        G = torch.mm(scaled.view(B * n, K_in), W.T, out=out).view(B, n, K_out)
+        G = _gemm.mm(scaled.view(B * n, K_in), W.T, out=out).view(B, n, K_out)
         term(k, G)
 
 
@@ -199,7 +200,7 @@ def diagonal(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = F
     def term(k, G):
         sq = torch.mul(G, G, out=squares(G.shape))
         if k == 0:
-            torch.mm(cs[0].view(B * m, -1), sq.T, out=D.view(B * m, n))
+            _gemm.mm(cs[0].view(B * m, -1), sq.T, out=D.view(B * m, n))
         else:
             D.baddbmm_(cs[k], sq.mT)
 
@@ -237,7 +238,7 @@ def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = 
         lin = hidden[k]
         K, K_in = lin.weight.shape
         Z = stacks[k % 2]((B * (n + 2), K))
-        Y = torch.mm(Y.view(B * (n + 2), K_in), lin.weight.T, out=Z).view(B, n + 2, K)
+        Y = _gemm.mm(Y.view(B * (n + 2), K_in), lin.weight.T, out=Z).view(B, n + 2, K)
         z, J, lap = Y[:, 0], Y[:, 1 : n + 1], Y[:, n + 1]
         if lin.bias is not None:
             z.add_(lin.bias)
@@ -249,7 +250,7 @@ def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = 
             J.mul_(s1[:, None, :])
             if a is not z:
                 z.copy_(a)
-    return torch.mm(lap, _output_rows(ch, sel).T)
+    return _gemm.mm(lap, _output_rows(ch, sel).T)
 
 
 def hvp(ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH):
@@ -268,7 +269,7 @@ def hvp(ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], ws: W
         K = lin.out_features
         if s1s:  # J_l v at z_l
             t = torch.mul(t, s1s[-1], out=ws(("ts1", k), *t.shape, like=X))
-        t = torch.mm(t, lin.weight.T, out=ws(("t", k % 2), B, K, like=X))
+        t = _gemm.mm(t, lin.weight.T, out=ws(("t", k % 2), B, K, like=X))
         s1s.append(s1)
         s2ts.append(torch.mul(s2, t, out=ws(("s2t", k), B, K, like=X)))
     d = _output_rows(ch, sel)  # (m, K_L), then (B, m, K_l)
@@ -284,11 +285,11 @@ def hvp(ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], ws: W
         else:
             q.mul_(s1s[k].unsqueeze(1)).addcmul_(s2t, d)
         out = ws(("qW", k % 2), B * m, W.shape[1], like=X) if k > 0 else None  # last: the result
-        q = torch.mm(q.view(B * m, K), W, out=out).view(B, m, -1)
+        q = _gemm.mm(q.view(B * m, K), W, out=out).view(B, m, -1)
         if k > 0:
             s1d = torch.mul(s1s[k].unsqueeze(1), d, out=ws("s1d", B, m, K, like=X))
             out = ws(("d", k % 2), B * m, W.shape[1], like=X)
-            d = torch.mm(s1d.view(B * m, K), W, out=out).view(B, m, -1)
+            d = _gemm.mm(s1d.view(B * m, K), W, out=out).view(B, m, -1)
     return q
 
 

@@ -1,0 +1,181 @@
+r"""Matrix products on the CPU: torch's BLAS or numpy's, whichever is faster on this machine.
+
+The chain kernels (:mod:`hessviz.structured.chain`) spend most of their time in GEMMs of tall,
+narrow shapes — ``(B·rows, K) @ (K, K)`` with ``K`` a layer width of 16-256. PyTorch's CPU
+wheels call MKL; numpy's wheels ship OpenBLAS. The two differ per machine and per memory order.
+On the AMD EPYC cores these benchmarks ran on (one thread each), float64 ``(192, 64) @ (64, 64)``
+ran at 33 GFLOP/s in ``torch.mm`` and 55 in ``np.matmul`` with a row-major right factor (a
+reverse sweep's ``d @ W``), 40 and 43 with a column-major one (a Linear layer's ``a @ Wᵀ``),
+and ``(1024, 64) @ (64, 64)ᵀ`` at 41 and 45; float32 was level (~94).
+
+:func:`mm` and :func:`addmm` are ``torch.mm``/``torch.addmm`` with ``out=``; they hand a
+product to ``np.matmul`` (zero-copy views of the same memory) only when all of these hold:
+
+- not traced (``torch.compile``: torch's ops only), real CPU float32/float64 tensors of one
+  dtype, no autograd history to keep (grad mode off, or no operand requires grad);
+- 2-D operands laid out as BLAS reads them (one unit stride), ``out`` row-major;
+- at least :data:`MIN_WORK` multiply-adds (below that numpy's ~2 µs extra call cost wins);
+- :func:`numpy_is_faster` says so for this dtype, torch thread count and memory order of the
+  right factor: once per process, it checks numpy's product against torch's on a probe and
+  times both on a kernel-shaped product; numpy is taken only if it agrees and is
+  :data:`MARGIN` times faster.
+
+The environment variable ``HESSVIZ_GEMM`` overrides the timing: ``torch`` never takes numpy,
+``numpy`` takes it wherever it agrees (the agreement check stays); ``auto`` (default) measures.
+Either backend computes the same product; results differ by rounding only.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import numpy as np
+import torch
+
+#: ``M·K·N`` below which ``torch.mm`` is used whatever the backend (numpy costs ~2 µs more per
+#: call: ``(64, 16) @ (16, 16)`` took 3.0 µs in torch and 4.4 µs with numpy here)
+MIN_WORK = 1 << 16
+#: how much faster numpy's product must be on the timing probe to be taken
+MARGIN = 1.05
+#: ``HESSVIZ_GEMM``'s values
+CHOICES = ("auto", "torch", "numpy")
+ENV = "HESSVIZ_GEMM"
+
+_DTYPES = frozenset({torch.float32, torch.float64})
+
+
+def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b`` (``(M, K) @ (K, N) → (M, N)``), written into ``out`` when given; returns it."""
+    if _numpy_takes(a, b, out):
+        if out is None:
+            out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype)
+        np.matmul(_array(a), _array(b), out=out.numpy())
+        return out
+    return torch.mm(a, b, out=out)
+
+
+def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``bias + a @ b`` into ``out`` (``(M, N)``; ``bias`` broadcasts to it); returns ``out``."""
+    if _numpy_takes(a, b, out) and bias.dtype == a.dtype and bias.device.type == "cpu":
+        np.matmul(_array(a), _array(b), out=out.numpy())
+        return out.add_(bias)
+    return torch.addmm(bias, a, b, out=out)
+
+
+def _numpy_takes(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> bool:
+    """Whether :func:`mm` may hand ``a @ b`` into ``out`` to numpy (see the module's list)."""
+    if torch.compiler.is_compiling():  # first: nothing is read while traced
+        return False
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] * a.shape[1] * b.shape[1] < MIN_WORK:
+        return False
+    dtype = a.dtype
+    if (
+        a.device.type != "cpu"
+        or dtype not in _DTYPES
+        or b.dtype != dtype
+        or b.device.type != "cpu"
+        or a.shape[1] != b.shape[0]
+        or not (_blas_layout(a) and _blas_layout(b))
+    ):
+        return False
+    if out is not None and not (
+        out.dtype == dtype
+        and out.device.type == "cpu"
+        and out.shape == (a.shape[0], b.shape[1])
+        and out.stride(1) == 1
+        and out.stride(0) >= out.shape[1]
+        and not out.requires_grad
+    ):
+        return False
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return False
+    return numpy_is_faster(dtype, torch.get_num_threads(), "N" if b.stride(1) == 1 else "T")
+
+
+def _blas_layout(t: torch.Tensor) -> bool:
+    """Row- or column-major with a leading dimension BLAS accepts (what numpy passes to BLAS
+    without a copy or its own slow loop)."""
+    (r, c), (sr, sc) = t.shape, t.stride()
+    return (sc == 1 and sr >= max(c, 1)) or (sr == 1 and sc >= max(r, 1))
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of ``t``'s memory (a parameter's ``weight`` requires grad: detached)."""
+    return (t.detach() if t.requires_grad else t).numpy()
+
+
+def choice() -> str:
+    """``HESSVIZ_GEMM`` as set (``auto`` when unset or empty); anything else is an error."""
+    from ._errors import HessvizError
+
+    value = os.environ.get(ENV, "").strip().lower() or "auto"
+    if value not in CHOICES:
+        raise HessvizError(
+            f"{ENV}={os.environ[ENV]!r} is not a GEMM backend choice; use one of "
+            f"{', '.join(CHOICES)} (or leave it unset for 'auto')."
+        )
+    return value
+
+
+#: the timing probes of :func:`numpy_is_faster`, ``(M, K, N)`` per layout of the right factor:
+#: ``"N"`` row-major (a reverse sweep's ``d @ W``), ``"T"`` column-major (a Linear layer's
+#: ``a @ Wᵀ``, forward; numpy's gain there shows at the tall products of a Laplacian's stack)
+PROBES = {"N": (192, 64, 64), "T": (1024, 64, 64)}
+
+
+@functools.cache
+def numpy_is_faster(dtype: torch.dtype, threads: int, layout: str) -> bool:
+    """Whether :func:`mm` hands ``dtype`` products whose right factor has ``layout`` (``"N"``:
+    row-major, ``"T"``: column-major) to numpy while torch runs ``threads`` threads. numpy's
+    product must agree with torch's (:func:`numpy_agrees`) and, under ``HESSVIZ_GEMM=auto``,
+    run the :data:`PROBES` product :data:`MARGIN` times faster (best of interleaved rounds)."""
+    wanted = choice()
+    if wanted == "torch" or not numpy_agrees(dtype):
+        return False
+    if wanted == "numpy":
+        return True
+    M, K, N = PROBES[layout]
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(M, K, generator=gen, dtype=dtype)
+    b = torch.randn(K, N, generator=gen, dtype=dtype)
+    if layout == "T":
+        b = b.T.contiguous().T
+    out = torch.empty(M, N, dtype=dtype)
+    an, bn, on = a.numpy(), b.numpy(), out.numpy()
+    runs = {"torch": lambda: torch.mm(a, b, out=out), "numpy": lambda: np.matmul(an, bn, out=on)}
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(7):
+        for name, run in runs.items():
+            run()  # warm
+            start = time.perf_counter()
+            for _ in range(3):
+                run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best["torch"] >= MARGIN * best["numpy"]
+
+
+@functools.cache
+def numpy_agrees(dtype: torch.dtype) -> bool:
+    """Whether ``np.matmul`` gives ``torch.mm``'s product in ``dtype``, on a probe with both
+    layouts of each factor and a row-major view with a leading dimension above its width: every
+    entry within ``4·K·eps·(|A| |B|)`` of torch's (the GEMM rounding bound, with room)."""
+    gen = torch.Generator().manual_seed(1)
+    eps = torch.finfo(dtype).eps
+    a_full = torch.randn(37, 70, generator=gen, dtype=dtype)
+    a = a_full[:, :61]  # leading dimension 70
+    for b in (
+        torch.randn(61, 29, generator=gen, dtype=dtype),
+        torch.randn(29, 61, generator=gen, dtype=dtype).T,
+    ):
+        for left in (a, a.T.contiguous().T):
+            try:
+                got = torch.from_numpy(np.matmul(left.numpy(), b.numpy()))
+            except Exception:  # noqa: BLE001 - any trouble means: keep torch's
+                return False
+            expected = torch.mm(left, b)
+            bound = 4 * left.shape[1] * eps * torch.mm(left.abs(), b.abs())
+            if got.shape != expected.shape or not bool(((got - expected).abs() <= bound).all()):
+                return False
+    return True

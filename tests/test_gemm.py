@@ -1,0 +1,197 @@
+"""The GEMM backend choice (:mod:`hessviz._gemm`): numpy's BLAS where it is faster.
+
+A product handed to numpy must equal torch's up to rounding, in every layout the kernels pass,
+written through ``out``; it must stay with torch while traced, under autograd, for small or
+odd-layout products, other dtypes, and when numpy's product fails its agreement probe.
+``HESSVIZ_GEMM`` picks the backend (``torch``, ``numpy``, ``auto``), and anything else is a
+clear error. The chain kernels with numpy's products taken equal torch.func.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+import hessviz as hv
+from hessviz import HessvizError, _gemm
+
+
+@pytest.fixture
+def backend(monkeypatch):
+    """Set ``HESSVIZ_GEMM`` for one test (the decisions are cached: cleared around it)."""
+
+    def use(value: str) -> None:
+        monkeypatch.setenv(_gemm.ENV, value)
+        _gemm.numpy_is_faster.cache_clear()
+        for dtype in (torch.float32, torch.float64):
+            _gemm.numpy_agrees(dtype)  # its probe runs now, not under a test's spy
+
+    yield use
+    _gemm.numpy_is_faster.cache_clear()
+
+
+def _spy():
+    """``np.matmul`` patched with a counting wrapper (what ``_gemm`` calls)."""
+    return mock.patch.object(_gemm.np, "matmul", wraps=np.matmul)
+
+
+def _operands(M, K, N, dtype, right="N", left="N"):
+    gen = torch.Generator().manual_seed(M + K + N)
+    a = torch.randn(M, K, dtype=dtype, generator=gen)
+    b = torch.randn(K, N, dtype=dtype, generator=gen)
+    if left == "T":
+        a = a.T.contiguous().T
+    if left == "padded":  # row-major, leading dimension K + 5
+        a = torch.randn(M, K + 5, dtype=dtype, generator=gen)[:, :K]
+    if right == "T":
+        b = b.T.contiguous().T
+    return a, b
+
+
+def _close(got, a, b):
+    expected = torch.mm(a.double(), b.double())
+    eps = torch.finfo(a.dtype).eps
+    bound = 4 * a.shape[1] * eps * torch.mm(a.double().abs(), b.double().abs())
+    assert ((got.double() - expected).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("right", ["N", "T"])
+@pytest.mark.parametrize("left", ["N", "T", "padded"])
+def test_numpy_product_equals_torch_in_every_layout(dtype, right, left, backend):
+    backend("numpy")
+    a, b = _operands(96, 64, 48, dtype, right, left)
+    out = torch.full((96, 48), float("nan"), dtype=dtype)
+    with _spy() as spy:
+        got = _gemm.mm(a, b, out=out)
+        fresh = _gemm.mm(a, b)
+    assert spy.call_count == 2 and got is out
+    _close(got, a, b)
+    torch.testing.assert_close(fresh, got, rtol=0, atol=0)
+
+
+def test_addmm_adds_the_bias_and_writes_into_a_row_of_a_bigger_buffer(backend):
+    backend("numpy")
+    a, b = _operands(64, 64, 32, torch.float64, right="T")
+    bias = torch.randn(32, dtype=torch.float64)
+    buf = torch.zeros(64, 3, 32, dtype=torch.float64)
+    out = buf[:, 1]  # rows 96 apart: row-major with a leading dimension above its width
+    with _spy() as spy:
+        got = _gemm.addmm(bias, a, b, out=out)
+    assert spy.call_count == 1 and got is out
+    torch.testing.assert_close(buf[:, 1], torch.addmm(bias, a, b), rtol=1e-14, atol=1e-13)
+    assert not buf[:, 0].any() and not buf[:, 2].any()  # nothing else written
+
+
+@pytest.mark.parametrize(
+    "case", ["small", "float16", "grad", "strided", "out_transposed", "torch_env", "disagrees"]
+)
+def test_torch_keeps_the_product_where_numpy_is_not_safe(case, backend, monkeypatch):
+    backend("numpy")
+    dtype = torch.float16 if case == "float16" else torch.float64
+    a, b = _operands(96, 64, 48, dtype)
+    out = torch.empty(96, 48, dtype=dtype)
+    if case == "small":
+        a, b = _operands(8, 8, 8, dtype)
+        out = torch.empty(8, 8, dtype=dtype)
+    if case == "grad":
+        b.requires_grad_(True)
+        out = None
+    if case == "strided":  # no unit stride: numpy would copy or loop on its own
+        a = torch.randn(96, 128, dtype=dtype)[:, ::2]
+    if case == "out_transposed":
+        out = torch.empty(48, 96, dtype=dtype).T
+    if case == "torch_env":
+        backend("torch")
+    if case == "disagrees":
+        monkeypatch.setattr(_gemm, "numpy_agrees", lambda dtype: False)
+    with _spy() as spy:
+        got = _gemm.mm(a, b, out=out)
+    assert spy.call_count == 0
+    if case == "grad":
+        assert got.requires_grad  # autograd history kept: torch's op ran
+    _close(got.detach(), a, b.detach())
+
+
+def test_grad_mode_off_hands_a_parameter_to_numpy(backend):
+    backend("numpy")
+    lin = torch.nn.Linear(64, 64, dtype=torch.float64)
+    a = torch.randn(128, 64, dtype=torch.float64)
+    with torch.no_grad(), _spy() as spy:
+        got = _gemm.addmm(lin.bias, a, lin.weight.T, out=torch.empty(128, 64, dtype=torch.float64))
+    assert spy.call_count == 1 and not got.requires_grad
+    torch.testing.assert_close(got, lin(a).detach(), rtol=1e-13, atol=1e-13)
+
+
+def test_traced_products_are_torch_ops(backend):
+    backend("numpy")
+    a, b = _operands(96, 64, 48, torch.float64)
+
+    @torch.compile(fullgraph=True, backend="eager")  # a graph break would raise
+    def product(a, b):
+        return _gemm.mm(a, b, out=torch.empty(96, 48, dtype=torch.float64)) * 2
+
+    with _spy() as spy:
+        got = product(a, b)
+    assert spy.call_count == 0
+    _close(got / 2, a, b)
+
+
+def test_the_agreement_probe_rejects_a_wrong_product(monkeypatch):
+    probe = _gemm.numpy_agrees.__wrapped__  # the uncached check
+    assert probe(torch.float64) and probe(torch.float32)
+    monkeypatch.setattr(_gemm.np, "matmul", lambda a, b: np.matmul(a, b) * (1 + 1e-9))
+    assert not probe(torch.float64)
+    monkeypatch.setattr(_gemm.np, "matmul", lambda a, b: np.matmul(a, b).T.copy().T[:, :-1])
+    assert not probe(torch.float64)  # wrong shape
+
+    def raises(a, b):
+        raise RuntimeError("no BLAS")
+
+    monkeypatch.setattr(_gemm.np, "matmul", raises)
+    assert not probe(torch.float32)
+
+
+def test_auto_measures_once_per_dtype_threads_and_layout(backend, monkeypatch):
+    backend("auto")
+    calls = []
+    monkeypatch.setattr(_gemm, "numpy_agrees", lambda dtype: calls.append(dtype) or True)
+    for layout in ("N", "T"):
+        first = _gemm.numpy_is_faster(torch.float64, 1, layout)
+        assert isinstance(first, bool)
+        assert _gemm.numpy_is_faster(torch.float64, 1, layout) is first  # cached
+    assert calls == [torch.float64, torch.float64]
+    monkeypatch.setattr(_gemm, "numpy_agrees", lambda dtype: False)
+    _gemm.numpy_is_faster.cache_clear()
+    assert not _gemm.numpy_is_faster(torch.float64, 1, "N")  # never timed: it disagrees
+
+
+@pytest.mark.parametrize("value", ["mkl", "openblas", "1"])
+def test_an_unknown_backend_is_a_clear_error(value, backend):
+    backend(value)
+    a, b = _operands(96, 64, 48, torch.float64)
+    with pytest.raises(HessvizError, match=rf"HESSVIZ_GEMM='{value}'.*auto, torch, numpy"):
+        _gemm.mm(a, b)
+
+
+@pytest.mark.parametrize("op", ["hessian", "diagonal", "laplacian", "hvp"])
+def test_chain_kernels_with_numpy_products_equal_torch_func(op, backend):
+    """Width 64, batch 48: every layer's product is above ``MIN_WORK``."""
+    backend("numpy")
+    net = hv.mlp([5, 64, 64, 64, 3], activation="tanh", seed=2, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(48, 5, dtype=torch.float64, generator=gen)
+    V = torch.randn(48, 5, dtype=torch.float64, generator=gen)
+    call = {
+        "hessian": lambda **kw: hv.hessian(net, X, batched=True, **kw),
+        "diagonal": lambda **kw: hv.hessian_diagonal(net, X, batched=True, **kw),
+        "laplacian": lambda **kw: hv.laplacian(net, X, batched=True, **kw),
+        "hvp": lambda **kw: hv.hvp(net, X, V, batched=True, **kw),
+    }[op]
+    with _spy() as spy:
+        got = call()
+    assert spy.call_count >= 2
+    torch.testing.assert_close(got, call(method="func"), rtol=1e-10, atol=1e-12)
