@@ -290,6 +290,7 @@ def write_markdown(path, rows, latency, env, summary, grid) -> None:
         f"- Machine: {env['machine']}. All rows measured there, in one process.",
         f"- torch {env['torch']} ({threads}), {jax}, Python {env['python']}; {env['date']}.",
         f"- Command: `{env['command'].strip()}`.",
+        f"- hessviz's matrix products ({'`hessviz._gemm`'}): {env.get('gemm', '?')}.",
         "- Problems: float64 tanh MLPs `hv.mlp([n] + [w] * L + [m])`, batched inputs `(B, n)`; "
         "columns give n, hidden width w, outputs m, hidden layers L, batch B.",
         f"- Each cell: median time per call over up to {env['rounds']} interleaved timed rounds "

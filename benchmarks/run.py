@@ -431,6 +431,13 @@ def measure_memory(cfg: Config, rows: list[dict], args) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _gemm_summary(device: str) -> str:
+    """Which library ran hessviz's CPU products (:func:`hessviz._gemm.summary`)."""
+    from hessviz import _gemm
+
+    return _gemm.summary() if device == "cpu" else "the device's own (torch)"
+
+
 def environment(args, jax_reason) -> dict:
     import torch
 
@@ -446,6 +453,7 @@ def environment(args, jax_reason) -> dict:
         "command": "./dev bench " + " ".join(sys.argv[1:]),
         "quick": args.quick,
         "rounds": args.rounds,
+        "gemm": _gemm_summary(args.device),
     }
     if args.device.startswith("cuda"):
         env["machine"] = torch.cuda.get_device_name() + f" (host: {env['machine']})"

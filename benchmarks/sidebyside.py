@@ -50,6 +50,8 @@ import timing  # noqa: E402
 import torch  # noqa: E402
 from torch.func import hessian, jacrev, jvp, vmap  # noqa: E402
 
+from hessviz import _gemm  # noqa: E402
+
 TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-4}
 """Max relative difference from hessviz's result that a peer may have, per dtype."""
 
@@ -335,6 +337,7 @@ def environment(command: str) -> dict:
         "command": command,
         "code": code_version(),
         "load_start": loadavg(),
+        "gemm": _gemm.summary(),
     }
 
 
@@ -345,7 +348,8 @@ def environment_line(env: dict, extra: str = "") -> str:
         f"Machine: {env['machine']}; shared with other users (load average "
         f"{env['load_start']} at the start, {env.get('load_end', '?')} at the end). "
         f"Python {env['python']}, torch {env['torch']} (1 thread), {jax}{extra}; "
-        f"hessviz at {env['code']}; {env['date']}. Command: `{env['command']}`."
+        f"hessviz at {env['code']}, its matrix products: {env.get('gemm', '?')}; {env['date']}. "
+        f"Command: `{env['command']}`."
     )
 
 

@@ -66,9 +66,9 @@ def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tenso
 
 def _numpy_takes(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> bool:
     """Whether :func:`mm` may hand ``a @ b`` into ``out`` to numpy (see the module's list)."""
-    if torch.compiler.is_compiling():  # first: nothing is read while traced
-        return False
     if a.ndim != 2 or b.ndim != 2 or a.shape[0] * a.shape[1] * b.shape[1] < MIN_WORK:
+        return False  # first: small products leave at once
+    if torch.compiler.is_compiling():  # traced: torch's ops only
         return False
     dtype = a.dtype
     if (
@@ -179,3 +179,20 @@ def numpy_agrees(dtype: torch.dtype) -> bool:
             if got.shape != expected.shape or not bool(((got - expected).abs() <= bound).all()):
                 return False
     return True
+
+
+def summary() -> str:
+    """Which library runs the chain kernels' products in this process, per dtype and memory
+    order of the right factor (what a benchmark states in its header), e.g.
+    ``"HESSVIZ_GEMM=auto: float64 numpy / numpy, float32 torch / torch (right factor
+    row-major / column-major)"``."""
+    threads = torch.get_num_threads()
+    per = [
+        str(dtype).removeprefix("torch.")
+        + " "
+        + " / ".join(
+            "numpy" if numpy_is_faster(dtype, threads, layout) else "torch" for layout in "NT"
+        )
+        for dtype in (torch.float64, torch.float32)
+    ]
+    return f"{ENV}={choice()}: {', '.join(per)} (right factor row-major / column-major)"

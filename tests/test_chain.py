@@ -121,6 +121,20 @@ def test_a_batch_run_in_chunks_equals_torch_func(op, outputs, monkeypatch):
     torch.testing.assert_close(got, call(method="func"), rtol=1e-10, atol=1e-12)
 
 
+def test_a_plan_sizes_its_chunks_once_per_request(monkeypatch):
+    """A repeated call reuses its runner's chunk size (it costs ~3 µs a call to work out)."""
+    model = hv.mlp([3, 8, 8, 2], "tanh", seed=5)
+    X = torch.randn(11, 3, dtype=D, generator=torch.Generator().manual_seed(3))
+    asked = []
+    monkeypatch.setattr(chain, "chunk_size", lambda op, ch, X, m: asked.append(op) or 4)
+    first = hv.laplacian(model, X, batched=True)
+    before = len(asked)
+    for _ in range(3):
+        torch.testing.assert_close(hv.laplacian(model, X, batched=True), first, rtol=0, atol=0)
+    assert len(asked) - before == 1  # the plan's runner asked once, then remembered
+    torch.testing.assert_close(first, hv.laplacian(model, X, batched=True, method="func"))
+
+
 @pytest.mark.parametrize("op, rows", [("laplacian", 4), ("diagonal", 2), ("hvp", 8)])
 def test_chunks_hold_about_chunk_bytes(op, rows):
     """2 → 64 ×4 → 1, float64, 4096 samples: ``rows`` per sample × 64 × 8 bytes, in equal

@@ -326,14 +326,17 @@ def chunk_size(op: str, ch: Chain, X: torch.Tensor, m: int) -> int:
     return -(-B // max(chunks, 1))
 
 
-def run(op: str, ch: Chain, X: torch.Tensor, *args, ws: Workspace = FRESH) -> torch.Tensor:
+def run(
+    op: str, ch: Chain, X: torch.Tensor, *args, ws: Workspace = FRESH, step: int | None = None
+) -> torch.Tensor:
     """Kernel ``op`` (``hessian``, ``diagonal``, ``laplacian``, ``hvp``; ``args``: ``sel`` or
-    ``V, sel``) on chunks of :func:`chunk_size` samples, one chunk when the batch fits; the
-    results gathered in one new tensor."""
+    ``V, sel``) on chunks of ``step`` samples (default: :func:`chunk_size`'s), one chunk when
+    the batch fits; the results gathered in one new tensor."""
     kernel = globals()[op]
     *V, sel = args
     B = X.shape[0]
-    step = chunk_size(op, ch, X, len(sel))
+    if step is None:
+        step = chunk_size(op, ch, X, len(sel))
     if step >= B:
         return kernel(ch, X, *args, ws=ws)
     out = None

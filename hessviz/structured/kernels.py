@@ -392,16 +392,22 @@ class ChainRunner:
     op: str
     #: the temporaries this plan keeps between its calls (one call at a time)
     workspace: Workspace = field(default_factory=lambda: Workspace(keep=True), compare=False)
+    #: :func:`~hessviz.structured.chain.chunk_size` per ``(X.shape, dtype, device, m)`` seen
+    steps: dict = field(default_factory=dict, compare=False)
 
     def __call__(self, p: Problem, X: torch.Tensor, *args):
         if torch.compiler.is_compiling():  # traced: one chunk, the compiled code's own buffers
             return getattr(chain, self.op)(self.chain, X, *args)
         ws = self.workspace
+        key = (X.shape, X.dtype, X.device, len(args[-1]))
+        step = self.steps.get(key)
+        if step is None:
+            step = self.steps[key] = chain.chunk_size(self.op, self.chain, X, key[-1])
         # Kept buffers only on the CPU (a GPU's caching allocator already reuses memory, per
         # stream: buffers kept here would be shared across streams), one thread at a time.
         kept = X.is_cpu and ws.acquire()
         try:
-            return chain.run(self.op, self.chain, X, *args, ws=ws if kept else FRESH)
+            return chain.run(self.op, self.chain, X, *args, ws=ws if kept else FRESH, step=step)
         finally:
             if kept:
                 ws.release()
