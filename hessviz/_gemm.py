@@ -8,12 +8,13 @@ ran at 33 GFLOP/s in ``torch.mm`` and 55 in ``np.matmul`` with a row-major right
 reverse sweep's ``d @ W``), 40 and 43 with a column-major one (a Linear layer's ``a @ Wᵀ``),
 and ``(1024, 64) @ (64, 64)ᵀ`` at 41 and 45; float32 was level (~94).
 
-:func:`mm` and :func:`addmm` are ``torch.mm``/``torch.addmm`` with ``out=``; they hand a
-product to ``np.matmul`` (zero-copy views of the same memory) only when all of these hold:
+:func:`mm`, :func:`bmm` and :func:`addmm` are ``torch.mm``/``torch.bmm``/``torch.addmm`` with
+``out=``; they hand a product to ``np.matmul`` (zero-copy views of the same memory) only when
+all of these hold:
 
 - not traced (``torch.compile``: torch's ops only), real CPU float32/float64 tensors of one
   dtype, no autograd history to keep (grad mode off, or no operand requires grad);
-- 2-D operands laid out as BLAS reads them (one unit stride), ``out`` row-major;
+- matrices laid out as BLAS reads them (one unit stride), ``out`` row-major;
 - at least :data:`MIN_WORK` multiply-adds (below that numpy's ~2 µs extra call cost wins);
 - :func:`numpy_is_faster` says so for this dtype, torch thread count and memory order of the
   right factor: once per process, it checks numpy's product against torch's on a probe and
@@ -48,7 +49,7 @@ _DTYPES = frozenset({torch.float32, torch.float64})
 
 def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``a @ b`` (``(M, K) @ (K, N) → (M, N)``), written into ``out`` when given; returns it."""
-    if _numpy_takes(a, b, out):
+    if _numpy_takes(a, b, out, 2):
         if out is None:
             out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype)
         np.matmul(_array(a), _array(b), out=out.numpy())
@@ -56,48 +57,67 @@ def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> tor
     return torch.mm(a, b, out=out)
 
 
+def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b`` per batch entry (``(B, M, K) @ (B, K, N) → (B, M, N)``; either factor may be
+    an ``expand`` view, batch stride 0), written into ``out`` when given; returns it."""
+    if _numpy_takes(a, b, out, 3):
+        if out is None:
+            out = torch.empty(a.shape[0], a.shape[1], b.shape[2], dtype=a.dtype)
+        np.matmul(_array(a), _array(b), out=out.numpy())
+        return out
+    return torch.bmm(a, b, out=out)
+
+
 def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``bias + a @ b`` into ``out`` (``(M, N)``; ``bias`` broadcasts to it); returns ``out``."""
-    if _numpy_takes(a, b, out) and bias.dtype == a.dtype and bias.device.type == "cpu":
+    if _numpy_takes(a, b, out, 2) and bias.dtype == a.dtype and bias.device.type == "cpu":
         np.matmul(_array(a), _array(b), out=out.numpy())
         return out.add_(bias)
     return torch.addmm(bias, a, b, out=out)
 
 
-def _numpy_takes(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> bool:
-    """Whether :func:`mm` may hand ``a @ b`` into ``out`` to numpy (see the module's list)."""
-    if a.ndim != 2 or b.ndim != 2 or a.shape[0] * a.shape[1] * b.shape[1] < MIN_WORK:
+def _numpy_takes(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None, ndim: int) -> bool:
+    """Whether ``a @ b`` (``ndim``: 2, or 3 for a batch of products) may go to numpy, into
+    ``out`` (see the module's list)."""
+    if (
+        a.ndim != ndim
+        or b.ndim != ndim
+        or a.shape[:-1].numel() * a.shape[-1] * b.shape[-1] < MIN_WORK
+    ):
         return False  # first: small products leave at once
     if torch.compiler.is_compiling():  # traced: torch's ops only
         return False
     dtype = a.dtype
+    shape = (*a.shape[:-1], b.shape[-1])
     if (
         a.device.type != "cpu"
         or dtype not in _DTYPES
         or b.dtype != dtype
         or b.device.type != "cpu"
-        or a.shape[1] != b.shape[0]
+        or a.shape[-1] != b.shape[-2]
+        or a.shape[:-2] != b.shape[:-2]
         or not (_blas_layout(a) and _blas_layout(b))
     ):
         return False
     if out is not None and not (
         out.dtype == dtype
         and out.device.type == "cpu"
-        and out.shape == (a.shape[0], b.shape[1])
-        and out.stride(1) == 1
-        and out.stride(0) >= out.shape[1]
+        and out.shape == shape
+        and out.stride(-1) == 1
+        and out.stride(-2) >= shape[-1]
         and not out.requires_grad
     ):
         return False
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
         return False
-    return numpy_is_faster(dtype, torch.get_num_threads(), "N" if b.stride(1) == 1 else "T")
+    return numpy_is_faster(dtype, torch.get_num_threads(), "N" if b.stride(-1) == 1 else "T")
 
 
 def _blas_layout(t: torch.Tensor) -> bool:
-    """Row- or column-major with a leading dimension BLAS accepts (what numpy passes to BLAS
-    without a copy or its own slow loop)."""
-    (r, c), (sr, sc) = t.shape, t.stride()
+    """Each matrix (the last two dimensions) row- or column-major with a leading dimension
+    BLAS accepts: what numpy passes to BLAS without a copy or its own slow loop."""
+    r, c = t.shape[-2:]
+    sr, sc = t.stride()[-2:]
     return (sc == 1 and sr >= max(c, 1)) or (sr == 1 and sc >= max(r, 1))
 
 

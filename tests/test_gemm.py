@@ -86,6 +86,30 @@ def test_addmm_adds_the_bias_and_writes_into_a_row_of_a_bigger_buffer(backend):
     assert not buf[:, 0].any() and not buf[:, 2].any()  # nothing else written
 
 
+@pytest.mark.parametrize("shared", ["left", "right", "none"])
+def test_batched_products_with_a_shared_factor_and_a_panel_out(shared, backend):
+    """``bmm`` as the stem and Gram kernels call it: one factor ``expand``ed over the batch
+    (stride 0) or a transposed view, the result written into a panel of a bigger buffer."""
+    backend("numpy")
+    gen = torch.Generator().manual_seed(4)
+    B, M, K, N = 3, 40, 64, 56
+    a = torch.randn(B, M, K, dtype=torch.float64, generator=gen)
+    b = torch.randn(B, N, K, dtype=torch.float64, generator=gen).mT  # column-major matrices
+    if shared == "left":
+        a = torch.randn(M, K, dtype=torch.float64, generator=gen).expand(B, M, K)
+    if shared == "right":
+        b = torch.randn(K, N, dtype=torch.float64, generator=gen).expand(B, K, N)
+    buf = torch.zeros(B, M, N + 8, dtype=torch.float64)
+    with _spy() as spy:
+        got = _gemm.bmm(a, b, out=buf[:, :, 8:])
+        fresh = _gemm.bmm(a, b)
+    assert spy.call_count == 2
+    for i in range(B):
+        _close(got[i], a[i], b[i])
+    torch.testing.assert_close(fresh, got, rtol=0, atol=0)
+    assert not buf[:, :, :8].any()  # nothing written outside the panel
+
+
 @pytest.mark.parametrize(
     "case", ["small", "float16", "grad", "strided", "out_transposed", "torch_env", "disagrees"]
 )
@@ -178,13 +202,16 @@ def test_an_unknown_backend_is_a_clear_error(value, backend):
 
 
 @pytest.mark.parametrize("op", ["hessian", "diagonal", "laplacian", "hvp"])
-def test_chain_kernels_with_numpy_products_equal_torch_func(op, backend):
-    """Width 64, batch 48: every layer's product is above ``MIN_WORK``."""
+@pytest.mark.parametrize("sizes", [[5, 64, 64, 64, 3], [300, 128, 128, 2]], ids=["chain", "stem"])
+def test_kernels_with_numpy_products_equal_torch_func(op, sizes, backend):
+    """Every layer's product is above ``MIN_WORK``. With 300 inputs the
+    first layer narrows (the stem kernels: ``PᵀP``, ``P H Pᵀ``, batched products)."""
     backend("numpy")
-    net = hv.mlp([5, 64, 64, 64, 3], activation="tanh", seed=2, dtype=torch.float64)
+    net = hv.mlp(sizes, activation="tanh", seed=2, dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
-    X = torch.randn(48, 5, dtype=torch.float64, generator=gen)
-    V = torch.randn(48, 5, dtype=torch.float64, generator=gen)
+    B = 48 if sizes[0] < 100 else 4
+    X = torch.randn(B, sizes[0], dtype=torch.float64, generator=gen)
+    V = torch.randn(B, sizes[0], dtype=torch.float64, generator=gen)
     call = {
         "hessian": lambda **kw: hv.hessian(net, X, batched=True, **kw),
         "diagonal": lambda **kw: hv.hessian_diagonal(net, X, batched=True, **kw),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _gemm
 from .._memory import Scratch, empty
 
 
@@ -83,9 +84,9 @@ class Gram:
     def _product(self, out: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor) -> None:
         """``out = A @ Bt`` on the first term, ``out += A @ Bt`` after (batched or not)."""
         if out.ndim == 2:
-            torch.mm(A, Bt, out=out) if self.fresh else out.addmm_(A, Bt)
+            _gemm.mm(A, Bt, out=out) if self.fresh else out.addmm_(A, Bt)
         else:
-            torch.bmm(A, Bt, out=out) if self.fresh else out.baddbmm_(A, Bt)
+            _gemm.bmm(A, Bt, out=out) if self.fresh else out.baddbmm_(A, Bt)
 
     def result(self) -> torch.Tensor:
         """``(B, m, r, r)``, symmetric; zeros if no term was added."""

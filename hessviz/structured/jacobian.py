@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import _gemm
+
 
 @dataclass(frozen=True)
 class Jacobian:
@@ -65,5 +67,5 @@ class Jacobian:
             return (G * G if self.shared else G.square_()).sum(-2)
         if self.shared:
             return ((M @ G) * G).sum(-2)
-        MG = torch.bmm(M.expand(G.shape[0], *M.shape), G)  # (PᵀP) G, per sample
+        MG = _gemm.bmm(M.expand(G.shape[0], *M.shape), G)  # (PᵀP) G, per sample
         return MG.mul_(G).sum(-2)
