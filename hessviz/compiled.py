@@ -13,15 +13,19 @@ in a plain call or in the explorer.
     >>> torch.allclose(c.hessian(X), hv.hessian(net, X, batched=True))  # doctest: +SKIP
     True
 
-Two compilers, tried in this order:
+Candidates, in this order:
 
 - **ahead of time** (chains of Linear layers and activations: MLPs, PINNs, forwards lowered to a
   chain): the kernel, as a function of the input and the layers' weights and biases, goes through
   ``torch.export`` and AOTInductor into a shared library (~20 s per op). A call then costs the
   library's arithmetic and a few microseconds, with no Python guards; the weights are passed at
   every call, so trained weights are used.
-- **just in time** (``torch.compile``, every other layer-wise kernel, and chains where the first
-  failed).
+- **numpy kernel** (HVPs of such chains with ``tanh``, ``sigmoid`` or ``sin`` activations, CPU
+  float32/float64): the same sweep written in numpy (:mod:`hessviz.structured.chain_numpy`),
+  whose operations cost about a microsecond each and whose BLAS is faster in float64 here.
+  The faster of these two wins.
+- **just in time** (``torch.compile``, every other layer-wise kernel, and chains where neither
+  of the first two won).
 
 Each compiled kernel proves itself when it is built: its result on the example must equal the
 eager kernel's to round-off, and it must be faster there (on large float64 problems a compiled
@@ -48,9 +52,12 @@ from torch import nn
 
 from . import _hot, api
 from ._errors import HessvizError
-from .structured import chain
+from .structured import chain, chain_numpy
 from .structured.kernels import ChainRunner
 from .structured.layers import plain_settings
+
+AHEAD_OF_TIME = "compiled ahead of time"
+IN_NUMPY = "numpy kernel"
 
 _PUBLIC = {
     "hessian": api.hessian,
@@ -65,8 +72,8 @@ class Compiled:
     """``f``'s derivatives for one request, with compiled kernels where they apply.
 
     Attributes:
-        kernels: per op, ``"compiled ahead of time"``, ``"compiled"`` (``torch.compile``) or
-            why it runs eagerly.
+        kernels: per op, ``"compiled ahead of time"``, ``"numpy kernel"`` (the chain HVP in
+            numpy), ``"compiled"`` (``torch.compile``) or why it runs eagerly.
         compile_seconds: per op, the seconds :func:`compile` spent compiling and checking it.
     """
 
@@ -142,33 +149,47 @@ def compile(
         if entry is None or entry.method != "structured":  # the graph engine runs autograd
             handle.kernels[op] = f"eager: {api.auto_method(f, x, op=op, batched=batched)}"
             continue
-        tries = [(_ahead_of_time, "compiled ahead of time")] if ahead_of_time else []
-        why = []
-        for build, how in [*tries, (_just_in_time, "compiled")]:
-            try:
-                fast = build(entry, op, x, v)
-                R = fast.run(f, x, v)
-                if R is None:
-                    raise RuntimeError("the compiled kernel did not run")
-            except Exception as err:  # noqa: BLE001 - no compiler, an unsupported op…
-                why.append(f"{how}: {type(err).__name__}: {_first_line(err)}")
-                continue
-            if not _agrees(entry.problem.shape_result(R, api._RESULT_AXES[op], False), eager):
-                why.append(f"{how}: the compiled kernel disagreed with the eager one")
-                continue
-            t_fast, t_plain = _race(fast.run, entry.run, (f, x, v))
-            if t_fast > t_plain:
-                why.append(
-                    f"{how}: slower here ({t_fast * 1e3:.3g} ms against {t_plain * 1e3:.3g} ms)"
-                )
-                continue
-            handle._entries[op] = (key, fast)
-            handle.kernels[op] = how
-            handle.compile_seconds[op] = time.perf_counter() - start
-            break
+        first = [(_ahead_of_time, AHEAD_OF_TIME)] if ahead_of_time else []
+        why: list[str] = []
+        # the fastest kernel that proves itself wins; torch.compile only if none of the first did
+        if op == "hvp":  # the only kernel written in numpy
+            first.append((_in_numpy, IN_NUMPY))
+        for tries in (first, [(_just_in_time, "compiled")]):
+            won = _fastest(tries, entry, op, (f, x, v), eager, why)
+            if won is not None:
+                handle._entries[op] = (key, won[0])
+                handle.kernels[op] = won[1]
+                handle.compile_seconds[op] = time.perf_counter() - start
+                break
         else:
             handle.kernels[op] = "eager: " + "; ".join(why)
     return handle
+
+
+def _fastest(tries: list, entry: _hot.Entry, op: str, args: tuple, eager, why: list):
+    """``(kernel, how)`` of the fastest of ``tries`` (``(build, how)`` pairs) whose result on
+    the example equals the eager one's and that beats the plain kernel there, or None; each
+    one that failed, disagreed or lost adds its reason to ``why``."""
+    f, x, v = args
+    best = None
+    for build, how in tries:
+        try:
+            fast = build(entry, op, x, v)
+            R = fast.run(f, x, v)
+            if R is None:
+                raise RuntimeError("the compiled kernel did not run")
+        except Exception as err:  # noqa: BLE001 - no compiler, an unsupported op…
+            why.append(f"{how}: {type(err).__name__}: {_first_line(err)}")
+            continue
+        if not _agrees(entry.problem.shape_result(R, api._RESULT_AXES[op], False), eager):
+            why.append(f"{how}: the compiled kernel disagreed with the eager one")
+            continue
+        t_fast, t_plain = _race(fast.run, entry.run, args)
+        if t_fast > t_plain:
+            why.append(f"{how}: slower here ({t_fast * 1e3:.3g} ms against {t_plain * 1e3:.3g} ms)")
+        elif best is None or t_fast < best[2]:
+            best = (fast, how, t_fast)
+    return None if best is None else best[:2]
 
 
 def _race(fast: Callable, plain: Callable, args: tuple, rounds=5, budget_s=1.0) -> tuple:
@@ -303,6 +324,31 @@ class _AheadOfTime:
         except Exception:  # noqa: BLE001 - the plain path decides again and explains
             return None
         return R if math.isfinite(total) else None
+
+
+def _in_numpy(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
+    """The chain HVP kernel written in numpy (:mod:`hessviz.structured.chain_numpy`), with the
+    same checks of ``f`` at every call as a kernel compiled ahead of time."""
+    if op != "hvp" or not isinstance(entry.kernel, ChainRunner):
+        raise TypeError("numpy kernel: HVPs of a chain of Linear layers and activations only")
+    ch = entry.kernel.chain
+    X = _rows(x.detach(), entry.problem.B, entry.problem.n)
+    if not chain_numpy.supports(ch, X):
+        raise TypeError("numpy kernel: CPU float32/float64, tanh, sigmoid or sin only")
+    sel = entry.problem.sel
+    views = {"ptrs": None, "layers": None}  # numpy views of the weights, while they stay put
+
+    def run(args: list) -> tuple:
+        X, V, tensors = args[0], args[1], args[2:]
+        # run() checked their layouts: the same storages (data_ptr) mean the same memory,
+        # which the views keep alive, so they still show the parameters' current values
+        ptrs = tuple(t.data_ptr() for t in tensors)
+        if ptrs != views["ptrs"]:
+            views["layers"], views["ptrs"] = chain_numpy.arrays(ch), ptrs
+        R = chain_numpy.hvp(ch, X, V, sel, views["layers"])
+        return R, float(torch.dot(X.view(-1), V.view(-1)))
+
+    return _AheadOfTime(entry, run, ch, _layout(_tensors(ch)), _settings(ch.activations))
 
 
 def _ahead_of_time(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import hessviz as hv
-from hessviz import compiled
+from hessviz import _hot, compiled, ops
 
 D = torch.float64
 AOT = "compiled ahead of time"
@@ -201,3 +202,75 @@ def test_ahead_of_time_failing_falls_back_to_torch_compile(monkeypatch):
     if HAS_COMPILER:
         assert c.kernels == {"hessian": "compiled"}
     torch.testing.assert_close(c.hessian(X), hv.hessian(net, X, batched=True, method="func"))
+
+
+# --- the numpy chain HVP kernel (hessviz.structured.chain_numpy) ---------------------------------
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "sin"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("outputs", [None, [2, 0]], ids=["all", "two"])
+def test_the_numpy_hvp_kernel_gives_the_plain_numbers(act, dtype, outputs):
+    net = hv.mlp([3, 16, 16, 3], act, seed=4, dtype=dtype)
+    gen = torch.Generator().manual_seed(8)
+    X = torch.randn(6, 3, dtype=dtype, generator=gen)
+    V = torch.randn(6, 3, dtype=dtype, generator=gen)
+    c = hv.compile(net, X, batched=True, outputs=outputs, ops=("hvp",), ahead_of_time=False)
+    assert c.kernels == {"hvp": compiled.IN_NUMPY}  # first in its round (the race ties here)
+    X2, V2 = X.flip(0), V * 3  # other points than the example
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {}
+    expected = hv.hvp(net, X2, V2, batched=True, outputs=outputs, method="func")
+    torch.testing.assert_close(c.hvp(X2, V2), expected, **tol)
+
+
+def test_numpy_closed_forms_equal_the_torch_ones_without_warnings():
+    """Including where sigmoid's exp(-z) overflows (z = -800): 0, not a warning or NaN."""
+    for dtype in (torch.float64, torch.float32):
+        z = torch.cat([torch.linspace(-12, 12, 241, dtype=dtype), torch.tensor([-800.0, 800.0])])
+        z = z.to(dtype)
+        eps = torch.finfo(dtype).eps
+        for name, numpy_form in ops.NUMPY_DERIVATIVES.items():
+            buffers = [torch.empty_like(z) for _ in range(3)]
+            expected = ops.DERIVATIVES_INTO[name](z.clone(), *buffers)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = numpy_form(z.clone().numpy())
+            for g, e in zip(got, expected):
+                g = torch.from_numpy(g)
+                assert g.dtype == dtype and torch.isfinite(g).all()
+                assert ((g - e).abs() <= 16 * eps * (1 + e.abs())).all(), name
+
+
+def test_the_numpy_kernel_reads_updated_and_replaced_weights():
+    net = hv.mlp([2, 8, 8, 2], "tanh", seed=6)
+    gen = torch.Generator().manual_seed(9)
+    X, V = torch.randn(5, 2, dtype=D, generator=gen), torch.randn(5, 2, dtype=D, generator=gen)
+    c = hv.compile(net, X, batched=True, ops=("hvp",), ahead_of_time=False)
+    assert c.kernels == {"hvp": compiled.IN_NUMPY}
+
+    def plain():
+        return hv.hvp(net, X, V, batched=True, method="func")
+
+    first = c.hvp(X, V)
+    with torch.no_grad():
+        net[2].weight.mul_(1.5)  # an optimiser step: same tensor, new values
+    assert not torch.equal(c.hvp(X, V), first)
+    torch.testing.assert_close(c.hvp(X, V), plain())
+    net[2].weight = nn.Parameter(net[2].weight.detach() * -1)  # a new tensor, same layout
+    torch.testing.assert_close(c.hvp(X, V), plain())
+    net[4].bias = nn.Parameter(net[4].bias.detach() + 1)  # the output bias: no effect on H
+    torch.testing.assert_close(c.hvp(X, V), plain())
+
+
+@pytest.mark.parametrize("case", ["softplus", "laplacian", "cuda"])
+def test_the_numpy_kernel_is_refused_where_it_does_not_apply(case):
+    act = "softplus" if case == "softplus" else "tanh"
+    net = hv.mlp([2, 8, 1], act, seed=7)
+    X = torch.randn(4, 2, dtype=D, generator=torch.Generator().manual_seed(1))
+    op = "laplacian" if case == "laplacian" else "hvp"
+    V = torch.ones_like(X)
+    hv.laplacian(net, X, batched=True) if op == "laplacian" else hv.hvp(net, X, V, batched=True)
+    entry = _hot.find(net, _hot.request_key(op, "auto", X, True, None))
+    x = X.to("meta") if case == "cuda" else X  # any device but the CPU
+    with pytest.raises(TypeError, match="numpy kernel"):
+        compiled._in_numpy(entry, op, x, None if op == "laplacian" else V)

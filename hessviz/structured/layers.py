@@ -133,12 +133,17 @@ def plain_settings(module: nn.Module) -> list:
     )
 
 
-def derivatives_into(module: nn.Module):
-    """:data:`hessviz.ops.DERIVATIVES_INTO`'s function for ``module``, or None: only for the
-    exact module types whose ``forward`` is that op (``nn.Tanh`` is ``torch.tanh``; a subclass
-    may compute something else)."""
-    op = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", ops.Sin: "sin"}.get(type(module))
-    return None if op is None else ops.DERIVATIVES_INTO[op]
+#: the exact module types whose ``forward`` is one op (``nn.Tanh`` is ``torch.tanh``; a
+#: subclass may compute something else)
+_EXACT_OPS = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", ops.Sin: "sin"}
+
+
+def derivatives_into(module: nn.Module, table: dict = ops.DERIVATIVES_INTO):
+    """``table``'s function (:data:`hessviz.ops.DERIVATIVES_INTO`, or
+    :data:`hessviz.ops.NUMPY_DERIVATIVES`) for ``module``, or None: only for the exact module
+    types whose ``forward`` is that op (:data:`_EXACT_OPS`)."""
+    op = _EXACT_OPS.get(type(module))
+    return None if op is None else table[op]
 
 
 def _from_catalogue(op: str):
