@@ -12,9 +12,11 @@ contiguous operands for exactly those products and returns a callable that runs 
 A product torch would run on strided views, or one broadcast over a stride-0 batch, is replayed
 contiguous: the share also counts what memory order costs.
 
-:func:`replay_xla` runs the same products through XLA (``jnp.matmul`` under one ``jit``, on the
-same core): where XLA's rate on them is above torch's, a JAX program of the same FLOPs is that
-much faster on the BLAS alone, whatever hessviz does around its products.
+:func:`replay_numpy` runs them through ``np.matmul`` (numpy's BLAS, which hessviz uses where it
+is faster: :mod:`hessviz._gemm`). :func:`replay_xla` runs the same products through XLA
+(``jnp.matmul`` under one ``jit``, on the same core): where XLA's rate on them is above torch's,
+a JAX program of the same FLOPs is that much faster on the BLAS alone, whatever hessviz does
+around its products.
 """
 
 from __future__ import annotations
@@ -66,8 +68,14 @@ class _Record(TorchDispatchMode):
 
 
 def record(call: Callable[[], object]) -> list[Gemm]:
-    """The matrix products one ``call()`` issues, in order."""
-    with _Record() as mode:
+    """The matrix products one ``call()`` issues, in order. hessviz hands some to numpy's BLAS
+    (:mod:`hessviz._gemm`), where no dispatch mode sees them: while recording, every product
+    goes to torch (the same products, the same shapes)."""
+    from unittest import mock
+
+    from hessviz import _gemm
+
+    with mock.patch.object(_gemm, "numpy_is_faster", lambda *a: False), _Record() as mode:
         call()
     return mode.gemms
 
@@ -86,6 +94,26 @@ def replay(gemms: list[Gemm]) -> Callable[[], None]:
     def run() -> None:
         for product, A, B, out in work:
             product(A, B, out=out)
+
+    return run
+
+
+def replay_numpy(gemms: list[Gemm]) -> Callable[[], None]:
+    """:func:`replay` through ``np.matmul`` (numpy's BLAS, one thread: ``OPENBLAS_NUM_THREADS``
+    is set by the suites before numpy loads), on the same operands."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    work = []
+    for p in gemms:
+        lead = (p.batch,) if p.batch > 1 else ()
+        A = torch.rand(*lead, p.M, p.K, generator=g, dtype=p.dtype).numpy()
+        B = torch.rand(*lead, p.K, p.N, generator=g, dtype=p.dtype).numpy()
+        work.append((A, B, np.empty((*lead, p.M, p.N), dtype=A.dtype)))
+
+    def run() -> None:
+        for A, B, out in work:
+            np.matmul(A, B, out=out)
 
     return run
 

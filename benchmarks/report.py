@@ -204,16 +204,18 @@ def _gemm_share_line(rows) -> list[str]:
 def _gemm_share_table(rows) -> list[str]:
     xla = any(r.get("xla_gflops") is not None for r in _gemm_rows(rows))
     out = [
-        "| task | point | GEMM GFLOP | hessviz GFLOP/s | torch mm GFLOP/s, same products | share |"
-        + (" XLA GFLOP/s, same products |" if xla else ""),
-        "|---|---|---:|---:|---:|---:|" + ("---:|" if xla else ""),
+        "| task | point | GEMM GFLOP | hessviz GFLOP/s | torch mm GFLOP/s, same products | share "
+        "| numpy GFLOP/s, same products |" + (" XLA GFLOP/s, same products |" if xla else ""),
+        "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if xla else ""),
     ]
     for r in _gemm_rows(rows):
         cell = "–" if r.get("xla_gflops") is None else f"{r['xla_gflops']:.1f}"
+        numpy = "–" if r.get("np_gflops") is None else f"{r['np_gflops']:.1f}"
         out.append(
             f"| {r['task']} | n={r['n']} w={r['width']} m={r['m']} L={r['layers']} "
             f"B={r['batch']} | {r['gemm_gflop']:.3f} | {r['hv_gflops']:.1f} | "
-            f"{r['mm_gflops']:.1f} | {r['gemm_share']:.0%} |" + (f" {cell} |" if xla else "")
+            f"{r['mm_gflops']:.1f} | {r['gemm_share']:.0%} | {numpy} |"
+            + (f" {cell} |" if xla else "")
         )
     return out
 
@@ -320,7 +322,10 @@ def write_markdown(path, rows, latency, env, summary, grid) -> None:
             "call (`benchmarks/gemm_share.py`): *share* = t(replay) / t(call), the part of the "
             "call that is GEMM at torch's own rate (above 100%: the call's products ran faster "
             "than the contiguous replay). The rates count the same GEMM FLOPs over the call's and "
-            "the replay's median time in those rounds. *XLA*: the same products under one "
+            "the replay's median time in those rounds. *numpy*: the same products in "
+            "`np.matmul` (numpy's BLAS; hessviz hands its products there where that measured "
+            "faster, `hessviz/_gemm.py`, so its share can pass 100%). *XLA*: the same products "
+            "under one "
             "`jax.jit` (`jnp.matmul`, same core), timed in those rounds: where it is above "
             "torch's rate, JAX runs the same FLOPs that much faster on the BLAS alone.",
             "",
