@@ -274,3 +274,23 @@ def test_the_numpy_kernel_is_refused_where_it_does_not_apply(case):
     x = X.to("meta") if case == "cuda" else X  # any device but the CPU
     with pytest.raises(TypeError, match="numpy kernel"):
         compiled._in_numpy(entry, op, x, None if op == "laplacian" else V)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="torch.compile needs a C++ compiler")
+def test_a_just_in_time_kernel_is_not_compiled_again_on_later_calls():
+    """The layer-wise kernel (100 inputs into width 64: Jacobians carried in the hidden space)
+    under torch.compile: later calls at the same shape compile no new frame. A storage-address
+    comparison in the traced code was a guard on those addresses: every call with new buffers
+    compiled again (2 s a call at a PINN point) until Dynamo's recompile limit."""
+    from torch._dynamo.utils import counters
+
+    net = hv.mlp([100, 64, 64, 64, 1], "tanh", seed=0)
+    X = torch.randn(16, 100, dtype=D, generator=torch.Generator().manual_seed(2))
+    c = hv.compile(net, X, batched=True, ops=("laplacian",), ahead_of_time=False)
+    assert c.kernels == {"laplacian": "compiled"}
+    before = counters["frames"]["total"]
+    for scale in (1.0, 2.0, 3.0, 4.0):
+        got = c.laplacian(X * scale)
+        hv.laplacian(net, X, batched=True)  # the plain path in between, as a user might
+    assert counters["frames"]["total"] == before
+    torch.testing.assert_close(got, hv.laplacian(net, X * 4.0, batched=True, method="func"))

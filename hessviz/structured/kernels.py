@@ -168,11 +168,16 @@ def _push(
             _gemm.mm(G.view(-1, G.shape[-1]), W.T, out=out.view(-1, W.shape[0]))
         else:
             torch.matmul(G, W.T, out=out)
-    elif J.shared:
+        return Jacobian(out)  # a new tensor
+    if J.shared:
         out = lay.linear(G.reshape(r, *S_in)).reshape(r, -1)
     else:
         out = lay.linear(G.reshape(B * r, *S_in)).reshape(B, r, -1)
-    # Identity, Dropout and reshapes return views: never hand out the scratch buffer.
+    # Identity, Dropout and reshapes return views: never hand out the scratch buffer. Traced
+    # (torch.compile), a copy: comparing storage addresses there is a guard on the addresses,
+    # and every call with new buffers would compile the kernel again.
+    if torch.compiler.is_compiling():
+        return Jacobian(out.clone())
     shares = out.untyped_storage().data_ptr() == G.untyped_storage().data_ptr()
     return Jacobian(out.clone() if shares else out)
 
