@@ -190,3 +190,16 @@ def reference_hessian(f, x: torch.Tensor, batched: bool) -> torch.Tensor:
     if not batched:
         return torch.func.hessian(f)(x)
     return torch.stack([torch.func.hessian(lambda s: f(s[None])[0])(xb) for xb in x])
+
+
+def batched_call(op: str, model, X: torch.Tensor, V: torch.Tensor, **fixed) -> Callable:
+    """``**kw ↦`` the public call of ``op`` (``hessian``, ``diagonal``, ``laplacian``, ``hvp``)
+    on the batch ``X`` (``V``: the HVP's directions), with ``fixed`` and ``kw`` as keywords
+    (e.g. ``outputs=`` fixed, ``method="func"`` for the reference)."""
+    calls = {
+        "hessian": lambda **kw: hv.hessian(model, X, **kw),
+        "diagonal": lambda **kw: hv.hessian_diagonal(model, X, **kw),
+        "laplacian": lambda **kw: hv.laplacian(model, X, **kw),
+        "hvp": lambda **kw: hv.hvp(model, X, V, **kw),
+    }
+    return lambda **kw: calls[op](batched=True, **fixed, **kw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import batched_call
 
 import hessviz as hv
 from hessviz import ops, structured
@@ -101,12 +102,7 @@ def test_a_batch_run_in_chunks_equals_torch_func(op, outputs, monkeypatch):
     gen = torch.Generator().manual_seed(7)
     X = torch.randn(11, 3, dtype=D, generator=gen)
     V = torch.randn(11, 3, dtype=D, generator=gen)
-    call = {
-        "hessian": lambda **kw: hv.hessian(model, X, batched=True, outputs=outputs, **kw),
-        "diagonal": lambda **kw: hv.hessian_diagonal(model, X, batched=True, outputs=outputs, **kw),
-        "laplacian": lambda **kw: hv.laplacian(model, X, batched=True, outputs=outputs, **kw),
-        "hvp": lambda **kw: hv.hvp(model, X, V, batched=True, outputs=outputs, **kw),
-    }[op]
+    call = batched_call(op, model, X, V, outputs=outputs)
     sizes = []
     original = getattr(chain, op)
 

@@ -13,6 +13,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from cases import batched_call
 
 import hessviz as hv
 from hessviz import ops
@@ -107,12 +108,7 @@ def test_chain_kernels_with_numpy_tanh_equal_torch_func(op, dtype):
     gen = torch.Generator().manual_seed(0)
     X = torch.randn(64, 3, dtype=dtype, generator=gen)
     V = torch.randn(64, 3, dtype=dtype, generator=gen)
-    call = {
-        "hessian": lambda **kw: hv.hessian(net, X, batched=True, **kw),
-        "diagonal": lambda **kw: hv.hessian_diagonal(net, X, batched=True, **kw),
-        "laplacian": lambda **kw: hv.laplacian(net, X, batched=True, **kw),
-        "hvp": lambda **kw: hv.hvp(net, X, V, batched=True, **kw),
-    }[op]
+    call = batched_call(op, net, X, V)
     with _spy() as spy:
         got = call()
     assert spy.call_count == 2  # one per hidden layer

@@ -14,6 +14,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from cases import batched_call
 
 import hessviz as hv
 from hessviz import HessvizError, _gemm
@@ -212,12 +213,7 @@ def test_kernels_with_numpy_products_equal_torch_func(op, sizes, backend):
     B = 48 if sizes[0] < 100 else 4
     X = torch.randn(B, sizes[0], dtype=torch.float64, generator=gen)
     V = torch.randn(B, sizes[0], dtype=torch.float64, generator=gen)
-    call = {
-        "hessian": lambda **kw: hv.hessian(net, X, batched=True, **kw),
-        "diagonal": lambda **kw: hv.hessian_diagonal(net, X, batched=True, **kw),
-        "laplacian": lambda **kw: hv.laplacian(net, X, batched=True, **kw),
-        "hvp": lambda **kw: hv.hvp(net, X, V, batched=True, **kw),
-    }[op]
+    call = batched_call(op, net, X, V)
     with _spy() as spy:
         got = call()
     assert spy.call_count >= 2
