@@ -70,7 +70,12 @@ def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> to
 
 def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``bias + a @ b`` into ``out`` (``(M, N)``; ``bias`` broadcasts to it); returns ``out``."""
-    if _numpy_takes(a, b, out, 2) and bias.dtype == a.dtype and bias.device.type == "cpu":
+    if (
+        _numpy_takes(a, b, out, 2)
+        and bias.dtype == a.dtype
+        and bias.device.type == "cpu"
+        and not (bias.requires_grad and torch.is_grad_enabled())
+    ):
         np.matmul(_array(a), _array(b), out=out.numpy())
         return out.add_(bias)
     return torch.addmm(bias, a, b, out=out)

@@ -151,6 +151,18 @@ def test_grad_mode_off_hands_a_parameter_to_numpy(backend):
     torch.testing.assert_close(got, lin(a).detach(), rtol=1e-13, atol=1e-13)
 
 
+def test_a_bias_with_autograd_history_keeps_torch_and_its_error(backend):
+    """Under autograd a bias that requires grad goes to ``torch.addmm``, which refuses ``out=``
+    (numpy's product plus an in-place add would record history into the buffer instead)."""
+    backend("numpy")
+    a, b = _operands(96, 64, 48, torch.float64)
+    bias = torch.randn(48, dtype=torch.float64, requires_grad=True)
+    out = torch.empty(96, 48, dtype=torch.float64)
+    with _spy() as spy, pytest.raises(RuntimeError, match="automatic differentiation"):
+        _gemm.addmm(bias, a, b, out=out)
+    assert spy.call_count == 0
+
+
 def test_traced_products_are_torch_ops(backend):
     backend("numpy")
     a, b = _operands(96, 64, 48, torch.float64)
