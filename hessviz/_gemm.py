@@ -12,8 +12,9 @@ and ``(1024, 64) @ (64, 64)ᵀ`` at 41 and 45; float32 was level (~94).
 ``out=``; they hand a product to ``np.matmul`` (zero-copy views of the same memory) only when
 all of these hold:
 
-- not traced (``torch.compile``: torch's ops only), real CPU float32/float64 tensors of one
-  dtype, no autograd history to keep (grad mode off, or no operand requires grad);
+- not traced (``torch.compile``, ``torch.export``: torch's ops only), plain (no subclass) real
+  CPU float32/float64 tensors of one dtype, no autograd history to keep (grad mode off, or no
+  operand requires grad);
 - matrices laid out as BLAS reads them (one unit stride), ``out`` row-major;
 - at least :data:`MIN_WORK` multiply-adds (below that numpy's ~2 µs extra call cost wins);
 - :func:`numpy_is_faster` says so for this dtype, torch thread count and memory order of the
@@ -45,6 +46,8 @@ CHOICES = ("auto", "torch", "numpy")
 ENV = "HESSVIZ_GEMM"
 
 _DTYPES = frozenset({torch.float32, torch.float64})
+#: the tensor types whose memory ``numpy()`` views (a parameter is one)
+_PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
 
 
 def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -95,7 +98,10 @@ def _numpy_takes(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None, ndi
     dtype = a.dtype
     shape = (*a.shape[:-1], b.shape[-1])
     if (
-        a.device.type != "cpu"
+        type(a) not in _PLAIN  # a tensor subclass (fake, wrapped, distributed…): torch's op
+        or type(b) not in _PLAIN
+        or (out is not None and type(out) not in _PLAIN)
+        or a.device.type != "cpu"
         or dtype not in _DTYPES
         or b.dtype != dtype
         or b.device.type != "cpu"

@@ -111,8 +111,13 @@ def test_batched_products_with_a_shared_factor_and_a_panel_out(shared, backend):
     assert not buf[:, :, :8].any()  # nothing written outside the panel
 
 
+class _Tagged(torch.Tensor):
+    """A tensor subclass (as libraries wrap tensors): its memory is not numpy's to view."""
+
+
 @pytest.mark.parametrize(
-    "case", ["small", "float16", "grad", "strided", "out_transposed", "torch_env", "disagrees"]
+    "case",
+    ["small", "float16", "grad", "strided", "out_transposed", "torch_env", "disagrees", "subclass"],
 )
 def test_torch_keeps_the_product_where_numpy_is_not_safe(case, backend, monkeypatch):
     backend("numpy")
@@ -133,12 +138,14 @@ def test_torch_keeps_the_product_where_numpy_is_not_safe(case, backend, monkeypa
         backend("torch")
     if case == "disagrees":
         monkeypatch.setattr(_gemm, "numpy_agrees", lambda dtype: False)
+    if case == "subclass":
+        a = a.as_subclass(_Tagged)
     with _spy() as spy:
         got = _gemm.mm(a, b, out=out)
     assert spy.call_count == 0
     if case == "grad":
         assert got.requires_grad  # autograd history kept: torch's op ran
-    _close(got.detach(), a, b.detach())
+    _close(got.detach().as_subclass(torch.Tensor), a.as_subclass(torch.Tensor), b.detach())
 
 
 def test_grad_mode_off_hands_a_parameter_to_numpy(backend):
