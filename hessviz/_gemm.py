@@ -45,7 +45,9 @@ MARGIN = 1.05
 CHOICES = ("auto", "torch", "numpy")
 ENV = "HESSVIZ_GEMM"
 
-_DTYPES = frozenset({torch.float32, torch.float64})
+#: the torch dtypes numpy computes in too (its float32 and float64): the only ones hessviz hands
+#: to numpy (products here, ``tanh`` in :func:`hessviz.ops.tanh_into`, the numpy chain kernel)
+NUMPY_DTYPES = frozenset({torch.float32, torch.float64})
 #: the tensor types whose memory ``numpy()`` views (a parameter is one)
 _PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
 
@@ -55,7 +57,7 @@ def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> tor
     if _numpy_takes(a, b, out, 2):
         if out is None:
             out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype)
-        np.matmul(_array(a), _array(b), out=out.numpy())
+        np.matmul(array(a), array(b), out=out.numpy())
         return out
     return torch.mm(a, b, out=out)
 
@@ -66,7 +68,7 @@ def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> to
     if _numpy_takes(a, b, out, 3):
         if out is None:
             out = torch.empty(a.shape[0], a.shape[1], b.shape[2], dtype=a.dtype)
-        np.matmul(_array(a), _array(b), out=out.numpy())
+        np.matmul(array(a), array(b), out=out.numpy())
         return out
     return torch.bmm(a, b, out=out)
 
@@ -79,7 +81,7 @@ def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tenso
         and bias.device.type == "cpu"
         and not (bias.requires_grad and torch.is_grad_enabled())
     ):
-        np.matmul(_array(a), _array(b), out=out.numpy())
+        np.matmul(array(a), array(b), out=out.numpy())
         return out.add_(bias)
     return torch.addmm(bias, a, b, out=out)
 
@@ -102,7 +104,7 @@ def _numpy_takes(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None, ndi
         or type(b) not in _PLAIN
         or (out is not None and type(out) not in _PLAIN)
         or a.device.type != "cpu"
-        or dtype not in _DTYPES
+        or dtype not in NUMPY_DTYPES
         or b.dtype != dtype
         or b.device.type != "cpu"
         or a.shape[-1] != b.shape[-2]
@@ -132,7 +134,7 @@ def _blas_layout(t: torch.Tensor) -> bool:
     return (sc == 1 and sr >= max(c, 1)) or (sr == 1 and sc >= max(r, 1))
 
 
-def _array(t: torch.Tensor) -> np.ndarray:
+def array(t: torch.Tensor) -> np.ndarray:
     """A numpy view of ``t``'s memory (a parameter's ``weight`` requires grad: detached)."""
     return (t.detach() if t.requires_grad else t).numpy()
 

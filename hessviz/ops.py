@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._gemm import NUMPY_DTYPES
+
 aten = torch.ops.aten
 
 # -- flat: linear or piecewise linear in all their input-dependent arguments ---------------------
@@ -116,8 +118,6 @@ def _sin_into(z, a, s1, s2):
     return torch.sin(z, out=a), s1, torch.neg(a, out=s2)
 
 
-#: the dtypes :func:`tanh_into` may hand to ``np.tanh`` (numpy has them too)
-_NUMPY_DTYPES = frozenset({torch.float32, torch.float64})
 #: below this many elements numpy's call overhead (~3 µs) eats its gain
 _NUMPY_MIN_NUMEL = 2048
 #: tensors smaller than this run single-threaded in ``torch.tanh`` whatever the thread count
@@ -144,7 +144,7 @@ def tanh_into(z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         and type(z) is torch.Tensor
         and type(out) is torch.Tensor
         and z.device.type == "cpu"
-        and z.dtype in _NUMPY_DTYPES
+        and z.dtype in NUMPY_DTYPES
         and out.dtype == z.dtype
         and out.shape == z.shape
         and not (z.requires_grad or out.requires_grad)

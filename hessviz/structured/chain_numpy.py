@@ -22,17 +22,16 @@ import numpy as np
 import torch
 
 from .. import ops
+from .._gemm import NUMPY_DTYPES, array
 from .chain import Chain
 from .layers import derivatives_into
-
-_DTYPES = frozenset({torch.float32, torch.float64})
 
 
 def supports(ch: Chain, X: torch.Tensor) -> bool:
     """Whether :func:`hvp` runs ``ch`` on inputs like ``X`` (``(B, n)``)."""
     return (
         X.device.type == "cpu"
-        and X.dtype in _DTYPES
+        and X.dtype in NUMPY_DTYPES
         and len(ch.activations) == len(ch.derivs)
         and all(derivatives_into(m, ops.NUMPY_DERIVATIVES) for m in ch.activations)
         and all(
@@ -47,8 +46,7 @@ def arrays(ch: Chain) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Every Linear layer's ``(weight, bias)`` as numpy views of the same memory (no copies:
     in-place updates of the parameters show through)."""
     return [
-        (lin.weight.detach().numpy(), None if lin.bias is None else lin.bias.detach().numpy())
-        for lin in ch.linears
+        (array(lin.weight), None if lin.bias is None else array(lin.bias)) for lin in ch.linears
     ]
 
 
