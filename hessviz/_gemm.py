@@ -49,7 +49,7 @@ ENV = "HESSVIZ_GEMM"
 #: to numpy (products here, ``tanh`` in :func:`hessviz.ops.tanh_into`, the numpy chain kernel)
 NUMPY_DTYPES = frozenset({torch.float32, torch.float64})
 #: the tensor types whose memory ``numpy()`` views (a parameter is one)
-_PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
+PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
 
 
 def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -100,9 +100,9 @@ def _numpy_takes(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None, ndi
     dtype = a.dtype
     shape = (*a.shape[:-1], b.shape[-1])
     if (
-        type(a) not in _PLAIN  # a tensor subclass (fake, wrapped, distributed…): torch's op
-        or type(b) not in _PLAIN
-        or (out is not None and type(out) not in _PLAIN)
+        type(a) not in PLAIN  # a tensor subclass (fake, wrapped, distributed…): torch's op
+        or type(b) not in PLAIN
+        or (out is not None and type(out) not in PLAIN)
         or a.device.type != "cpu"
         or dtype not in NUMPY_DTYPES
         or b.dtype != dtype

@@ -24,6 +24,7 @@ errors in words.
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from ._budget import get_memory_budget
-from ._problem import Problem
+from ._problem import RESULT_AXES, Problem
 
 _ENTRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MAX_PER_MODEL = 32  # distinct requests remembered per model (oldest forgotten first)
@@ -92,29 +93,71 @@ class Entry:
     reference: Problem | None = None  # the user's problem, when problem.f is its lowered chain
     storages: bool = False  # the kernel holds f's tensors themselves (a lowered chain, a graph)
     method: str = "structured"  # the registry's name of the engine the kernel belongs to
+    op: str = "hessian"  # hessian, diagonal, laplacian or hvp
+    rows: tuple = ()  # (B, n): how the kernel takes x
+    sums: _Sums | None = None  # how a repeated call proves x finite, when not by _finite
+    shapes: tuple = ()  # the public result shape, with its leading B: (not flat, flat)
+    reads_f: bool = True  # the kernel reads problem.f (the caller's f when the template's is None)
+
+    def __post_init__(self):
+        p = self.problem
+        self.rows = (p.B, p.n)
+        self.sums = _Sums.fit(p.X)
+        self.shapes = tuple(p.result_shape(RESULT_AXES[self.op], flat) for flat in (False, True))
+        self.reads_f = getattr(self.kernel, "reads_f", True)
+
+    def shape_result(self, R: torch.Tensor, flat: bool) -> torch.Tensor:
+        """:meth:`~hessviz._problem.Problem.shape_result` of :meth:`run`'s ``R``."""
+        shape = self.shapes[flat]
+        out = R if R.shape == shape else R.reshape(shape)
+        return out if self.problem.batched else out[0]
 
     def run(self, f: object, x: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor | None:
         """The ``(B, m, …)`` result, or None when this call must take the full path."""
-        p = self.problem
         if _tree(f, self.storages) != self.tree:
             return None
-        if not (_finite(x) if v is None else _both_finite(x, v)):
-            return None
-        if p.f is None:
+        p = self.problem
+        if p.f is None and self.reads_f:
             p = _with_f(p, f)
+        # autograd off (nothing here records history: no detach needed); the function form of
+        # set_grad_enabled costs half of a no_grad block
+        grad = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
         try:
-            with torch.no_grad():  # nothing here records autograd history: no detach needed
-                X = x if x.shape == (p.B, p.n) else x.reshape(p.B, p.n)
-                if self.storages:  # f itself runs on X (a graph's check, a lowered chain's)
-                    X = X.clone()  # our copy: the layer-wise kernels only read X
-                if self.reference is not None and not self._chain_agrees(f, X[:1]):
-                    return None
-                if v is None:
-                    return self.kernel(p, X, p.sel)
-                V = v.to(X.dtype)
-                return self.kernel(p, X, V if V.shape == X.shape else V.reshape(X.shape), p.sel)
+            inputs = self.inputs(x, v)
+            if inputs is None:
+                return None
+            X = inputs[0]
+            if self.storages:  # f itself runs on X (a graph's check, a lowered chain's)
+                X = X.clone()  # our copy: the layer-wise kernels only read X
+            if self.reference is not None and not self._chain_agrees(f, X[:1]):
+                return None
+            return self.kernel(p, X, *inputs[1:], p.sel)
         except Exception:  # noqa: BLE001 - the full path decides again and explains
             return None
+        finally:
+            torch.set_grad_enabled(grad)
+
+    def inputs(self, x: torch.Tensor, v: object) -> tuple | None:
+        """``(X,)`` or, for HVPs, ``(X, V)``: ``x`` (of this entry's key) and ``v`` laid out as
+        ``(B, n)`` in ``x``'s dtype, once both are proved finite; None when not (or when ``v``
+        is not a real tensor of ``x``'s shape and device). Call with autograd off."""
+        rows = self.rows
+        X = x if x.shape == rows else x.reshape(rows)
+        if v is None:
+            return (
+                (X,) if (_finite(X) if self.sums is None else self.sums.finite(X, None)) else None
+            )
+        if not (
+            isinstance(v, torch.Tensor)
+            and v.shape == x.shape
+            and v.device == x.device
+            and v.is_floating_point()
+        ):
+            return None
+        V = v if v.dtype == X.dtype else v.to(X.dtype)  # (a same-dtype .to costs ~3 µs)
+        V = V if V.shape == rows else V.reshape(rows)
+        return (X, V) if (_finite(X, V) if self.sums is None else self.sums.finite(X, V)) else None
 
     def _chain_agrees(self, f, X0: torch.Tensor) -> bool:
         """The user's ``f`` equals the lowered chain on the first sample (it may branch)."""
@@ -127,12 +170,6 @@ class Entry:
         return torch.equal(y, z) or bool(torch.allclose(y, z, rtol=tol, atol=tol))
 
 
-def _finite(x: torch.Tensor) -> bool:
-    """Real, non-empty and finite. One reduction: NaN and ±inf reach the sum (a sum that only
-    overflows sends a finite x down the full path, which checks element by element)."""
-    return x.is_floating_point() and x.numel() > 0 and math.isfinite(x.sum())
-
-
 def _with_f(p: Problem, f: object) -> Problem:
     """The template ``p`` with the caller's ``f`` (a field copy, cheaper than ``replace``)."""
     q = object.__new__(Problem)
@@ -140,23 +177,87 @@ def _with_f(p: Problem, f: object) -> Problem:
     return q
 
 
-def _both_finite(x: torch.Tensor, v: object) -> bool:
-    """``x`` finite (:func:`_finite`) and ``v`` a finite real tensor of its shape and device.
+#: memoryview formats of the dtypes :class:`_Sums` reads back
+_FORMATS = {torch.float32: "f", torch.float64: "d"}
+#: :class:`_Sums` adds at most this many partial sums in Python
+_MAX_PARTIALS = 16
 
-    With one dtype, one reduction serves both: ``x · v`` is NaN or ±inf whenever either holds
-    a NaN or an infinity (``inf · 0`` is NaN, ``inf − inf`` is NaN), and a dot that only
-    overflows sends finite inputs down the full path, which checks element by element."""
+
+class _Sums:
+    """The sums that prove ``x`` (and ``v``) finite on a repeated call, for one entry's
+    ``(B, n)`` CPU float32/float64 inputs.
+
+    A ``sum`` and its conversion to a Python number are two kinds of tensor operation the
+    kernels never run: after a kernel they cost ~6 µs of a repeated tiny-model call here
+    (``benchmarks/overhead.py``), as much as the rest of its checks. A matrix product is what
+    every kernel runs: ``ones(1, B) @ X`` (or ``X @ ones(n, 1)``) written into a kept buffer
+    gives at most :data:`_MAX_PARTIALS` partial sums, read through a memoryview and added here.
+    NaN and ±inf reach them (``inf − inf`` is NaN); a sum that only overflows sends a finite
+    input down the full path, which checks element by element. One call at a time uses the
+    buffers; a concurrent one (or an input that is not a contiguous plain tensor) sums with
+    :func:`_finite`."""
+
+    def __init__(self, B: int, n: int, dtype: torch.dtype):
+        self.by_columns = n <= B  # ones(1, B) @ X: n partial sums, else X @ ones(n, 1)
+        shape, ones = ((1, n), (1, B)) if self.by_columns else ((B, 1), (n, 1))
+        self.ones = torch.ones(ones, dtype=dtype)
+        self.out = [torch.empty(shape, dtype=dtype) for _ in range(2)]  # x's and v's
+        self.views = [memoryview(o.numpy()).cast("B").cast(_FORMATS[dtype]) for o in self.out]
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def fit(X: torch.Tensor) -> _Sums | None:
+        """The sums for inputs laid out like ``X`` ``(B, n)``, or None where :func:`_finite`
+        does it (not the CPU, another dtype, more than :data:`_MAX_PARTIALS` partial sums)."""
+        B, n = X.shape
+        if X.device.type != "cpu" or X.dtype not in _FORMATS or min(B, n) > _MAX_PARTIALS:
+            return None
+        return _Sums(B, n, X.dtype)
+
+    def finite(self, X: torch.Tensor, V: torch.Tensor | None) -> bool:
+        """Like :func:`_finite`, for ``X`` (and ``V``) laid out as the entry's ``(B, n)`` in its
+        dtype."""
+        if not (
+            type(X) is torch.Tensor
+            and (V is None or type(V) is torch.Tensor)
+            and self.lock.acquire(blocking=False)
+        ):
+            return _finite(X, V)
+        try:
+            if not (X.is_contiguous() and (V is None or V.is_contiguous())):
+                return _finite(X, V)
+            for t, out, view in zip((X,) if V is None else (X, V), self.out, self.views):
+                if self.by_columns:
+                    torch.mm(self.ones, t, out=out)
+                else:
+                    torch.mm(t, self.ones, out=out)
+                if not math.isfinite(sum(view)):
+                    return False
+            return True
+        finally:
+            self.lock.release()
+
+
+def _finite(x: torch.Tensor, v: object = None) -> bool:
+    """``x`` a non-empty finite real tensor and ``v`` (HVPs) None or one of its shape and device.
+
+    One reduction: NaN and ±inf reach the sum (a sum that only overflows sends a finite ``x``
+    down the full path, which checks element by element). With ``v``, one product serves both:
+    ``x · v`` is NaN or ±inf whenever either holds a NaN or an infinity (``inf · 0`` is NaN,
+    ``inf − inf`` is NaN); with two dtypes each is summed on its own."""
+    if not (x.is_floating_point() and x.numel() > 0):
+        return False
+    if v is None:
+        return math.isfinite(x.sum())
     if not (
         isinstance(v, torch.Tensor)
         and v.shape == x.shape
         and v.device == x.device
-        and x.is_floating_point()
         and v.is_floating_point()
-        and x.numel() > 0
     ):
         return False
     if v.dtype != x.dtype:
-        return _finite(x) and _finite(v)
+        return math.isfinite(x.sum()) and math.isfinite(v.sum())
     return math.isfinite(torch.dot(x.reshape(-1), v.reshape(-1)))
 
 
@@ -185,7 +286,14 @@ def remember(f: object, key, entry: Entry | None) -> None:
 
 
 def make(
-    f: object, method: str, problem: Problem, kernel: Callable, *, reference=None, storages=False
+    f: object,
+    method: str,
+    op: str,
+    problem: Problem,
+    kernel: Callable,
+    *,
+    reference=None,
+    storages=False,
 ):
     """An :class:`Entry` for ``f`` (an ``nn.Module``), or None: plain functions are not cached
     (nothing tells when what they close over changes)."""
@@ -193,7 +301,8 @@ def make(
         return None
     storages = storages or reference is not None
     ref = None if reference is None else _template(reference, f)
-    return Entry(_template(problem, f), kernel, _tree(f, storages), ref, storages, method)
+    tree = _tree(f, storages)
+    return Entry(_template(problem, f), kernel, tree, ref, storages, method, op)
 
 
 def _template(p: Problem, f: object) -> Problem:

@@ -107,12 +107,11 @@ class Problem:
             return out.reshape(-1)
         return self.f(x.reshape(self.sample_shape)).reshape(-1)
 
-    def shape_result(self, R: torch.Tensor, n_input_axes: int, flat: bool) -> torch.Tensor:
-        """Lay out a ``(B, m, n^k)`` method result as the public shape contract.
-
-        ``n_input_axes`` is 2 for Hessians, 1 for diagonals/HVPs and 0 for Laplacians.
-        """
-        B, m = R.shape[:2]
+    def result_shape(self, n_input_axes: int, flat: bool) -> tuple[int, ...]:
+        """The public shape of a ``(B, m, n^k)`` method result, with its leading ``B`` (which
+        :meth:`shape_result` drops for an unbatched ``x``): ``n_input_axes`` is
+        :data:`RESULT_AXES` of the op."""
+        m = self.m
         if flat:
             tail = (self.n,) * n_input_axes
             head: tuple[int, ...] = (m,)
@@ -121,9 +120,21 @@ class Problem:
         else:
             tail = tuple(self.sample_shape) * n_input_axes
             head = {"all": tuple(self.out_shape), "int": (), "list": (m,)}[self.outputs_kind]
-        shape = (B, *head, *tail)
+        return (self.B, *head, *tail)
+
+    def shape_result(self, R: torch.Tensor, n_input_axes: int, flat: bool) -> torch.Tensor:
+        """Lay out a ``(B, m, n^k)`` method result as the public shape contract.
+
+        ``n_input_axes`` is 2 for Hessians, 1 for diagonals/HVPs and 0 for Laplacians.
+        """
+        shape = (R.shape[0], *self.result_shape(n_input_axes, flat)[1:])
         out = R if R.shape == shape else R.reshape(shape)
         return out if self.batched else out[0]
+
+
+#: per op, the number of input axes of each output's result: Hessians ``n × n``, diagonals and
+#: HVPs ``n``, Laplacians a number
+RESULT_AXES = {"hessian": 2, "diagonal": 1, "hvp": 1, "laplacian": 0}
 
 
 def _describe(t: torch.Tensor) -> str:

@@ -74,3 +74,13 @@ def hvp_mismatch(p: Problem, X, v: torch.Tensor, Hv: torch.Tensor, sel) -> float
     mine = w @ Hv
     ref = _autograd_hvps(p, X, w, sel, v[None])[0]
     return relative_error(mine, ref, p.n)
+
+
+def agrees(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Whether a second kernel's result equals a proved one's to round-off: the same shape, and
+    within ``1000 ε`` of it, relative to its largest entry (a kernel whose operations differ
+    only in order or in a few ulps of ``tanh`` lands far inside)."""
+    tol = 1e3 * torch.finfo(got.dtype).eps
+    return got.shape == expected.shape and torch.allclose(
+        got, expected, rtol=tol, atol=tol * (1 + float(expected.abs().max()))
+    )

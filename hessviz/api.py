@@ -15,11 +15,19 @@ import torch
 from . import _hot, engine, structured
 from ._budget import format_bytes, get_memory_budget
 from ._errors import HessvizError, HessvizFallbackWarning
-from ._problem import Problem, check_input, check_method, grad_mode, math_attention, prepare
+from ._problem import (
+    RESULT_AXES,
+    Problem,
+    check_input,
+    check_method,
+    grad_mode,
+    math_attention,
+    prepare,
+)
 from ._selfcheck import hvp_mismatch, projected_mismatch, random_directions
 from .registry import METHODS
+from .structured import chain_numpy
 
-_RESULT_AXES = {"hessian": 2, "diagonal": 1, "hvp": 1, "laplacian": 0}
 #: When a generic method fails on f, auto tries the next one; factors are typical slow-downs.
 _GENERIC_ORDER = ("func", "autograd", "loop")
 _SLOWER = {"func": 1, "autograd": 2, "loop": 45}
@@ -360,7 +368,7 @@ _WAYS_OUT = (
 def _check_result_size(fname: str, op: str, p: Problem) -> None:
     """Refuse a result larger than the memory budget before any work is done."""
     budget = get_memory_budget()
-    result = p.B * p.m * p.n ** _RESULT_AXES[op] * p.X.element_size()
+    result = p.B * p.m * p.n ** RESULT_AXES[op] * p.X.element_size()
     if result > budget:
         raise HessvizError(
             f"{fname}: the result {_describe_request(op, p, p.X.dtype)} would need "
@@ -373,7 +381,7 @@ def _chunks(fname: str, op: str, d: _Decision, p: Problem):
     """Split ``(B, m)`` into chunks whose result and working memory fit the budget."""
     budget = get_memory_budget()
     isz = p.X.element_size()
-    per_result = p.n ** _RESULT_AXES[op]
+    per_result = p.n ** RESULT_AXES[op]
     result = p.B * p.m * per_result * isz
     ways_out = _WAYS_OUT
     per_sample, per_output = _work(op, d, p)
@@ -466,7 +474,7 @@ def _run(fname, op, d: _Decision, p: Problem, V, key=None) -> torch.Tensor:
     user = p
     if d.problem is not None:  # the lowered nn.Sequential: same inputs, outputs and results
         p = d.problem
-    per = (p.n,) * _RESULT_AXES[op]
+    per = (p.n,) * RESULT_AXES[op]
     graph = name == "graph"
 
     def run(bs, ms):
@@ -488,10 +496,13 @@ def _run(fname, op, d: _Decision, p: Problem, V, key=None) -> torch.Tensor:
             R = run(*chunks[0]).reshape(p.B, p.m, *per)
             if name == "structured":
                 ref = None if d.problem is None else user
-                entry = _hot.make(user.f, name, p, structured.runner(op, p), reference=ref)
+                kernel = structured.runner(op, p)
+                if op == "hvp":  # numpy's chain kernel where it applies, is faster and agrees
+                    kernel = chain_numpy.proved(kernel, p.X, V, p.sel, R)
+                entry = _hot.make(user.f, name, op, p, kernel, reference=ref)
                 _hot.remember(user.f, key, entry)
             elif graph and d.plan is not None:
-                entry = _hot.make(user.f, name, p, engine.runner(op, d.plan), storages=True)
+                entry = _hot.make(user.f, name, op, p, engine.runner(op, d.plan), storages=True)
                 _hot.remember(user.f, key, entry)
             return R
         R = p.X.new_empty(p.B, p.m, *per)
@@ -500,7 +511,6 @@ def _run(fname, op, d: _Decision, p: Problem, V, key=None) -> torch.Tensor:
         return R
 
 
-@_public
 def hessian(f, x, *, batched=False, outputs=None, flat=False, method="auto") -> torch.Tensor:
     """Exact Hessian of every selected output of ``f`` with respect to its input.
 
@@ -530,7 +540,6 @@ def hessian(f, x, *, batched=False, outputs=None, flat=False, method="auto") -> 
     return _call("hessian", "hessian", f, x, batched, outputs, method, flat)
 
 
-@_public
 def hessian_diagonal(
     f, x, *, batched=False, outputs=None, flat=False, method="auto"
 ) -> torch.Tensor:
@@ -549,7 +558,6 @@ def hessian_diagonal(
     return _call("hessian_diagonal", "diagonal", f, x, batched, outputs, method, flat)
 
 
-@_public
 def laplacian(f, x, *, batched=False, outputs=None, method="auto") -> torch.Tensor:
     """Trace of each selected output's Hessian, shape ``S_out`` (batched: ``(B, *S_out)``).
 
@@ -561,7 +569,6 @@ def laplacian(f, x, *, batched=False, outputs=None, method="auto") -> torch.Tens
     return _call("laplacian", "laplacian", f, x, batched, outputs, method, False)
 
 
-@_public
 def hvp(f, x, v, *, batched=False, outputs=None, flat=False, method="auto") -> torch.Tensor:
     """Hessian-vector products ``H_i v`` for every selected output ``i``: shape ``S_out + S_in``.
 
@@ -593,17 +600,35 @@ def _directions(v: object, x: torch.Tensor, p: Problem, batched: bool) -> torch.
 
 def _call(fname, op, f, x, batched, outputs, method, flat, v=None) -> torch.Tensor:
     """Serve one public call: from the plan an earlier call left (:mod:`hessviz._hot`), else
-    validate, decide and execute. ``v``: the HVP's directions."""
+    validate, decide and execute. ``v``: the HVP's directions.
+
+    A plan's kernels run without autograd, so a repeated call needs none of :func:`_public`'s
+    mode switching — except inside ``inference_mode``, where it would return inference
+    tensors: there the plan runs inside the switch, as the full path does."""
+    inference = torch.is_inference_mode_enabled()
+    if not inference:
+        entry = _hot.find(f, _hot.request_key(op, method, x, batched, outputs))
+        if entry is not None:
+            R = entry.run(f, x, v)
+            if R is not None:
+                return entry.shape_result(R, flat)
+    return _full_call(fname, op, f, x, batched, outputs, method, flat, v, inference)
+
+
+@_public
+def _full_call(fname, op, f, x, batched, outputs, method, flat, v, try_plan) -> torch.Tensor:
+    """:func:`_call` past the plans (``try_plan``: look for one first): validate, decide and
+    execute, leaving a plan."""
     key = _hot.request_key(op, method, x, batched, outputs)
-    entry = _hot.find(f, key)
+    entry = _hot.find(f, key) if try_plan else None
     if entry is not None:
         R = entry.run(f, x, v)
         if R is not None:
-            return entry.problem.shape_result(R, _RESULT_AXES[op], flat)
+            return entry.shape_result(R, flat)
     method = check_method(fname, method, list(METHODS))
     p, y = prepare(fname, f, x, batched=batched, outputs=outputs)
     V = None if op != "hvp" else _directions(v, x, p, batched)
-    return p.shape_result(_execute(fname, op, p, y, method, V, key), _RESULT_AXES[op], flat)
+    return p.shape_result(_execute(fname, op, p, y, method, V, key), RESULT_AXES[op], flat)
 
 
 @_public
@@ -649,8 +674,8 @@ def layer_terms(f, x, *, batched=False, outputs=None, flat=False) -> list[LayerT
 
 
 def _explain(fname: str, op: str, f, x, batched, outputs) -> Explanation:
-    if op not in _RESULT_AXES:
-        raise HessvizError(f"{fname}: op must be one of {', '.join(_RESULT_AXES)}, got {op!r}.")
+    if op not in RESULT_AXES:
+        raise HessvizError(f"{fname}: op must be one of {', '.join(RESULT_AXES)}, got {op!r}.")
     p, y = prepare(fname, f, x, batched=batched, outputs=outputs)
     d = _with_generic(_decide(fname, op, p, y, "auto"), p)
     return Explanation(op, d.method, d.reason, d.checked, _nodes(d.plan))

@@ -52,6 +52,7 @@ from torch import nn
 
 from . import _hot, api
 from ._errors import HessvizError
+from ._selfcheck import agrees
 from .structured import chain, chain_numpy
 from .structured.kernels import ChainRunner
 from .structured.layers import plain_settings
@@ -92,7 +93,7 @@ class Compiled:
         ):
             R = compiled[1].run(self.f, x, v)
             if R is not None:
-                return compiled[1].problem.shape_result(R, api._RESULT_AXES[op], flat)
+                return compiled[1].shape_result(R, flat)
         args = (self.f, x) if v is None else (self.f, x, v)
         kw = {"batched": self.batched, "outputs": self.outputs}
         return (
@@ -181,7 +182,7 @@ def _fastest(tries: list, entry: _hot.Entry, op: str, args: tuple, eager, why: l
         except Exception as err:  # noqa: BLE001 - no compiler, an unsupported op…
             why.append(f"{how}: {type(err).__name__}: {_first_line(err)}")
             continue
-        if not _agrees(entry.problem.shape_result(R, api._RESULT_AXES[op], False), eager):
+        if not agrees(entry.shape_result(R, False), eager):
             why.append(f"{how}: its result disagreed with the eager kernel's")
             continue
         t_fast, t_plain = _race(fast.run, entry.run, args)
@@ -211,13 +212,6 @@ def _first_line(err: Exception) -> str:
     return (str(err).strip() or "?").splitlines()[0][:160]
 
 
-def _agrees(got: torch.Tensor, eager: torch.Tensor) -> bool:
-    tol = 1e3 * torch.finfo(got.dtype).eps
-    return got.shape == eager.shape and torch.allclose(
-        got, eager, rtol=tol, atol=tol * (1 + float(eager.abs().max()))
-    )
-
-
 def _just_in_time(entry: _hot.Entry, op: str, x, v) -> _hot.Entry:
     """The entry with its kernel through ``torch.compile`` (compiled at its first call)."""
     return replace(entry, kernel=torch.compile(entry.kernel, dynamic=False))
@@ -233,20 +227,6 @@ class _Affine:
         self.weight, self.bias, self.out_features = weight, bias, weight.shape[0]
 
 
-def _tensors(ch: chain.Chain) -> list:
-    """Every Linear layer's weight and bias, as they are now (what a compiled chain reads)."""
-    return [t for lin in ch.linears for t in _weight_and_bias(lin) if t is not None]
-
-
-def _weight_and_bias(lin: nn.Module) -> tuple:
-    # nn.Linear keeps both in _parameters (read there: Module.__getattr__ costs ~0.5 µs a read);
-    # a lowered chain's layers may hold them otherwise
-    own = lin._parameters
-    if "weight" in own and "bias" in own:
-        return own["weight"], own["bias"]
-    return lin.weight, lin.bias
-
-
 def _rows(t: torch.Tensor, B: int, n: int) -> torch.Tensor:
     """``t`` as a contiguous ``(B, n)`` tensor (itself when it already is one; the library
     ignores autograd, so no detach)."""
@@ -257,13 +237,13 @@ def _rows(t: torch.Tensor, B: int, n: int) -> torch.Tensor:
 
 class _ChainProgram(nn.Module):
     """``op``'s chain kernel as a function of tensors only, what ``torch.export`` takes: the
-    input ``X`` ``(B, n)``, for HVPs the directions ``V`` ``(B, n)``, then :func:`_tensors`. It
-    also returns the sum of ``X`` (and ``V``): one number tells the caller they were finite."""
+    input ``X`` ``(B, n)``, for HVPs the directions ``V`` ``(B, n)``, then the weights and biases
+    (:func:`~hessviz.structured.chain.tensors`)."""
 
     def __init__(self, ch: chain.Chain, op: str, sel: tuple[int, ...]) -> None:
         super().__init__()
         self._derivs, self._op, self._sel = ch.derivs, op, sel
-        self._biased = tuple(lin.bias is not None for lin in ch.linears)  # as _tensors reads
+        self._biased = tuple(lin.bias is not None for lin in ch.linears)  # as chain.tensors reads
 
     def forward(self, X: torch.Tensor, *tensors: torch.Tensor):
         V, tensors = (tensors[0], tensors[1:]) if self._op == "hvp" else (None, tensors)
@@ -273,8 +253,8 @@ class _ChainProgram(nn.Module):
         )
         kernel = getattr(chain, self._op)
         if V is None:
-            return kernel(ch, X, self._sel), X.sum()
-        return kernel(ch, X, V, self._sel), X.sum() + V.sum()
+            return (kernel(ch, X, self._sel),)
+        return (kernel(ch, X, V, self._sel),)
 
 
 def _settings(modules: tuple) -> list:
@@ -292,7 +272,7 @@ class _AheadOfTime:
     """A chain kernel compiled ahead of time, with what its library assumes about ``f``."""
 
     entry: _hot.Entry  # the plain path's entry: its checks of f and its problem
-    run_library: Callable  # [X, (V,) *tensors] -> [R, sum of inputs]
+    run_library: Callable  # [X, (V,) *tensors] -> [R]
     chain: chain.Chain
     layout: tuple  # _layout of the tensors passed, when compiled
     settings: list  # _settings of the activations, when compiled
@@ -301,29 +281,33 @@ class _AheadOfTime:
     def problem(self):
         return self.entry.problem
 
+    def shape_result(self, R: torch.Tensor, flat: bool) -> torch.Tensor:
+        return self.entry.shape_result(R, flat)
+
     def run(self, f, x: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor | None:
         """Like :meth:`hessviz._hot.Entry.run`: the ``(B, m, …)`` result or None."""
-        e, p = self.entry, self.entry.problem
-        tensors = _tensors(self.chain)
+        e = self.entry
+        tensors = chain.tensors(self.chain)
         if (
             _hot._tree(f, e.storages) != e.tree
             or _layout(tensors) != self.layout
             or any(m.__dict__.get(k, ...) != v for m, k, v in self.settings)
-            or not x.is_floating_point()
-            or (v is not None and (not isinstance(v, torch.Tensor) or v.shape != x.shape))
         ):
             return None
-        X = _rows(x, p.B, p.n)
-        args = [X] if v is None else [X, _rows(v.to(X.dtype), p.B, p.n)]
-        if e.reference is not None:
-            with torch.no_grad():
-                if not e._chain_agrees(f, X[:1].detach().clone()):
-                    return None
+        grad = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)  # as in Entry.run
         try:
-            R, total = self.run_library(args + tensors)
+            inputs = e.inputs(x, v)
+            if inputs is None:
+                return None
+            args = [t.contiguous() for t in inputs]  # the layout the library was built for
+            if e.reference is not None and not e._chain_agrees(f, args[0][:1].clone()):
+                return None
+            return self.run_library(args + tensors)[0]
         except Exception:  # noqa: BLE001 - the plain path decides again and explains
             return None
-        return R if math.isfinite(total) else None
+        finally:
+            torch.set_grad_enabled(grad)
 
 
 def _in_numpy(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
@@ -335,7 +319,7 @@ def _in_numpy(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
     X = _rows(x.detach(), entry.problem.B, entry.problem.n)
     if not chain_numpy.supports(ch, X):
         raise TypeError("numpy kernel: CPU float32/float64, tanh, sigmoid or sin only")
-    sel = entry.problem.sel
+    plan = chain_numpy.Plan(ch, entry.problem.B, X.dtype, entry.problem.sel)
     views = {"ptrs": None, "layers": None}  # numpy views of the weights, while they stay put
 
     def run(args: list) -> tuple:
@@ -345,10 +329,9 @@ def _in_numpy(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
         ptrs = tuple(t.data_ptr() for t in tensors)
         if ptrs != views["ptrs"]:
             views["layers"], views["ptrs"] = chain_numpy.arrays(ch), ptrs
-        R = chain_numpy.hvp(ch, X, V, sel, views["layers"])
-        return R, float(torch.dot(X.view(-1), V.view(-1)))
+        return [plan(X, V, views["layers"])]
 
-    return _AheadOfTime(entry, run, ch, _layout(_tensors(ch)), _settings(ch.activations))
+    return _AheadOfTime(entry, run, ch, _layout(chain.tensors(ch)), _settings(ch.activations))
 
 
 def _ahead_of_time(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
@@ -360,7 +343,7 @@ def _ahead_of_time(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
     p = entry.problem
     X = _rows(x.detach(), p.B, p.n)  # laid out as run() will pass it
     V = () if v is None else (_rows(v.detach().to(X.dtype), p.B, p.n),)
-    tensors = [t.detach() for t in _tensors(ch)]
+    tensors = [t.detach() for t in chain.tensors(ch)]
     with torch.no_grad():
         program = torch.export.export(_ChainProgram(ch, op, p.sel), (X, *V, *tensors))
     folder = Path(tempfile.mkdtemp(prefix="hessviz-aot-"))
@@ -373,4 +356,4 @@ def _ahead_of_time(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
     # its loader's run (AOTInductor's C++ API) takes the flat list of tensors directly.
     loader = getattr(library, "loader", None)
     run = loader.run if hasattr(loader, "run") else lambda args: library(*args)
-    return _AheadOfTime(entry, run, ch, _layout(_tensors(ch)), _settings(ch.activations))
+    return _AheadOfTime(entry, run, ch, _layout(chain.tensors(ch)), _settings(ch.activations))

@@ -205,39 +205,38 @@ def _one(z: torch.Tensor) -> torch.Tensor:
 DERIVATIVES_INTO = {"tanh": _tanh_into, "sigmoid": _sigmoid_into, "sin": _sin_into}
 
 
-def _np_tanh(z: np.ndarray) -> tuple:
+def _np_tanh(z: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> None:
     a = np.tanh(z, out=z)
-    s1 = np.multiply(a, a)
+    np.multiply(a, a, out=s1)
     np.subtract(1, s1, out=s1)
-    s2 = np.multiply(a, s1)
+    np.multiply(a, s1, out=s2)
     s2 *= -2
-    return a, s1, s2
 
 
-def _np_sigmoid(z: np.ndarray) -> tuple:
+def _np_sigmoid(z: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> None:
     np.negative(z, out=z)
     with np.errstate(over="ignore"):  # exp(-z) = inf far below 0: σ = 1 / inf = 0, exactly
         a = np.exp(z, out=z)
     a += 1
     np.reciprocal(a, out=a)
-    s1 = np.multiply(a, a)
+    np.multiply(a, a, out=s1)
     np.subtract(a, s1, out=s1)  # a - a² = a(1 - a)
-    s2 = np.multiply(a, -2)
+    np.multiply(a, -2, out=s2)
     s2 += 1
     s2 *= s1  # s1 (1 - 2a)
-    return a, s1, s2
 
 
-def _np_sin(z: np.ndarray) -> tuple:
-    s1 = np.cos(z)  # before z is overwritten by sin
-    a = np.sin(z, out=z)
-    return a, s1, np.negative(a)
+def _np_sin(z: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> None:
+    np.cos(z, out=s1)  # before z is overwritten by sin
+    np.sin(z, out=z)
+    np.negative(z, out=s2)
 
 
-#: ``z ↦ (σ(z), σ'(z), σ''(z))`` on numpy arrays (``z`` is overwritten, ``σ(z)`` may be ``z``
-#: itself): the same closed forms as :data:`DERIVATIVES_INTO`, for the numpy chain kernel
-#: (:mod:`hessviz.structured.chain_numpy`, run by :func:`hessviz.compile` where it proves
-#: itself against the eager kernel). ``σ(z)`` is numpy's ``tanh``, ``sin`` and ``1 / (1 + e⁻ᶻ)``.
+#: ``(z, s1, s2) ↦ None``, writing ``σ(z)`` into ``z``, ``σ'(z)`` into ``s1`` and ``σ''(z)``
+#: into ``s2`` (numpy arrays of one shape): the same closed forms as :data:`DERIVATIVES_INTO`,
+#: for the numpy chain kernel (:mod:`hessviz.structured.chain_numpy`, run by
+#: :func:`hessviz.compile` where it proves itself against the eager kernel). ``σ(z)`` is numpy's
+#: ``tanh``, ``sin`` and ``1 / (1 + e⁻ᶻ)``.
 NUMPY_DERIVATIVES = {"tanh": _np_tanh, "sigmoid": _np_sigmoid, "sin": _np_sin}
 
 

@@ -252,3 +252,85 @@ def test_plans_do_not_keep_the_model_alive(make):
     del model
     gc.collect()
     assert ref() is None, "a cached plan keeps the model (and its parameters) in memory"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(5, 3), (3, 40), (1, 1)])  # by columns, by rows, one entry
+def test_the_repeated_calls_finiteness_sums_find_every_bad_entry(dtype, shape):
+    """:class:`hessviz._hot._Sums` adds partial sums: a NaN, an infinity, or two infinities of
+    opposite sign that cancel in a row or a column, anywhere, must all be caught."""
+    B, n = shape
+    X = torch.randn(B, n, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    sums = _hot._Sums.fit(X)
+    assert sums is not None
+    assert sums.finite(X, None) and sums.finite(X, X.clone())
+    for i, j in [(0, 0), (B - 1, n - 1), (B // 2, n // 2)]:
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            Y = X.clone()
+            Y[i, j] = bad
+            assert not sums.finite(Y, None)
+            assert not sums.finite(X, Y)  # in v
+        if B > 1 and n > 1:
+            Y = X.clone()
+            Y[i, j] = float("inf")
+            Y[i, (j + 1) % n] = Y[(i + 1) % B, j] = float("-inf")
+            assert not sums.finite(Y, None)
+
+
+def test_wide_inputs_are_proved_finite_by_one_sum():
+    X = torch.randn(40, 20, dtype=D)  # more than _MAX_PARTIALS partial sums either way
+    assert _hot._Sums.fit(X) is None and _hot._Sums.fit(X[:, :16]) is not None
+    assert _hot._Sums.fit(X.float()) is None and _hot._Sums.fit(X[:4].to(torch.float16)) is None
+    model = nn.Sequential(nn.Linear(20, 4), nn.Tanh(), nn.Linear(4, 1)).to(D)
+    hv.laplacian(model, X, batched=True)
+    X[39, 19] = float("inf")
+    with pytest.raises(hv.HessvizError, match="inf"):
+        hv.laplacian(model, X, batched=True)
+
+
+def test_a_repeated_call_proves_a_non_contiguous_or_shared_input_finite_the_slow_way():
+    model = _mlp()
+    X = torch.randn(3, 4, dtype=D).t()  # (4, 3), not contiguous
+    ref = _reference(model, X.contiguous(), "hessian")
+    hv.hessian(model, X, batched=True)
+    entry = _entry(model, "hessian", X)
+    assert entry is not None and entry.sums is not None
+    torch.testing.assert_close(hv.hessian(model, X, batched=True), ref)
+    bad = X.clone().t().contiguous().t()
+    bad[2, 1] = float("nan")
+    with pytest.raises(hv.HessvizError, match="NaN"):
+        hv.hessian(model, bad, batched=True)
+    # another thread holds the entry's buffers: this call sums without them
+    assert entry.sums.lock.acquire(blocking=False)
+    try:
+        torch.testing.assert_close(hv.hessian(model, X.contiguous(), batched=True), ref)
+        with pytest.raises(hv.HessvizError, match="NaN"):
+            hv.hessian(model, bad.contiguous(), batched=True)
+    finally:
+        entry.sums.lock.release()
+
+
+@pytest.mark.parametrize("mode", ["enable_grad", "no_grad", "inference_mode"])
+def test_a_repeated_call_leaves_autograd_as_it_found_it(mode):
+    """The plan switches autograd off around its kernel and back on after it, also when the
+    kernel fails; inside ``inference_mode`` results are still normal tensors."""
+    model, X = _mlp(), torch.randn(4, 3, dtype=D)
+    ref = _reference(model, X, "hessian")
+    hv.hessian(model, X, batched=True)
+    context = {"enable_grad": torch.enable_grad, "no_grad": torch.no_grad}.get(
+        mode, torch.inference_mode
+    )
+    with context():
+        before = torch.is_grad_enabled()
+        H = hv.hessian(model, X, batched=True)
+        assert torch.is_grad_enabled() == before
+        entry = _entry(model, "hessian", X)
+        kernel = entry.kernel
+        entry.kernel = lambda *args: 1 / 0  # the kernel fails: the full path answers
+        try:
+            torch.testing.assert_close(hv.hessian(model, X, batched=True), ref)
+        finally:
+            entry.kernel = kernel
+        assert torch.is_grad_enabled() == before
+    torch.testing.assert_close(H, ref)
+    assert not H.is_inference() and not H.requires_grad

@@ -59,6 +59,21 @@ class Chain:
     into: tuple = ()
 
 
+def tensors(ch: Chain) -> list[torch.Tensor]:
+    """Every Linear layer's weight and bias (when it has one), as they are now: what a kernel
+    compiled from the chain, or written outside PyTorch, reads."""
+    return [t for lin in ch.linears for t in _weight_and_bias(lin) if t is not None]
+
+
+def _weight_and_bias(lin) -> tuple:
+    # nn.Linear keeps both in _parameters (read there: Module.__getattr__ costs ~0.5 µs a read);
+    # a lowered chain's layers may hold them otherwise
+    own = getattr(lin, "_parameters", {})
+    if "weight" in own and "bias" in own:
+        return own["weight"], own["bias"]
+    return lin.weight, lin.bias
+
+
 def _width(ch: Chain) -> int:
     """The widest hidden layer's size (what per-layer buffers are sized for)."""
     return max(lin.weight.shape[0] for lin in ch.linears[: len(ch.derivs)])

@@ -5,25 +5,35 @@ small MLP each PyTorch CPU operation costs a few microseconds of dispatch, and c
 (AOTInductor) still leaves the GEMMs to torch's BLAS. The same sweep in numpy costs about a
 microsecond per operation, runs its products in numpy's BLAS (:mod:`hessviz._gemm`: faster here
 in float64) and its activations in numpy's vectorised ``tanh``/``sin``/``exp``
-(:data:`hessviz.ops.NUMPY_DERIVATIVES`). Measured here, one core, ``hv.mlp([10, 64, 64, 64,
-3])``, batch 64, float64: 0.31 ms against 0.47 ms for the AOTInductor kernel and 0.25 ms for
-JAX jit.
+(:data:`hessviz.ops.NUMPY_DERIVATIVES`).
 
-Only :func:`hessviz.compile` runs it, for chains whose activations are all exactly ``tanh``,
-``sigmoid`` or ``sin`` on CPU float32/float64 inputs (:func:`supports`), and only after its
-result on the example equalled the eager kernel's to round-off and it won the race there — the
-same proof every compiled kernel gives. Same mathematics, same notation as
-:func:`~hessviz.structured.chain.hvp`.
+Same mathematics and notation as :func:`~hessviz.structured.chain.hvp`, laid out for fewer and
+larger operations: the forward pass pushes the values and the tangent through one product per
+layer (``[a; s1 ⊙ t] W_kᵀ``, ``(2B, K)`` rows), and the reverse sweep carries the gradient
+adjoint ``g`` and the HVP adjoint ``r`` of all ``m`` outputs through one product per layer
+(``[r; g] W_k``, ``(2Bm, K)`` rows). A :class:`Plan` keeps its buffers between calls, so a
+repeated call allocates only its result.
+
+It runs for chains whose activations are all exactly ``tanh``, ``sigmoid`` or ``sin`` on CPU
+float32/float64 inputs (:func:`supports`), only after its result equalled the PyTorch kernel's
+to round-off on the data at hand: in a plain :func:`hessviz.hvp` from the second call on
+(:func:`proved`, where numpy's BLAS measured faster than torch's for the dtype,
+:func:`hessviz._gemm.numpy_is_faster`), and in :func:`hessviz.compile` where it wins the race.
 """
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 
-from .. import ops
+from .. import _gemm, ops
 from .._gemm import NUMPY_DTYPES, array
-from .chain import Chain
+from .._selfcheck import agrees
+from .chain import Chain, tensors
+from .kernels import ChainRunner
 from .layers import derivatives_into
 
 
@@ -50,44 +60,162 @@ def arrays(ch: Chain) -> list[tuple[np.ndarray, np.ndarray | None]]:
     ]
 
 
+class Plan:
+    """:func:`hvp` of ``ch`` for ``B`` samples in ``dtype`` and the outputs ``sel``, with its
+    buffers (~``4 B m K`` numbers for the widest hidden layer ``K``) kept between calls.
+
+    One call at a time uses them; a concurrent call gets a plan of its own for that call."""
+
+    def __init__(self, ch: Chain, B: int, dtype: torch.dtype, sel: tuple[int, ...]):
+        self.chain, self.B, self.dtype, self.sel = ch, B, dtype, tuple(sel)
+        self.fns = [derivatives_into(m, ops.NUMPY_DERIVATIVES) for m in ch.activations]
+        widths = [lin.weight.shape[0] for lin in ch.linears[: len(self.fns)]]
+        m, K, np_dtype = len(self.sel), max(widths), torch.empty((), dtype=dtype).numpy().dtype
+        self.widths = widths
+        # forward, per activation layer: [z → a; t → s1 ⊙ t], σ', σ'' → σ'' ⊙ t
+        self.forward = [np.empty((2, B, k), np_dtype) for k in widths]
+        self.s1 = [np.empty((B, k), np_dtype) for k in widths]
+        self.s2t = [np.empty((B, k), np_dtype) for k in widths]
+        # reverse: [r; g] of two neighbouring layers (ping-pong), and σ'' ⊙ t ⊙ d
+        self.sweep = [np.empty(2 * B * m * K, np_dtype) for _ in range(2)]
+        self.scratch = np.empty(B * m * K, np_dtype)
+        self.lock = threading.Lock()
+
+    def __call__(self, X: torch.Tensor, V: torch.Tensor, layers: list | None = None):
+        """``(B, m, n)``: ``Σ_l J_lᵀ(c_l ⊙ J_l v)`` for ``X``, ``V`` ``(B, n)`` contiguous
+        tensors of the plan's dtype; ``layers``: :func:`arrays` of the chain (made here when not
+        given). A new tensor back."""
+        if not self.lock.acquire(blocking=False):
+            return Plan(self.chain, self.B, self.dtype, self.sel)(X, V, layers)
+        try:
+            return torch.from_numpy(self._run(X.numpy(), V.numpy(), layers or arrays(self.chain)))
+        finally:
+            self.lock.release()
+
+    def _run(self, x: np.ndarray, v: np.ndarray, layers: list) -> np.ndarray:
+        B, L = self.B, len(self.fns)
+        s1s, s2ts = self.s1, self.s2t
+        # forward: F_k = [z_k; t_k], then in place [a_k; s1_k ⊙ t_k] (the next layer's rows)
+        F = self.forward[0]
+        W, b = layers[0]
+        np.matmul(x, W.T, out=F[0])
+        np.matmul(v, W.T, out=F[1])
+        for k in range(L):
+            if k > 0:
+                W, b = layers[k]
+                F_in, F = F, self.forward[k]
+                np.matmul(F_in.reshape(2 * B, -1), W.T, out=F.reshape(2 * B, -1))
+            if b is not None:
+                F[0] += b
+            self.fns[k](F[0], s1s[k], s2ts[k])  # a_k into F[0], σ' and σ''
+            s2ts[k] *= F[1]  # c-ready: σ''_k ⊙ t_k
+            if k + 1 < L:
+                F[1] *= s1s[k]  # the tangent at a_k
+        # reverse: Q = [r_k; g_k] (m, B, K_k): HVP and gradient adjoints at z_k, outputs first
+        # so that σ' and σ''t (B, K) broadcast over whole contiguous (B, K) blocks
+        d = layers[L][0]  # (M, K): rows of the last weight, the same for every sample
+        if self.sel != tuple(range(d.shape[0])):
+            d = d[list(self.sel)]
+        m = d.shape[0]
+        Q = self._slab(0, L - 1)
+        d = d[:, None, :]
+        np.multiply(d, s2ts[L - 1], out=Q[0])
+        if L > 1:
+            np.multiply(d, s1s[L - 1], out=Q[1])
+        for k in range(L - 1, 0, -1):
+            W = layers[k][0]  # (K_k, K_{k-1})
+            K_in = self.widths[k - 1]
+            P = self._slab((L - k) % 2, k - 1)  # [r W_k; g W_k] = [p; d_{k-1}]
+            np.matmul(Q.reshape(2 * m * B, -1), W, out=P.reshape(2 * m * B, K_in))
+            s1, s2t_d = s1s[k - 1], self.scratch[: m * B * K_in].reshape(m, B, K_in)
+            np.multiply(P[1], s2ts[k - 1], out=s2t_d)
+            P[0] *= s1
+            P[0] += s2t_d  # r_{k-1} = s1 ⊙ p + σ''t ⊙ d
+            if k > 1:
+                P[1] *= s1  # g_{k-1} = s1 ⊙ d
+            Q = P
+        R = np.empty((B, m, layers[0][0].shape[1]), Q.dtype)
+        np.matmul(Q[0], layers[0][0], out=R.transpose(1, 0, 2))  # (m, B, n) products, (B, m, n)
+        return R
+
+    def _slab(self, which: int, k: int) -> np.ndarray:
+        """``[r; g]`` at layer ``k``: ``(2, m, B, K_k)`` in ping-pong buffer ``which``."""
+        B, m, K = self.B, len(self.sel), self.widths[k]
+        return self.sweep[which][: 2 * B * m * K].reshape(2, m, B, K)
+
+
 def hvp(
     ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], layers: list | None = None
 ) -> torch.Tensor:
     """``(B, m, n)``: ``Σ_l J_lᵀ(c_l ⊙ J_l v)``, as :func:`~hessviz.structured.chain.hvp`
-    computes it (one tangent forward with the values, one reverse sweep for all outputs).
-    ``X``, ``V``: ``(B, n)`` CPU tensors that :func:`supports` accepts; ``layers``:
-    :func:`arrays` of ``ch`` (made here when not given). A new tensor back."""
-    layers = arrays(ch) if layers is None else layers
-    fns = [derivatives_into(m, ops.NUMPY_DERIVATIVES) for m in ch.activations]
-    B = X.shape[0]
-    a, t = X.numpy(), V.numpy()
-    s1s, s2ts = [], []
-    for (W, b), derivs in zip(layers, fns):
-        z = a @ W.T
-        if b is not None:
-            z += b
-        a, s1, s2 = derivs(z)
-        if s1s:  # J_l v at z_l
-            t = t * s1s[-1]
-        t = t @ W.T
-        s1s.append(s1)
-        s2ts.append(np.multiply(s2, t, out=s2))
-    d = layers[-1][0]  # (m, K_L) rows of the last weight, then (B, m, K_l)
-    if sel != tuple(range(d.shape[0])):
-        d = d[list(sel)]
-    m = d.shape[0]
-    q = None
-    for k in range(len(fns) - 1, -1, -1):
-        W = layers[k][0]
-        K = W.shape[0]
-        s2t = s2ts[k][:, None, :]
-        # q at z_k: the HVP's part from the layers above, carried through σ_k', plus layer k's
-        if q is None:
-            q = s2t * d
-        else:
-            q *= s1s[k][:, None, :]
-            q += s2t * d
-        q = (q.reshape(B * m, K) @ W).reshape(B, m, -1)
-        if k > 0:
-            d = ((s1s[k][:, None, :] * d).reshape(B * m, K) @ W).reshape(B, m, -1)
-    return torch.from_numpy(q)
+    computes it. ``X``, ``V``: ``(B, n)`` contiguous CPU tensors that :func:`supports` accepts;
+    ``layers``: :func:`arrays` of ``ch``. One call: a :class:`Plan` keeps its buffers."""
+    return Plan(ch, X.shape[0], X.dtype, sel)(X, V, layers)
+
+
+@dataclass(frozen=True)
+class HVPRunner(ChainRunner):
+    """The chain HVP runner (:class:`~hessviz.structured.kernels.ChainRunner`) that runs
+    :class:`Plan` on inputs like those it was proved on: ``(B, n)`` contiguous CPU tensors of
+    the plan's dtype and outputs, weights of that dtype on the CPU; anything else (a traced
+    call, another batch size, a weight replaced by a float32 one) runs the PyTorch kernel."""
+
+    plan: Plan | None = field(default=None, compare=False)
+    #: ``(key, layers)``: numpy views of the weights and what they were made from
+    views: list = field(default_factory=lambda: [None], compare=False)
+
+    def __call__(self, p, X: torch.Tensor, *args):
+        plan = self.plan
+        if not torch.compiler.is_compiling() and len(args) == 2:
+            V, sel = args
+            if (
+                type(X) is torch.Tensor
+                and type(V) is torch.Tensor
+                and X.shape[0] == plan.B
+                and X.dtype == plan.dtype
+                and V.dtype == plan.dtype
+                and X.is_cpu
+                and V.is_cpu
+                and X.is_contiguous()
+                and V.is_contiguous()
+                and tuple(sel) == plan.sel
+            ):
+                layers = self._layers()
+                if layers is not None:
+                    return plan(X, V, layers)
+        return super().__call__(p, X, *args)
+
+    def _layers(self) -> list | None:
+        """:func:`arrays` of the chain's weights as they are now, or None when one is not a
+        plain CPU tensor of the plan's dtype (made again when a weight was replaced)."""
+        ts = tensors(self.chain)
+        key = tuple((t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) for t in ts)
+        held = self.views[0]
+        if held is not None and held[0] == key:
+            return held[1]
+        dtype = self.plan.dtype
+        if not all(type(t) in _gemm.PLAIN and t.is_cpu and t.dtype == dtype for t in ts):
+            return None
+        layers = arrays(self.chain)
+        self.views[0] = (key, layers)  # one assignment: a concurrent call sees old or new
+        return layers
+
+
+def proved(runner, X: torch.Tensor, V: torch.Tensor, sel: tuple, expected: torch.Tensor):
+    """``runner`` with :class:`Plan` in front (:class:`HVPRunner`) when it is a chain HVP runner
+    (:class:`~hessviz.structured.kernels.ChainRunner`), the numpy kernel applies to its chain
+    and inputs, numpy's BLAS is the faster one for the dtype at torch's thread count
+    (both operand layouts), and its HVPs of ``X``, ``V`` (``(B, n)``) equal ``expected`` (the
+    PyTorch kernel's ``(B, m, n)``) to round-off; else ``runner`` itself."""
+    if not isinstance(runner, ChainRunner) or runner.op != "hvp" or not supports(runner.chain, X):
+        return runner
+    threads = torch.get_num_threads()
+    if not all(_gemm.numpy_is_faster(X.dtype, threads, layout) for layout in ("N", "T")):
+        return runner
+    fast = HVPRunner(runner.chain, "hvp", plan=Plan(runner.chain, X.shape[0], X.dtype, sel))
+    X, V = X.contiguous(), V.to(X.dtype).contiguous()
+    try:
+        got = fast(None, X, V, sel)
+    except Exception:  # noqa: BLE001 - the PyTorch kernel stays
+        return runner
+    return fast if agrees(got, expected.reshape(got.shape)) else runner

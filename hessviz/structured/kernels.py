@@ -406,6 +406,8 @@ class ChainRunner:
     workspace: Workspace = field(default_factory=lambda: Workspace(keep=True), compare=False)
     #: :func:`~hessviz.structured.chain.chunk_size` per ``(X.shape, dtype, device, m)`` seen
     steps: dict = field(default_factory=dict, compare=False)
+    #: the chain holds its layers: ``p`` is not read (:mod:`hessviz._hot` passes its template)
+    reads_f = False
 
     def __call__(self, p: Problem, X: torch.Tensor, *args):
         if torch.compiler.is_compiling():  # traced: one chunk, the compiled code's own buffers
