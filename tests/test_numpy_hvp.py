@@ -74,6 +74,21 @@ def test_without_faster_blas_the_pytorch_kernel_stays(monkeypatch):
     assert type(kernel) is ChainRunner
 
 
+def test_a_proved_numpy_kernel_gives_way_when_torch_becomes_faster(numpy_faster, monkeypatch):
+    """E.g. after ``torch.set_num_threads(8)``; also how the GEMM-share benchmark records the
+    products (:func:`hessviz._gemm.numpy_is_faster` patched to False)."""
+    net = hv.mlp([3, 8, 8, 2], "tanh", seed=1)
+    X, V = _data(3)
+    hv.hvp(net, X, V, batched=True)
+    kernel = _kernel(net, X)
+    assert isinstance(kernel, chain_numpy.HVPRunner)
+    monkeypatch.setattr(_gemm, "numpy_is_faster", lambda dtype, threads, layout: False)
+    ran = []
+    monkeypatch.setattr(chain_numpy.Plan, "_run", lambda *a: ran.append(1))
+    torch.testing.assert_close(hv.hvp(net, X, V, batched=True), _reference(net, X, V))
+    assert not ran
+
+
 def test_a_numpy_kernel_that_disagrees_is_never_used(numpy_faster, monkeypatch):
     real = chain_numpy.Plan._run
 

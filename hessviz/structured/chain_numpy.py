@@ -179,6 +179,7 @@ class HVPRunner(ChainRunner):
                 and X.is_contiguous()
                 and V.is_contiguous()
                 and tuple(sel) == plan.sel
+                and _numpy_blas_is_faster(plan.dtype)  # still (torch's thread count may change)
             ):
                 layers = self._layers()
                 if layers is not None:
@@ -201,6 +202,13 @@ class HVPRunner(ChainRunner):
         return layers
 
 
+def _numpy_blas_is_faster(dtype: torch.dtype) -> bool:
+    """numpy's products beat torch's for ``dtype`` at torch's thread count, both layouts of the
+    right factor the kernel uses (``W`` and ``Wᵀ``): :func:`hessviz._gemm.numpy_is_faster`."""
+    threads = torch.get_num_threads()
+    return _gemm.numpy_is_faster(dtype, threads, "N") and _gemm.numpy_is_faster(dtype, threads, "T")
+
+
 def proved(runner, X: torch.Tensor, V: torch.Tensor, sel: tuple, expected: torch.Tensor):
     """``runner`` with :class:`Plan` in front (:class:`HVPRunner`) when it is a chain HVP runner
     (:class:`~hessviz.structured.kernels.ChainRunner`), the numpy kernel applies to its chain
@@ -209,8 +217,7 @@ def proved(runner, X: torch.Tensor, V: torch.Tensor, sel: tuple, expected: torch
     PyTorch kernel's ``(B, m, n)``) to round-off; else ``runner`` itself."""
     if not isinstance(runner, ChainRunner) or runner.op != "hvp" or not supports(runner.chain, X):
         return runner
-    threads = torch.get_num_threads()
-    if not all(_gemm.numpy_is_faster(X.dtype, threads, layout) for layout in ("N", "T")):
+    if not _numpy_blas_is_faster(X.dtype):
         return runner
     fast = HVPRunner(runner.chain, "hvp", plan=Plan(runner.chain, X.shape[0], X.dtype, sel))
     X, V = X.contiguous(), V.to(X.dtype).contiguous()
