@@ -23,7 +23,9 @@ Candidates, in this order:
 - **numpy kernel** (HVPs of such chains with ``tanh``, ``sigmoid`` or ``sin`` activations, CPU
   float32/float64): the same sweep written in numpy (:mod:`hessviz.structured.chain_numpy`),
   whose operations cost about a microsecond each and whose BLAS is faster in float64 here.
-  The faster of these two wins.
+  The faster of these two wins. (A plain ``hv.hvp`` already runs this kernel from its second
+  call where numpy's BLAS measured faster for the dtype; then it ties with the plain call, and
+  the op stays "eager": the plain path is as fast.)
 - **just in time** (``torch.compile``, every other layer-wise kernel, and chains where neither
   of the first two won).
 
@@ -32,7 +34,8 @@ eager kernel's to round-off, and it must be faster there (on large float64 probl
 kernel can lose to the eager one's GEMMs), or the op stays eager (``handle.kernels`` says which
 ran and why).
 A later call with another shape, dtype, device, a changed model (other modules, modes, settings,
-or parameter tensors replaced or re-laid out) or a non-finite input takes the plain path
+or parameter tensors replaced or re-laid out) or a non-finite input (proved as a plain call
+proves it, :meth:`hessviz._hot.Entry.inputs`) takes the plain path
 (validated, exact, uncompiled).
 """
 
