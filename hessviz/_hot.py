@@ -148,12 +148,7 @@ class Entry:
             return (
                 (X,) if (_finite(X) if self.sums is None else self.sums.finite(X, None)) else None
             )
-        if not (
-            isinstance(v, torch.Tensor)
-            and v.shape == x.shape
-            and v.device == x.device
-            and v.is_floating_point()
-        ):
+        if not _directions_like(v, x):
             return None
         V = v if v.dtype == X.dtype else v.to(X.dtype)  # (a same-dtype .to costs ~3 µs)
         V = V if V.shape == rows else V.reshape(rows)
@@ -238,6 +233,16 @@ class _Sums:
             self.lock.release()
 
 
+def _directions_like(v: object, x: torch.Tensor) -> bool:
+    """``v`` is a real tensor of ``x``'s shape and device (an HVP's directions; any float dtype)."""
+    return (
+        isinstance(v, torch.Tensor)
+        and v.shape == x.shape
+        and v.device == x.device
+        and v.is_floating_point()
+    )
+
+
 def _finite(x: torch.Tensor, v: object = None) -> bool:
     """``x`` a non-empty finite real tensor and ``v`` (HVPs) None or one of its shape and device.
 
@@ -249,12 +254,7 @@ def _finite(x: torch.Tensor, v: object = None) -> bool:
         return False
     if v is None:
         return math.isfinite(x.sum())
-    if not (
-        isinstance(v, torch.Tensor)
-        and v.shape == x.shape
-        and v.device == x.device
-        and v.is_floating_point()
-    ):
+    if not _directions_like(v, x):
         return False
     if v.dtype != x.dtype:
         return math.isfinite(x.sum()) and math.isfinite(v.sum())
