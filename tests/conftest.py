@@ -63,3 +63,12 @@ def catalogue_reference() -> CatalogueReferences:
 @pytest.fixture(autouse=True)
 def _fixed_threads():
     torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def plain_hvp_on_torch(monkeypatch):
+    """Plain HVPs keep the PyTorch chain kernel: whether numpy's (``structured.chain_numpy``)
+    takes over depends on a timing probe of this machine's BLAS, which a test must not."""
+    from hessviz.structured import chain_numpy
+
+    monkeypatch.setattr(chain_numpy, "_numpy_blas_is_faster", lambda dtype: False)

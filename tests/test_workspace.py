@@ -53,7 +53,9 @@ def _runner(model, X, op):
 @pytest.mark.parametrize("op", list(CALLS))
 @pytest.mark.parametrize("act", ["tanh", "sigmoid", "sin", "softplus", "silu"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-def test_repeated_calls_on_new_data_are_exact_and_results_stay_the_callers(op, act, bias):
+def test_repeated_calls_on_new_data_are_exact_and_results_stay_the_callers(
+    op, act, bias, plain_hvp_on_torch
+):
     model = _model(act, bias)
     first, kept = None, None
     for seed in range(4):  # the plan, then three calls it serves
@@ -91,7 +93,7 @@ def test_a_subclass_of_an_activation_does_not_get_the_op_written_into_buffers():
 
 
 @pytest.mark.parametrize("op", ["laplacian", "hvp", "diagonal"])
-def test_two_threads_in_one_plan_get_their_own_answers(op):
+def test_two_threads_in_one_plan_get_their_own_answers(op, plain_hvp_on_torch):
     """While one call holds the plan's workspace, a second gets fresh buffers."""
     model = _model("tanh", sizes=(3, 64, 64, 2))
     X0, V0 = _data(0, B=256)

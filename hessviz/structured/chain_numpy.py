@@ -62,7 +62,7 @@ def arrays(ch: Chain) -> list[tuple[np.ndarray, np.ndarray | None]]:
 
 class Plan:
     """:func:`hvp` of ``ch`` for ``B`` samples in ``dtype`` and the outputs ``sel``, with its
-    buffers (~``4 B m K`` numbers for the widest hidden layer ``K``) kept between calls.
+    buffers (~``5 B m K`` numbers for the widest hidden layer ``K``) kept between calls.
 
     One call at a time uses them; a concurrent call gets a plan of its own for that call."""
 
