@@ -607,12 +607,20 @@ def _call(fname, op, f, x, batched, outputs, method, flat, v=None) -> torch.Tens
     tensors: there the plan runs inside the switch, as the full path does."""
     inference = torch.is_inference_mode_enabled()
     if not inference:
-        entry = _hot.find(f, _hot.request_key(op, method, x, batched, outputs))
-        if entry is not None:
-            R = entry.run(f, x, v)
-            if R is not None:
-                return entry.shape_result(R, flat)
+        R = _from_plan(f, _hot.request_key(op, method, x, batched, outputs), x, v, flat)
+        if R is not None:
+            return R
     return _full_call(fname, op, f, x, batched, outputs, method, flat, v, inference)
+
+
+def _from_plan(f, key, x, v, flat: bool) -> torch.Tensor | None:
+    """The public result from the plan an earlier call left for ``key``, or None (no plan, or
+    this call must take the full path)."""
+    entry = _hot.find(f, key)
+    if entry is None:
+        return None
+    R = entry.run(f, x, v)
+    return None if R is None else entry.shape_result(R, flat)
 
 
 @_public
@@ -620,11 +628,9 @@ def _full_call(fname, op, f, x, batched, outputs, method, flat, v, try_plan) -> 
     """:func:`_call` past the plans (``try_plan``: look for one first): validate, decide and
     execute, leaving a plan."""
     key = _hot.request_key(op, method, x, batched, outputs)
-    entry = _hot.find(f, key) if try_plan else None
-    if entry is not None:
-        R = entry.run(f, x, v)
-        if R is not None:
-            return entry.shape_result(R, flat)
+    R = _from_plan(f, key, x, v, flat) if try_plan else None
+    if R is not None:
+        return R
     method = check_method(fname, method, list(METHODS))
     p, y = prepare(fname, f, x, batched=batched, outputs=outputs)
     V = None if op != "hvp" else _directions(v, x, p, batched)

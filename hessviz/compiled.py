@@ -323,16 +323,13 @@ def _in_numpy(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
     if not chain_numpy.supports(ch, X):
         raise TypeError("numpy kernel: CPU float32/float64, tanh, sigmoid or sin only")
     plan = chain_numpy.Plan(ch, entry.problem.B, X.dtype, entry.problem.sel)
-    views = {"ptrs": None, "layers": None}  # numpy views of the weights, while they stay put
+    numpy_runner = chain_numpy.HVPRunner(ch, "hvp", plan=plan)  # its numpy views of the weights
 
     def run(args: list) -> tuple:
-        X, V, tensors = args[0], args[1], args[2:]
-        # run() checked their layouts: the same storages (data_ptr) mean the same memory,
-        # which the views keep alive, so they still show the parameters' current values
-        ptrs = tuple(t.data_ptr() for t in tensors)
-        if ptrs != views["ptrs"]:
-            views["layers"], views["ptrs"] = chain_numpy.arrays(ch), ptrs
-        return [plan(X, V, views["layers"])]
+        layers = numpy_runner.layers()  # run() checked the weights' layouts and dtypes
+        if layers is None:
+            raise TypeError("numpy kernel: a weight is no longer a CPU tensor of the input's dtype")
+        return [plan(args[0], args[1], layers)]
 
     return _AheadOfTime(entry, run, ch, _layout(chain.tensors(ch)), _settings(ch.activations))
 

@@ -125,9 +125,9 @@ def test_weights_updated_replaced_or_retyped_are_read(numpy_faster):
     with torch.no_grad():
         net[0].weight.data = net[0].weight.data.t().contiguous().t()  # same values, new strides
     torch.testing.assert_close(hv.hvp(net, X, V, batched=True), _reference(net, X, V))
-    assert kernel._layers() is not None  # all still float64 CPU tensors: numpy's kernel runs
+    assert kernel.layers() is not None  # all still float64 CPU tensors: numpy's kernel runs
     net[2].weight.data = net[2].weight.data.float()  # a float32 weight: PyTorch's kernel
-    assert kernel._layers() is None
+    assert kernel.layers() is None
     with pytest.raises(hv.HessvizError):  # and the full path explains the mixed dtypes
         hv.hvp(net, X, V, batched=True)
 

@@ -181,12 +181,12 @@ class HVPRunner(ChainRunner):
                 and tuple(sel) == plan.sel
                 and _numpy_blas_is_faster(plan.dtype)  # still (torch's thread count may change)
             ):
-                layers = self._layers()
+                layers = self.layers()
                 if layers is not None:
                     return plan(X, V, layers)
         return super().__call__(p, X, *args)
 
-    def _layers(self) -> list | None:
+    def layers(self) -> list | None:
         """:func:`arrays` of the chain's weights as they are now, or None when one is not a
         plain CPU tensor of the plan's dtype (made again when a weight was replaced)."""
         ts = tensors(self.chain)
