@@ -63,9 +63,11 @@ def request_key(op: str, method: object, x: object, batched: object, outputs: ob
 
 
 def _tree(f: nn.Module, storages: bool) -> tuple:
-    """What the kernels assume about ``f``'s modules and is not a parameter's value; with
-    ``storages``, also which tensors hold the parameters and buffers (a lowered chain holds the
-    user's tensors themselves, so a replaced tensor means the chain is out of date)."""
+    """What the kernels assume about ``f``'s modules and is not a parameter's value: the
+    modules, their modes and hooks, and the shapes and dtypes of their parameters and buffers
+    (a last layer replaced by one with more outputs keeps every product valid: only this
+    notices); with ``storages``, also which tensors hold them (a lowered chain holds the user's
+    tensors themselves, so a replaced tensor means the chain is out of date)."""
     tree, stack = [], [f]
     append, pop, extend = tree.append, stack.pop, stack.extend
     while stack:  # f.modules() without its memo set: this runs on every call
@@ -76,9 +78,14 @@ def _tree(f: nn.Module, storages: bool) -> tuple:
         hooked = bool(d["_forward_hooks"] or d["_forward_pre_hooks"])
         # ids, not the modules: an entry must not keep f alive (the kernels hold the leaves)
         append((id(m), type(m), d["training"], d.get("p"), hooked))
-        if storages:
-            for t in (*d["_parameters"].values(), *d["_buffers"].values()):
-                append(None if t is None else t.data_ptr())
+        for t in (*d["_parameters"].values(), *d["_buffers"].values()):
+            if t is not None:
+                append(t.shape)
+                append(t.dtype)
+                if storages:
+                    append(t.data_ptr())
+            else:
+                append(None)
         extend(d["_modules"].values())
     return tuple(tree)
 
@@ -138,21 +145,22 @@ class Entry:
         finally:
             torch.set_grad_enabled(grad)
 
-    def inputs(self, x: torch.Tensor, v: object) -> tuple | None:
+    def inputs(self, x: torch.Tensor, v: object, prove: bool = True) -> tuple | None:
         """``(X,)`` or, for HVPs, ``(X, V)``: ``x`` (of this entry's key) and ``v`` laid out as
-        ``(B, n)`` in ``x``'s dtype, once both are proved finite; None when not (or when ``v``
-        is not a real tensor of ``x``'s shape and device). Call with autograd off."""
+        ``(B, n)`` in ``x``'s dtype, once both are proved finite (unless not ``prove``: a
+        kernel that proves it itself); None when not (or when ``v`` is not a real tensor of
+        ``x``'s shape and device). Call with autograd off."""
         rows = self.rows
         X = x if x.shape == rows else x.reshape(rows)
         if v is None:
-            return (
-                (X,) if (_finite(X) if self.sums is None else self.sums.finite(X, None)) else None
-            )
+            finite = not prove or (_finite(X) if self.sums is None else self.sums.finite(X, None))
+            return (X,) if finite else None
         if not _directions_like(v, x):
             return None
         V = v if v.dtype == X.dtype else v.to(X.dtype)  # (a same-dtype .to costs ~3 µs)
         V = V if V.shape == rows else V.reshape(rows)
-        return (X, V) if (_finite(X, V) if self.sums is None else self.sums.finite(X, V)) else None
+        finite = not prove or (_finite(X, V) if self.sums is None else self.sums.finite(X, V))
+        return (X, V) if finite else None
 
     def _chain_agrees(self, f, X0: torch.Tensor) -> bool:
         """The user's ``f`` equals the lowered chain on the first sample (it may branch)."""

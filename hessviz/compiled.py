@@ -23,11 +23,15 @@ Candidates, in this order:
 - **numpy kernel** (HVPs of such chains with ``tanh``, ``sigmoid`` or ``sin`` activations, CPU
   float32/float64): the same sweep written in numpy (:mod:`hessviz.structured.chain_numpy`),
   whose operations cost about a microsecond each and whose BLAS is faster in float64 here.
-  The faster of these two wins. (A plain ``hv.hvp`` already runs this kernel from its second
-  call where numpy's BLAS measured faster for the dtype; then it ties with the plain call, and
-  the op stays "eager": the plain path is as fast.)
-- **just in time** (``torch.compile``, every other layer-wise kernel, and chains where neither
-  of the first two won).
+  (A plain ``hv.hvp`` already runs this kernel from its second call where numpy's BLAS measured
+  faster for the dtype; then it ties with the plain call, and the op stays "eager": the plain
+  path is as fast.)
+- **numba kernel** (the same, where numba is installed: ``pip install 'hessviz[fast]'``): the
+  numpy kernel with each layer's elementwise work fused into one loop compiled by numba
+  (:mod:`hessviz.structured.chain_numba`; seconds to compile once per dtype, cached on disk).
+  The fastest of these three wins.
+- **just in time** (``torch.compile``, every other layer-wise kernel, and chains where none
+  of the first three won).
 
 Each compiled kernel proves itself when it is built: its result on the example must equal the
 eager kernel's to round-off, and it must be faster there (on large float64 problems a compiled
@@ -62,6 +66,7 @@ from .structured.layers import plain_settings
 
 AHEAD_OF_TIME = "compiled ahead of time"
 IN_NUMPY = "numpy kernel"
+IN_NUMBA = "numba kernel"
 
 _PUBLIC = {
     "hessian": api.hessian,
@@ -77,7 +82,8 @@ class Compiled:
 
     Attributes:
         kernels: per op, ``"compiled ahead of time"``, ``"numpy kernel"`` (the chain HVP in
-            numpy), ``"compiled"`` (``torch.compile``) or why it runs eagerly.
+            numpy), ``"numba kernel"`` (the same, fused by numba), ``"compiled"``
+            (``torch.compile``) or why it runs eagerly.
         compile_seconds: per op, the seconds :func:`compile` spent compiling and checking it.
     """
 
@@ -157,7 +163,7 @@ def compile(
         why: list[str] = []
         # the fastest kernel that proves itself wins; torch.compile only if none of the first did
         if op == "hvp":  # the only kernel written in numpy
-            first.append((_in_numpy, IN_NUMPY))
+            first += [(_in_numpy, IN_NUMPY), (_in_numba, IN_NUMBA)]
         for tries in (first, [(_just_in_time, "compiled")]):
             won = _fastest(tries, entry, op, (f, x, v), eager, why)
             if won is not None:
@@ -196,9 +202,9 @@ def _fastest(tries: list, entry: _hot.Entry, op: str, args: tuple, eager, why: l
     return None if best is None else best[:2]
 
 
-def _race(fast: Callable, plain: Callable, args: tuple, rounds=5, budget_s=1.0) -> tuple:
-    """The best of a few interleaved calls ``fn(*args)`` of each, in seconds (the best resists
-    other load)."""
+def _race(fast: Callable, plain: Callable, args: tuple, rounds=50, budget_s=0.5) -> tuple:
+    """The best of interleaved calls ``fn(*args)`` of each (at least 5 rounds, at most
+    ``rounds``, until ``budget_s`` is spent), in seconds (the best resists other load)."""
     best = [math.inf, math.inf]
     end = time.perf_counter() + budget_s
     for r in range(rounds):
@@ -206,7 +212,7 @@ def _race(fast: Callable, plain: Callable, args: tuple, rounds=5, budget_s=1.0) 
             t = time.perf_counter()
             fn(*args)
             best[i] = min(best[i], time.perf_counter() - t)
-        if r >= 1 and time.perf_counter() > end:
+        if r >= 4 and time.perf_counter() > end:
             break
     return best[0], best[1]
 
@@ -277,8 +283,10 @@ class _AheadOfTime:
     entry: _hot.Entry  # the plain path's entry: its checks of f and its problem
     run_library: Callable  # [X, (V,) *tensors] -> [R]
     chain: chain.Chain
-    layout: tuple  # _layout of the tensors passed, when compiled
+    layout: tuple | None  # _layout of the tensors passed, when compiled (None: run_library
+    # checks the weights itself, as the numpy kernels' HVPRunner.layers() does)
     settings: list  # _settings of the activations, when compiled
+    proves_finite: bool = False  # run_library checks the inputs are finite (else None)
 
     @property
     def problem(self):
@@ -290,48 +298,68 @@ class _AheadOfTime:
     def run(self, f, x: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor | None:
         """Like :meth:`hessviz._hot.Entry.run`: the ``(B, m, …)`` result or None."""
         e = self.entry
-        tensors = chain.tensors(self.chain)
+        tensors = chain.tensors(self.chain) if self.layout is not None else []
         if (
             _hot._tree(f, e.storages) != e.tree
-            or _layout(tensors) != self.layout
+            or (self.layout is not None and _layout(tensors) != self.layout)
             or any(m.__dict__.get(k, ...) != v for m, k, v in self.settings)
         ):
             return None
         grad = torch.is_grad_enabled()
         torch.set_grad_enabled(False)  # as in Entry.run
         try:
-            inputs = e.inputs(x, v)
+            inputs = e.inputs(x, v, prove=not self.proves_finite)
             if inputs is None:
                 return None
             args = [t.contiguous() for t in inputs]  # the layout the library was built for
             if e.reference is not None and not e._chain_agrees(f, args[0][:1].clone()):
                 return None
-            return self.run_library(args + tensors)[0]
+            return self.run_library(args + tensors)[0]  # None: an input was not finite
         except Exception:  # noqa: BLE001 - the plain path decides again and explains
             return None
         finally:
             torch.set_grad_enabled(grad)
 
 
-def _in_numpy(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
-    """The chain HVP kernel written in numpy (:mod:`hessviz.structured.chain_numpy`), with the
-    same checks of ``f`` at every call as a kernel compiled ahead of time."""
+def _numpy_kernel(entry: _hot.Entry, op: str, x, fused: bool) -> _AheadOfTime:
+    """The chain HVP kernel written in numpy (:mod:`hessviz.structured.chain_numpy`; with
+    ``fused``, its elementwise work in numba's loops, :mod:`hessviz.structured.chain_numba`),
+    with the same checks of ``f`` at every call as a kernel compiled ahead of time."""
+    how = IN_NUMBA if fused else IN_NUMPY
     if op != "hvp" or not isinstance(entry.kernel, ChainRunner):
-        raise TypeError("numpy kernel: HVPs of a chain of Linear layers and activations only")
+        raise TypeError(f"{how}: HVPs of a chain of Linear layers and activations only")
     ch = entry.kernel.chain
     X = _rows(x.detach(), entry.problem.B, entry.problem.n)
     if not chain_numpy.supports(ch, X):
-        raise TypeError("numpy kernel: CPU float32/float64, tanh, sigmoid or sin only")
-    plan = chain_numpy.Plan(ch, entry.problem.B, X.dtype, entry.problem.sel)
+        raise TypeError(f"{how}: CPU float32/float64, tanh, sigmoid or sin only")
+    make = chain_numpy.Plan
+    if fused:
+        try:
+            from .structured import chain_numba
+        except ImportError as err:  # numba (and SciPy, its BLAS) are an optional extra
+            raise TypeError(f"{how}: {err}; pip install 'hessviz[fast]'") from None
+        make = chain_numba.FusedPlan
+    plan = make(ch, entry.problem.B, X.dtype, entry.problem.sel)
     numpy_runner = chain_numpy.HVPRunner(ch, "hvp", plan=plan)  # its numpy views of the weights
 
     def run(args: list) -> tuple:
-        layers = numpy_runner.layers()  # run() checked the weights' layouts and dtypes
+        layers = numpy_runner.layers()  # None: a weight's shape, dtype or device changed
         if layers is None:
-            raise TypeError("numpy kernel: a weight is no longer a CPU tensor of the input's dtype")
-        return [plan(args[0], args[1], layers)]
+            raise TypeError(f"{how}: a weight is no longer a CPU tensor of the planned shape")
+        return [plan(args[0], args[1], layers)]  # FusedPlan: None if not finite
 
-    return _AheadOfTime(entry, run, ch, _layout(chain.tensors(ch)), _settings(ch.activations))
+    return _AheadOfTime(entry, run, ch, None, _settings(ch.activations), proves_finite=fused)
+
+
+def _in_numpy(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
+    """:func:`_numpy_kernel` in numpy's operations."""
+    return _numpy_kernel(entry, op, x, fused=False)
+
+
+def _in_numba(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
+    """:func:`_numpy_kernel` with the elementwise work fused by numba (compiled at its first
+    call for a dtype: seconds, then cached on disk)."""
+    return _numpy_kernel(entry, op, x, fused=True)
 
 
 def _ahead_of_time(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:

@@ -85,6 +85,25 @@ def test_a_swapped_layer_is_noticed():
         hv.hessian(model, X, batched=True)
 
 
+@pytest.mark.parametrize("op", ["hessian", "diagonal", "laplacian", "hvp"])
+@pytest.mark.parametrize("how", ["new Parameter", ".data"])
+def test_a_weight_given_another_shape_is_noticed(op, how):
+    """The same modules with a last layer of three outputs instead of two: every product of the
+    old plan is still valid, and only the parameters' shapes tell the plan is out of date."""
+    model, X, V = _mlp(), torch.randn(4, 3, dtype=D), torch.randn(4, 3, dtype=D)
+    _call(model, X, op, V)
+    _call(model, X, op, V)  # the plan serves it
+    gen = torch.Generator().manual_seed(4)
+    W, b = torch.randn(3, 8, dtype=D, generator=gen), torch.randn(3, dtype=D, generator=gen)
+    if how == ".data":
+        model[4].weight.data, model[4].bias.data = W, b
+    else:
+        model[4].weight, model[4].bias = nn.Parameter(W), nn.Parameter(b)
+    got = _call(model, X, op, V)
+    assert got.shape[1] == 3
+    torch.testing.assert_close(got, _reference(model, X, op, V))
+
+
 def test_a_mode_change_or_a_hook_sends_the_call_down_the_full_path():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Dropout(0.0), nn.Linear(6, 1)).to(D)

@@ -68,6 +68,7 @@ class Plan:
 
     def __init__(self, ch: Chain, B: int, dtype: torch.dtype, sel: tuple[int, ...]):
         self.chain, self.B, self.dtype, self.sel = ch, B, dtype, tuple(sel)
+        self.shapes = tuple(t.shape for t in tensors(ch))  # the weights' and biases' it sized for
         self.fns = [derivatives_into(m, ops.NUMPY_DERIVATIVES) for m in ch.activations]
         widths = [lin.weight.shape[0] for lin in ch.linears[: len(self.fns)]]
         m, K, np_dtype = len(self.sel), max(widths), torch.empty((), dtype=dtype).numpy().dtype
@@ -84,11 +85,12 @@ class Plan:
     def __call__(self, X: torch.Tensor, V: torch.Tensor, layers: list | None = None):
         """``(B, m, n)``: ``Σ_l J_lᵀ(c_l ⊙ J_l v)`` for ``X``, ``V`` ``(B, n)`` contiguous
         tensors of the plan's dtype; ``layers``: :func:`arrays` of the chain (made here when not
-        given). A new tensor back."""
+        given). A new tensor back (None where a subclass's sweep found a non-finite input)."""
         if not self.lock.acquire(blocking=False):
-            return Plan(self.chain, self.B, self.dtype, self.sel)(X, V, layers)
+            return type(self)(self.chain, self.B, self.dtype, self.sel)(X, V, layers)
         try:
-            return torch.from_numpy(self._run(X.numpy(), V.numpy(), layers or arrays(self.chain)))
+            R = self._run(X.numpy(), V.numpy(), layers or arrays(self.chain))
+            return None if R is None else torch.from_numpy(R)
         finally:
             self.lock.release()
 
@@ -188,14 +190,17 @@ class HVPRunner(ChainRunner):
 
     def layers(self) -> list | None:
         """:func:`arrays` of the chain's weights as they are now, or None when one is not a
-        plain CPU tensor of the plan's dtype (made again when a weight was replaced)."""
+        plain CPU tensor of the plan's dtype and shape (made again when a weight was
+        replaced)."""
         ts = tensors(self.chain)
         key = tuple((t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) for t in ts)
         held = self.views[0]
         if held is not None and held[0] == key:
             return held[1]
         dtype = self.plan.dtype
-        if not all(type(t) in _gemm.PLAIN and t.is_cpu and t.dtype == dtype for t in ts):
+        if tuple(t.shape for t in ts) != self.plan.shapes or not all(
+            type(t) in _gemm.PLAIN and t.is_cpu and t.dtype == dtype for t in ts
+        ):
             return None
         layers = arrays(self.chain)
         self.views[0] = (key, layers)  # one assignment: a concurrent call sees old or new
