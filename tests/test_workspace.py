@@ -68,6 +68,45 @@ def test_repeated_calls_on_new_data_are_exact_and_results_stay_the_callers(
     torch.testing.assert_close(first, kept, rtol=0, atol=0)  # later calls left it alone
 
 
+def _general_models():
+    """Models the general kernels run (Jacobians carried per layer, :class:`kernels.Runner`):
+    a first layer narrower than the input (carried in ``z_1``, the stem's Gram), deeper
+    ones, and a convolution."""
+    torch.manual_seed(3)
+    narrow = _model("tanh", sizes=(12, 4, 5, 2))
+    deeper = _model("sigmoid", sizes=(12, 3, 6, 5, 2))
+    conv = nn.Sequential(
+        nn.Unflatten(1, (1, 12)),
+        nn.Conv1d(1, 2, 3),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(20, 6),
+        nn.Tanh(),
+        nn.Linear(6, 2),
+    ).double()
+    return {"narrow": narrow, "deeper": deeper, "conv": conv}
+
+
+@pytest.mark.parametrize("op", list(CALLS))
+@pytest.mark.parametrize("name", ["narrow", "deeper", "conv"])
+def test_general_kernels_keep_their_jacobians_and_stay_exact(op, name):
+    model = _general_models()[name]
+    results = []
+    for seed in range(4):
+        X, V = _data(seed, n=12)
+        got = CALLS[op](model, X, V)
+        torch.testing.assert_close(got, CALLS[op](model, X, V, method="func"))
+        results.append((got, got.clone()))
+    entry = _hot.find(model, _hot.request_key(op, "auto", X, True, None))
+    if op != "hvp":  # (an MLP's HVPs go to the chain kernel; HVPs carry no Jacobians)
+        assert isinstance(entry.kernel, kernels.Runner)
+        assert entry.kernel.workspace._bufs
+    elif name == "conv":
+        assert isinstance(entry.kernel, kernels.Runner)
+    for got, kept in results:  # no result lives in a kept buffer
+        torch.testing.assert_close(got, kept, rtol=0, atol=0)
+
+
 def test_closed_forms_written_into_buffers_equal_the_module_and_the_catalogue():
     z = torch.linspace(-6, 6, 101, dtype=D)
     for name in ops.DERIVATIVES_INTO:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _gemm
+from .._memory import FRESH, Workspace
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,12 @@ class Jacobian:
         sq = G.square_().mT
         return torch.bmm(c, sq) if D is None else D.baddbmm_(c, sq)
 
-    def squared_column_norms(self, M: torch.Tensor | None, K: int, like: torch.Tensor):
+    def squared_column_norms(
+        self, M: torch.Tensor | None, K: int, like: torch.Tensor, ws: Workspace = FRESH
+    ):
         """``Σ_j (P J)_{jk}²`` given ``M = PᵀP`` (None: ``P`` is the identity): ``(K,)`` or
-        ``(B, K)``. Per-sample rows are consumed (overwritten)."""
+        ``(B, K)``; ``(PᵀP) J`` in a buffer of ``ws``. Per-sample rows are consumed
+        (overwritten)."""
         G = self.rows
         if G is None:
             return like.new_ones(K) if M is None else M.diagonal()
@@ -67,5 +71,5 @@ class Jacobian:
             return (G * G if self.shared else G.square_()).sum(-2)
         if self.shared:
             return ((M @ G) * G).sum(-2)
-        MG = _gemm.bmm(M.expand(G.shape[0], *M.shape), G)  # (PᵀP) G, per sample
+        MG = _gemm.bmm(M.expand(G.shape[0], *M.shape), G, out=ws("MG", *G.shape, like=G))
         return MG.mul_(G).sum(-2)

@@ -145,35 +145,39 @@ def _stem_jacobian(stem: list, S: torch.Size, X: torch.Tensor) -> torch.Tensor:
 
 
 def _push(
-    lay, J: Jacobian, scale: torch.Tensor | None, S_in: torch.Size, B: int, scratch
+    lay, J: Jacobian, scale: torch.Tensor | None, S_in: torch.Size, B: int, ws: Workspace, k: int
 ) -> Jacobian:
-    """Carry ``J`` through one affine layer: ``(J · diag(scale)) Aᵀ`` (``scale`` = σ' or None)."""
+    """Carry ``J`` through one affine layer (``k``-th of the body): ``(J · diag(scale)) Aᵀ``
+    (``scale`` = σ' or None). A Linear layer's result lives in ``ws`` (role ``("G", k)``: every
+    activation keeps its own Jacobian until the kernel ends)."""
     linear = isinstance(lay, Linear) and len(S_in) == 1
     if scale is not None:
         if J.identity and linear:  # diag(σ') Wᵀ without a GEMM
             W = lay.module.weight
-            G = scale.new_empty(B, W.shape[1], W.shape[0])
+            K_in, K = W.shape[1], W.shape[0]
+            G = ws(("G", k), B, K_in, K, like=scale)
             # Wᵀ copied contiguous first: a product broadcast against a transposed view runs
             # element by element (3.4× slower at 2 × 256 × 256 here, copy included)
-            return Jacobian(torch.mul(scale[:, :, None], W.T.contiguous(), out=G))
-        # The scaled copy dies with this layer: it borrows the scratch buffer.
-        buf = None if J.identity else scratch(B, *J.rows.shape[-2:], like=scale)
+            W_T = ws(("W_T", k), K_in, K, like=scale).copy_(W.T)
+            return Jacobian(torch.mul(scale[:, :, None], W_T, out=G))
+        # The scaled copy dies with this layer: one buffer serves every layer of its shape.
+        buf = None if J.identity else ws("scaled", B, *J.rows.shape[-2:], like=scale)
         J = J.scaled(scale, buf)
     G = J.rows
     r = G.shape[-2]
     if linear:  # one GEMM over all samples and directions
         W = lay.module.weight
-        out = empty(*G.shape[:-1], W.shape[0], like=G)
+        out = ws(("G", k), *G.shape[:-1], W.shape[0], like=G)
         if G.is_contiguous():  # samples and directions fold into the rows of one GEMM
             _gemm.mm(G.view(-1, G.shape[-1]), W.T, out=out.view(-1, W.shape[0]))
         else:
             torch.matmul(G, W.T, out=out)
-        return Jacobian(out)  # a new tensor
+        return Jacobian(out)
     if J.shared:
         out = lay.linear(G.reshape(r, *S_in)).reshape(r, -1)
     else:
         out = lay.linear(G.reshape(B * r, *S_in)).reshape(B, r, -1)
-    # Identity, Dropout and reshapes return views: never hand out the scratch buffer. Traced
+    # Identity, Dropout and reshapes return views: never hand out the scaled copy. Traced
     # (torch.compile), a copy: comparing storage addresses there is a guard on the addresses,
     # and every call with new buffers would compile the kernel again.
     if torch.compiler.is_compiling():
@@ -183,9 +187,16 @@ def _push(
 
 
 def forward(
-    layers: list, p: Problem, X: torch.Tensor, *, jacobian: bool, V: torch.Tensor | None = None
+    layers: list,
+    p: Problem,
+    X: torch.Tensor,
+    *,
+    jacobian: bool,
+    V: torch.Tensor | None = None,
+    ws: Workspace = FRESH,
 ) -> Pass:
-    """Values, σ', σ'' and (optionally) Jacobians ``G_l`` or tangents ``J_l v`` per activation.
+    """Values, σ', σ'' and (optionally) Jacobians ``G_l`` or tangents ``J_l v`` per activation;
+    the Jacobians in ``ws``'s buffers (valid until the kernel's call ends).
 
     Jacobians and tangents stop at the last activation: the affine tail adds no curvature.
     """
@@ -214,7 +225,6 @@ def forward(
     acts: list[_Activation] = []
     shapes = []
     scale = None  # σ' of the previous activation, folded into G by the next affine layer
-    scratch = Scratch()
     for k, lay in enumerate(body):
         shapes.append(a.shape[1:])
         more = k < last  # does another activation follow (so Jacobians/tangents are needed)?
@@ -232,7 +242,7 @@ def forward(
         else:
             a = lay.forward(a)
             if more and jacobian:
-                G, scale = _push(lay, G, scale, shapes[-1], B, scratch), None
+                G, scale = _push(lay, G, scale, shapes[-1], B, ws, k), None
             if more and t is not None:
                 t = lay.linear(t)
     shapes.append(a.shape[1:])
@@ -427,6 +437,28 @@ class ChainRunner:
                 ws.release()
 
 
+@dataclass(frozen=True)
+class Runner:
+    """A general kernel bound to its parsed layers, called like :class:`ChainRunner`, with
+    the Jacobians' buffers kept between calls on the CPU (one call at a time; a concurrent one,
+    or one on another device, gets fresh buffers): a fresh 1 MiB Jacobian is 256 page faults,
+    a third of a 784-input Laplacian's time here."""
+
+    op: str
+    layers: list
+    workspace: Workspace = field(default_factory=lambda: Workspace(keep=True), compare=False)
+
+    def __call__(self, p: Problem, X: torch.Tensor, *args):
+        kernel = globals()[self.op]
+        ws = self.workspace
+        kept = X.is_cpu and not torch.compiler.is_compiling() and ws.acquire()
+        try:
+            return kernel(p, X, *args, layers=self.layers, ws=ws if kept else FRESH)
+        finally:
+            if kept:
+                ws.release()
+
+
 def runner(op: str, p: Problem) -> Callable | None:
     """The kernel for ``op`` on ``p.f`` with its layers parsed once, called as ``(p, X, sel)``
     or, for HVPs, ``(p, X, V, sel)`` under ``torch.no_grad()`` (what :mod:`hessviz._hot`
@@ -438,7 +470,7 @@ def runner(op: str, p: Problem) -> Callable | None:
     ch = _chain(layers, p, op)
     if ch is not None:
         return ChainRunner(ch, op)
-    return functools.partial(globals()[op], layers=layers)
+    return Runner(op, layers)
 
 
 def _no_autograd(kernel):
@@ -455,11 +487,13 @@ def _zeros(p: Problem, X: torch.Tensor, sel, *tail: int) -> torch.Tensor:
 
 
 @_no_autograd
-def hessian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> torch.Tensor:
+def hessian(
+    p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None, ws: Workspace = FRESH
+) -> torch.Tensor:
     layers = layers or parse(p.f)
     if (ch := _chain(layers, p, "hessian")) is not None:
         return chain.run("hessian", ch, X, sel)
-    fw = forward(layers, p, X, jacobian=True)
+    fw = forward(layers, p, X, jacobian=True, ws=ws)
     if not fw.acts:
         return _zeros(p, X, sel, p.n, p.n)
     cs, _ = _reverse(fw, sel)
@@ -492,12 +526,14 @@ def _term(G: Jacobian, c: torch.Tensor, r: int) -> torch.Tensor:
 
 
 @_no_autograd
-def diagonal(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> torch.Tensor:
+def diagonal(
+    p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None, ws: Workspace = FRESH
+) -> torch.Tensor:
     r"""``D_ij = Σ_l Σ_k c_{l,ik} (J_l)_{kj}²``: one GEMM per activation with squared Jacobians."""
     layers = layers or parse(p.f)
     if (ch := _chain(layers, p, "diagonal")) is not None:
         return chain.run("diagonal", ch, X, sel)
-    fw = forward(layers, p, X, jacobian=True)
+    fw = forward(layers, p, X, jacobian=True, ws=ws)
     if not fw.acts:
         return _zeros(p, X, sel, p.n)
     cs, _ = _reverse(fw, sel)
@@ -510,20 +546,22 @@ def diagonal(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> 
 
 
 @_no_autograd
-def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) -> torch.Tensor:
+def laplacian(
+    p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None, ws: Workspace = FRESH
+) -> torch.Tensor:
     r"""``tr H_i = Σ_l c_l · w_l`` with ``w_l = Σ_j (J_l)_{jk}²``; a narrowing stem enters through
     ``PᵀP`` once (``r × r``), so no ``n``-sized Jacobian is ever formed."""
     layers = layers or parse(p.f)
     if (ch := _chain(layers, p, "laplacian")) is not None:
         return chain.run("laplacian", ch, X, sel)
-    fw = forward(layers, p, X, jacobian=True)
+    fw = forward(layers, p, X, jacobian=True, ws=ws)
     if not fw.acts:
         return _zeros(p, X, sel)
     cs, _ = _reverse(fw, sel)
     M = None if fw.P is None else fw.stem_map.gram()
     L = None
     for act, c in zip(fw.acts, cs):
-        w = act.G.squared_column_norms(M, c.shape[-1], c)
+        w = act.G.squared_column_norms(M, c.shape[-1], c, ws)
         term = c @ w if w.ndim == 1 else torch.bmm(c, w[:, :, None])[..., 0]
         L = term if L is None else L.add_(term)
     return L
@@ -531,12 +569,17 @@ def laplacian(p: Problem, X: torch.Tensor, sel: tuple[int, ...], layers=None) ->
 
 @_no_autograd
 def hvp(
-    p: Problem, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], layers=None
+    p: Problem,
+    X: torch.Tensor,
+    V: torch.Tensor,
+    sel: tuple[int, ...],
+    layers=None,
+    ws: Workspace = FRESH,
 ) -> torch.Tensor:
     layers = layers or parse(p.f)
     if (ch := _chain(layers, p, "hvp")) is not None:
         return chain.run("hvp", ch, X, V, sel)
-    fw = forward(layers, p, X, jacobian=False, V=V)
+    fw = forward(layers, p, X, jacobian=False, V=V, ws=ws)
     if not fw.acts:
         return _zeros(p, X, sel, p.n)
     _, q = _reverse(fw, sel, tangents=True)
