@@ -140,9 +140,10 @@ def compile(
     ``ops``: any of ``"hessian"``, ``"diagonal"``, ``"laplacian"``, ``"hvp"``. Each op is first
     computed the plain way (validated, method chosen, self-checked); when that ran the layer-wise
     engine — ``nn.Sequential`` networks and forwards lowered to a chain of layers — its kernel is
-    compiled (ahead of time for chains unless ``ahead_of_time=False``, else by
-    ``torch.compile``); it must reproduce the plain result on ``x`` and beat the plain kernel's
-    time there (best of a few interleaved calls) before it is used. Other
+    compiled (ahead of time for chains unless ``ahead_of_time=False``, for chain HVPs also in
+    numpy and, with numba installed, fused by numba; else by ``torch.compile``); it must
+    reproduce the plain result on ``x`` and beat the plain kernel's time there (best of at
+    least five interleaved calls) before it is used. Other
     methods run as plain calls. The handle's methods take the same arguments as the public
     functions, minus ``f``, ``batched`` and ``outputs``.
     """
