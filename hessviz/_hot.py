@@ -63,11 +63,13 @@ def request_key(op: str, method: object, x: object, batched: object, outputs: ob
 
 
 def _tree(f: nn.Module, storages: bool) -> tuple:
-    """What the kernels assume about ``f``'s modules and is not a parameter's value: the
-    modules, their modes and hooks, and the shapes and dtypes of their parameters and buffers
-    (a last layer replaced by one with more outputs keeps every product valid: only this
-    notices); with ``storages``, also which tensors hold them (a lowered chain holds the user's
-    tensors themselves, so a replaced tensor means the chain is out of date)."""
+    """What the kernels assume about ``f``'s modules and is not a parameter's value; with
+    ``storages``, also which tensors hold the parameters and buffers (a lowered chain holds the
+    user's tensors themselves, so a replaced tensor means the chain is out of date). Weights
+    of another shape need no entry here: the layer-wise kernels read the current weights, so
+    they either fail on them (the full path then explains) or compute the new model's numbers,
+    except for one change that leaves every product valid — a last layer with another number
+    of outputs — which the kernels check themselves (the template's ``out_shape``)."""
     tree, stack = [], [f]
     append, pop, extend = tree.append, stack.pop, stack.extend
     while stack:  # f.modules() without its memo set: this runs on every call
@@ -78,14 +80,9 @@ def _tree(f: nn.Module, storages: bool) -> tuple:
         hooked = bool(d["_forward_hooks"] or d["_forward_pre_hooks"])
         # ids, not the modules: an entry must not keep f alive (the kernels hold the leaves)
         append((id(m), type(m), d["training"], d.get("p"), hooked))
-        for t in (*d["_parameters"].values(), *d["_buffers"].values()):
-            if t is not None:
-                append(t.shape)
-                append(t.dtype)
-                if storages:
-                    append(t.data_ptr())
-            else:
-                append(None)
+        if storages:
+            for t in (*d["_parameters"].values(), *d["_buffers"].values()):
+                append(None if t is None else t.data_ptr())
         extend(d["_modules"].values())
     return tuple(tree)
 

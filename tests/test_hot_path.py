@@ -85,20 +85,44 @@ def test_a_swapped_layer_is_noticed():
         hv.hessian(model, X, batched=True)
 
 
+def _narrowing(seed: int = 0) -> nn.Sequential:
+    """A first layer narrower than the input: the general kernels carry Jacobians in z_1."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 4), nn.Tanh(), nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2))
+
+
+class _Residual(nn.Module):
+    """A forward the graph engine runs (not a chain)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.fc1, self.fc2, self.head = nn.Linear(3, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc1(x))
+        return self.head(h + torch.tanh(self.fc2(h)))
+
+
 @pytest.mark.parametrize("op", ["hessian", "diagonal", "laplacian", "hvp"])
 @pytest.mark.parametrize("how", ["new Parameter", ".data"])
-def test_a_weight_given_another_shape_is_noticed(op, how):
+@pytest.mark.parametrize("kind", ["chain", "narrowing", "graph"])
+def test_a_last_layer_with_more_outputs_is_noticed(op, how, kind):
     """The same modules with a last layer of three outputs instead of two: every product of the
-    old plan is still valid, and only the parameters' shapes tell the plan is out of date."""
-    model, X, V = _mlp(), torch.randn(4, 3, dtype=D), torch.randn(4, 3, dtype=D)
+    old plan is still valid; the kernels compare the model's outputs with the request's."""
+    model = {"chain": _mlp, "narrowing": _narrowing, "graph": _Residual}[kind]().to(D)
+    n = 12 if kind == "narrowing" else 3
+    X, V = torch.randn(4, n, dtype=D), torch.randn(4, n, dtype=D)
     _call(model, X, op, V)
     _call(model, X, op, V)  # the plan serves it
+    last = model.head if kind == "graph" else model[4]
     gen = torch.Generator().manual_seed(4)
-    W, b = torch.randn(3, 8, dtype=D, generator=gen), torch.randn(3, dtype=D, generator=gen)
+    K = last.weight.shape[1]
+    W, b = torch.randn(3, K, dtype=D, generator=gen), torch.randn(3, dtype=D, generator=gen)
     if how == ".data":
-        model[4].weight.data, model[4].bias.data = W, b
+        last.weight.data, last.bias.data = W, b
     else:
-        model[4].weight, model[4].bias = nn.Parameter(W), nn.Parameter(b)
+        last.weight, last.bias = nn.Parameter(W), nn.Parameter(b)
     got = _call(model, X, op, V)
     assert got.shape[1] == 3
     torch.testing.assert_close(got, _reference(model, X, op, V))

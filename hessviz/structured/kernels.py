@@ -246,7 +246,14 @@ def forward(
             if more and t is not None:
                 t = lay.linear(t)
     shapes.append(a.shape[1:])
+    if a[0].numel() != p.M:  # a repeated call's model has another number of outputs
+        raise _OutOfDate("the model has another number of outputs than the request's")
     return Pass(acts, P, a.reshape(B, -1), body, shapes, stem, stem_shapes, last, stem_map)
+
+
+class _OutOfDate(RuntimeError):
+    """A plan's kernel met a model that is no longer the one it was made for (the repeated
+    call it serves takes the full path, which decides again)."""
 
 
 def _vjp(lay, d: torch.Tensor, S_in: torch.Size, S_out: torch.Size) -> torch.Tensor:
@@ -420,6 +427,8 @@ class ChainRunner:
     reads_f = False
 
     def __call__(self, p: Problem, X: torch.Tensor, *args):
+        if p is not None and self.chain.linears[-1].weight.shape[0] != p.M:
+            raise _OutOfDate("the last layer has another number of outputs than the request's")
         if torch.compiler.is_compiling():  # traced: one chunk, the compiled code's own buffers
             return getattr(chain, self.op)(self.chain, X, *args)
         ws = self.workspace
