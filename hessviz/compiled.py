@@ -339,6 +339,8 @@ def _numpy_kernel(entry: _hot.Entry, op: str, x, fused: bool) -> _AheadOfTime:
             from .structured import chain_numba
         except ImportError as err:  # numba (and SciPy, its BLAS) are an optional extra
             raise TypeError(f"{how}: {err}; pip install 'hessviz[fast]'") from None
+        if not chain_numba.supports(ch):
+            raise TypeError(f"{how}: tanh, sigmoid or sin only")
         make = chain_numba.FusedPlan
     plan = make(ch, entry.problem.B, X.dtype, entry.problem.sel)
     numpy_runner = chain_numpy.HVPRunner(ch, "hvp", plan=plan)  # its numpy views of the weights

@@ -3,6 +3,8 @@
 References are computed lazily, once per test session and case id, not in every test's setup.
 """
 
+import threading
+
 import pytest
 import torch
 from cases import CASE_IDS, CASES, reference_hessian
@@ -72,3 +74,25 @@ def plain_hvp_on_torch(monkeypatch):
     from hessviz.structured import chain_numpy
 
     monkeypatch.setattr(chain_numpy, "_numpy_blas_is_faster", lambda dtype: False)
+
+
+@pytest.fixture
+def in_threads():
+    """``run(call, inputs, rounds=20)``: each of ``inputs`` (argument tuples) in its own thread,
+    ``call(*args)`` ``rounds`` times there, all threads at once; the last results, in order."""
+
+    def run(call, inputs, rounds: int = 20) -> list:
+        got = [None] * len(inputs)
+
+        def work(i):
+            for _ in range(rounds):
+                got[i] = call(*inputs[i])
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return got
+
+    return run

@@ -9,7 +9,6 @@ finite inputs) is checked before they run: an unchecked loop reads out of bounds
 from __future__ import annotations
 
 import sys
-import threading
 
 import pytest
 import torch
@@ -166,26 +165,33 @@ def test_weights_updated_replaced_resized_or_retyped_are_read_or_refused():
         c.hvp(X, V)
 
 
-def test_concurrent_calls_each_get_their_own_buffers():
+def test_weights_laid_out_otherwise_take_the_plain_path_without_compiling():
+    """A weight with other strides (same values) is refused before any loop runs: numba would
+    compile the loops anew for that layout at every call."""
+    net = hv.mlp([3, 8, 8, 2], "tanh", seed=2)
+    X, V = _data(3, B=5, seed=4)
+    c = hv.compile(net, X, batched=True, ops=("hvp",), ahead_of_time=False)
+    assert c.kernels == {"hvp": compiled.IN_NUMBA}
+    compiled_before = [len(fn.signatures) for fn in (chain_numba._first, chain_numba._forward)]
+    with torch.no_grad():
+        net[2].weight.data = net[2].weight.data.t().contiguous().t()  # column-major
+    torch.testing.assert_close(c.hvp(X, V), _reference(net, X, V))
+    with pytest.raises(TypeError, match="not contiguous"):
+        c._entries["hvp"][1].run_library([X, V])
+    after = [len(fn.signatures) for fn in (chain_numba._first, chain_numba._forward)]
+    assert after == compiled_before
+
+
+def test_concurrent_calls_each_get_their_own_buffers(in_threads):
     net = hv.mlp([4, 32, 32, 3], "tanh", seed=5)
     X, V = _data(4, B=16)
     c = hv.compile(net, X, batched=True, ops=("hvp",), ahead_of_time=False)
     assert c.kernels == {"hvp": compiled.IN_NUMBA}
     inputs = [_data(4, B=16, seed=s) for s in range(8)]
     expected = [_reference(net, x, v) for x, v in inputs]
-    got: dict = {}
-
-    def work(i):
-        for _ in range(20):
-            got[i] = c.hvp(*inputs[i])
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i, e in enumerate(expected):
-        torch.testing.assert_close(got[i], e)
+    got = in_threads(c.hvp, inputs)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
 
 
 def test_without_numba_the_candidate_says_how_to_get_it(monkeypatch):

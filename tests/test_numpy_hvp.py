@@ -8,8 +8,6 @@ tests do not depend on this machine's timings.
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 from torch import nn
@@ -132,26 +130,16 @@ def test_weights_updated_replaced_or_retyped_are_read(numpy_faster):
         hv.hvp(net, X, V, batched=True)
 
 
-def test_concurrent_calls_each_get_their_own_buffers(numpy_faster):
+def test_concurrent_calls_each_get_their_own_buffers(numpy_faster, in_threads):
     net = hv.mlp([4, 32, 32, 3], "tanh", seed=5)
     X, V = _data(4, B=16)
     hv.hvp(net, X, V, batched=True)
     assert isinstance(_kernel(net, X), chain_numpy.HVPRunner)
     inputs = [_data(4, B=16, seed=s) for s in range(8)]
     expected = [_reference(net, x, v) for x, v in inputs]
-    got: dict = {}
-
-    def work(i):
-        for _ in range(20):
-            got[i] = hv.hvp(net, *inputs[i], batched=True)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i, e in enumerate(expected):
-        torch.testing.assert_close(got[i], e)
+    got = in_threads(lambda x, v: hv.hvp(net, x, v, batched=True), inputs)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
 
 
 def test_the_plan_runs_the_same_numbers_as_the_pytorch_chain_kernel():

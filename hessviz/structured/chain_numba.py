@@ -183,6 +183,10 @@ class FusedPlan(Plan):
 
     def _run(self, x: np.ndarray, v: np.ndarray, layers: list) -> np.ndarray | None:
         """The ``(B, m, n)`` HVPs, or None when ``x`` or ``v`` is not finite."""
+        if not all(t is None or t.flags.c_contiguous for layer in layers for t in layer):
+            # the loops are compiled for contiguous arrays: another layout would compile anew
+            # (seconds) at every call, and numba's np.dot refuses it
+            raise TypeError("numba kernel: a weight or bias is not contiguous")
         acts, one, two, L = self.acts, self.one, self.two, len(self.acts)
         F, s1s, s2ts = self.forward, self.s1, self.s2t
         W, b = layers[0]
