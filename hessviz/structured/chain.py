@@ -96,7 +96,7 @@ def _activate(ch: Chain, k: int, a: torch.Tensor, ws: Workspace) -> tuple:
     lin = ch.linears[k]
     if not ch.into or ch.into[k] is None:
         return ch.derivs[k](torch.nn.functional.linear(a, lin.weight, lin.bias))
-    B, K = a.shape[0], lin.out_features
+    B, K = a.shape[0], lin.weight.shape[0]  # (not out_features: a replaced weight keeps it)
     z = _affine_into(lin, a, ws("z", B, K, like=a))
     return _derivs(ch, k, z, ws(("a", k % 2), B, K, like=a), ws)
 
@@ -281,7 +281,7 @@ def hvp(ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], ws: W
     s1s, s2ts = [], []
     for k, lin in enumerate(ch.linears[: len(ch.derivs)]):
         a, s1, s2 = _activate(ch, k, a, ws)
-        K = lin.out_features
+        K = lin.weight.shape[0]
         if s1s:  # J_l v at z_l
             t = torch.mul(t, s1s[-1], out=ws(("ts1", k), *t.shape, like=X))
         t = _gemm.mm(t, lin.weight.T, out=ws(("t", k % 2), B, K, like=X))
