@@ -133,3 +133,34 @@ def test_a_map_larger_than_the_budget_allows_is_not_kept():
         got = OPS["laplacian"](model, X)
     assert model[0] not in kernels._STEM_MAPS
     torch.testing.assert_close(got, REFERENCE["laplacian"](model, X), rtol=1e-9, atol=1e-11)
+
+
+def test_one_changed_element_anywhere_in_the_stem_is_seen():
+    """The stem is compared by its bytes (``memcmp``): a change in the last byte's element, a
+    sign flip of zero, a column-major copy of the same values."""
+    model = _narrowing().double()
+    X = torch.randn(3, 12, dtype=D)
+    _check("laplacian", model, X)
+    kept = kernels._STEM_MAPS[model[0]]
+    with torch.no_grad():
+        model[0].weight.data[-1, -1] += 1e-12  # the very last element
+    _check("laplacian", model, X, "a change in the last element")
+    assert kernels._STEM_MAPS[model[0]] is not kept
+    with torch.no_grad():
+        model[0].weight.data = model[0].weight.data.t().contiguous().t()  # same values, strided
+    _check("laplacian", model, X, "a column-major weight")
+
+
+def test_same_bytes_answers_only_what_it_can_compare():
+    from hessviz._memory import same_bytes
+
+    a = torch.randn(7, 5, dtype=D)
+    assert same_bytes(a, a.clone()) is True
+    b = a.clone()
+    b[6, 4] = -b[6, 4]
+    assert same_bytes(a, b) is False
+    assert same_bytes(torch.zeros(3), -torch.zeros(3)) is False  # equal values, other bytes
+    assert same_bytes(a, a.t().contiguous().t()) is None  # strided: torch.equal decides
+    assert same_bytes(a, a.float()) is None
+    assert same_bytes(a[:0], a[:0].clone()) is True
+    assert same_bytes(nn.Parameter(a), a.clone()) is True

