@@ -18,6 +18,8 @@ import weakref
 
 import torch
 
+from ._gemm import PLAIN
+
 _HUGE_PAGE = 2 << 20
 _madvise_fn = None  # libc's madvise, looked up on first use (False where unavailable)
 
@@ -68,8 +70,8 @@ def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool | None:
             pass
     if not (
         _memcmp_fn
-        and type(a) in _PLAIN
-        and type(b) in _PLAIN
+        and type(a) in PLAIN
+        and type(b) in PLAIN
         and a.is_cpu
         and b.is_cpu
         and a.shape == b.shape
@@ -79,9 +81,6 @@ def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool | None:
     ):
         return None
     return _memcmp_fn(a.data_ptr(), b.data_ptr(), a.numel() * a.element_size()) == 0
-
-
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def empty(*shape: int, like: torch.Tensor) -> torch.Tensor:
