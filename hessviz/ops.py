@@ -213,12 +213,17 @@ def _np_tanh(z: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> None:
     s2 *= -2
 
 
-def _np_sigmoid(z: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> None:
+def np_sigmoid_into(z: np.ndarray) -> np.ndarray:
+    """``σ(z) = 1 / (1 + e⁻ᶻ)`` written into ``z`` (returned), without overflow warnings."""
     np.negative(z, out=z)
     with np.errstate(over="ignore"):  # exp(-z) = inf far below 0: σ = 1 / inf = 0, exactly
         a = np.exp(z, out=z)
     a += 1
-    np.reciprocal(a, out=a)
+    return np.reciprocal(a, out=a)
+
+
+def _np_sigmoid(z: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> None:
+    a = np_sigmoid_into(z)
     np.multiply(a, a, out=s1)
     np.subtract(a, s1, out=s1)  # a - a² = a(1 - a)
     np.multiply(a, -2, out=s2)

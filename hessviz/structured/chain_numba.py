@@ -21,6 +21,7 @@ import numba
 import numpy as np
 import torch
 
+from .. import ops
 from .chain import Chain
 from .chain_numpy import Plan
 from .layers import derivatives_into
@@ -33,11 +34,7 @@ def _tanh(z: np.ndarray, s1: np.ndarray) -> None:
 
 
 def _sigmoid(z: np.ndarray, s1: np.ndarray) -> None:
-    np.negative(z, out=z)
-    with np.errstate(over="ignore"):  # exp(-z) = inf far below 0: σ = 1 / inf = 0, exactly
-        np.exp(z, out=z)
-    z += 1
-    np.reciprocal(z, out=z)
+    ops.np_sigmoid_into(z)
 
 
 def _sin(z: np.ndarray, s1: np.ndarray) -> None:
