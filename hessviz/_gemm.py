@@ -17,10 +17,15 @@ all of these hold:
   operand requires grad);
 - matrices laid out as BLAS reads them (one unit stride), ``out`` row-major;
 - at least :data:`MIN_WORK` multiply-adds (below that numpy's ~2 µs extra call cost wins);
-- :func:`numpy_is_faster` says so for this dtype, torch thread count and memory order of the
-  right factor: once per process, it checks numpy's product against torch's on a probe and
-  times both on a kernel-shaped product; numpy is taken only if it agrees and is
-  :data:`MARGIN` times faster.
+- :func:`numpy_is_faster` says so for this dtype, torch thread count, memory order of the
+  right factor and size class (one matrix's ``M·K·N`` below or above :data:`LARGE`): once per
+  process, it checks numpy's product against torch's on a probe and times both on a
+  kernel-shaped product of that class; numpy is taken only if it agrees and is
+  :data:`MARGIN` times faster (small products: on both probes). The classes differ per
+  machine: on an Intel Xeon with AVX-512 (one thread, float64) numpy and torch were level at
+  ``(192, 64, 64)``, but MKL ran ``(256, 128, 128)`` at 80 GFLOP/s against OpenBLAS's 49 and
+  ``(1280, 128, 128)``-like kernel products 1.3–1.9× faster, while on the AMD EPYC numpy led
+  at both sizes.
 
 The environment variable ``HESSVIZ_GEMM`` overrides the timing: ``torch`` never takes numpy,
 ``numpy`` takes it wherever it agrees (the agreement check stays); ``auto`` (default) measures.
@@ -39,6 +44,9 @@ import torch
 #: ``M·K·N`` below which ``torch.mm`` is used whatever the backend (numpy costs ~2 µs more per
 #: call: ``(64, 16) @ (16, 16)`` took 3.0 µs in torch and 4.4 µs with numpy here)
 MIN_WORK = 1 << 16
+#: one matrix's ``M·K·N`` from which a product is timed by the large probe (a batch of products
+#: counts one of them: numpy runs a batch as a loop of single products)
+LARGE = 1 << 22
 #: how much faster numpy's product must be on the timing probe to be taken
 MARGIN = 1.05
 #: ``HESSVIZ_GEMM``'s values
@@ -123,7 +131,9 @@ def _numpy_takes(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None, ndi
         return False
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
         return False
-    return numpy_is_faster(dtype, torch.get_num_threads(), "N" if b.stride(-1) == 1 else "T")
+    large = a.shape[-2] * a.shape[-1] * b.shape[-1] >= LARGE
+    layout = "N" if b.stride(-1) == 1 else "T"
+    return numpy_is_faster(dtype, torch.get_num_threads(), layout, large)
 
 
 def _blas_layout(t: torch.Tensor) -> bool:
@@ -154,22 +164,30 @@ def choice() -> str:
 
 #: the timing probes of :func:`numpy_is_faster`, ``(M, K, N)`` per layout of the right factor:
 #: ``"N"`` row-major (a reverse sweep's ``d @ W``), ``"T"`` column-major (a Linear layer's
-#: ``a @ Wᵀ``, forward; numpy's gain there shows at the tall products of a Laplacian's stack)
+#: ``a @ Wᵀ``, forward; numpy's gain there shows at the tall products of a Laplacian's stack);
+#: ``LARGE_PROBE`` for products from :data:`LARGE` on (Gram panels, ``(PᵀP) G``, wide layers)
 PROBES = {"N": (192, 64, 64), "T": (1024, 64, 64)}
+LARGE_PROBE = (256, 128, 128)
 
 
 @functools.cache
-def numpy_is_faster(dtype: torch.dtype, threads: int, layout: str) -> bool:
+def numpy_is_faster(dtype: torch.dtype, threads: int, layout: str, large: bool = False) -> bool:
     """Whether :func:`mm` hands ``dtype`` products whose right factor has ``layout`` (``"N"``:
-    row-major, ``"T"``: column-major) to numpy while torch runs ``threads`` threads. numpy's
-    product must agree with torch's (:func:`numpy_agrees`) and, under ``HESSVIZ_GEMM=auto``,
-    run the :data:`PROBES` product :data:`MARGIN` times faster (best of interleaved rounds)."""
+    row-major, ``"T"``: column-major) to numpy while torch runs ``threads`` threads; ``large``:
+    products of one matrix's ``M·K·N`` from :data:`LARGE` on. numpy's product must agree with
+    torch's (:func:`numpy_agrees`) and, under ``HESSVIZ_GEMM=auto``, run the :data:`PROBES`
+    product (``large``: :data:`LARGE_PROBE`) :data:`MARGIN` times faster (best of interleaved
+    rounds, a few ms once per process). Small products go to numpy only where it also wins
+    the large probe: on an AVX-512 Xeon the small probe was a tie (±10 % run to run) while MKL
+    led by 1.3–1.9× at every kernel shape between it and the large one."""
     wanted = choice()
     if wanted == "torch" or not numpy_agrees(dtype):
         return False
     if wanted == "numpy":
         return True
-    M, K, N = PROBES[layout]
+    if not large and not numpy_is_faster(dtype, threads, layout, True):
+        return False  # faster on small products only: not trusted at the sizes in between
+    M, K, N = LARGE_PROBE if large else PROBES[layout]
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(M, K, generator=gen, dtype=dtype)
     b = torch.randn(K, N, generator=gen, dtype=dtype)
@@ -215,17 +233,22 @@ def numpy_agrees(dtype: torch.dtype) -> bool:
 
 
 def summary() -> str:
-    """Which library runs the chain kernels' products in this process, per dtype and memory
-    order of the right factor (what a benchmark states in its header), e.g.
-    ``"HESSVIZ_GEMM=auto: float64 numpy / numpy, float32 torch / torch (right factor
-    row-major / column-major)"``."""
+    """Which library runs the kernels' products in this process, per dtype, memory order of
+    the right factor and size class (what a benchmark states in its header), e.g.
+    ``"HESSVIZ_GEMM=auto: float64 numpy / numpy / torch / torch, float32 …
+    (right factor row-major / column-major, below / from LARGE)"``."""
     threads = torch.get_num_threads()
     per = [
         str(dtype).removeprefix("torch.")
         + " "
         + " / ".join(
-            "numpy" if numpy_is_faster(dtype, threads, layout) else "torch" for layout in "NT"
+            "numpy" if numpy_is_faster(dtype, threads, layout, large) else "torch"
+            for large in (False, True)
+            for layout in "NT"
         )
         for dtype in (torch.float64, torch.float32)
     ]
-    return f"{ENV}={choice()}: {', '.join(per)} (right factor row-major / column-major)"
+    return (
+        f"{ENV}={choice()}: {', '.join(per)} (right factor row-major / column-major, "
+        f"below / from {LARGE} multiply-adds per matrix)"
+    )

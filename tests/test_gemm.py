@@ -9,6 +9,7 @@ clear error. The chain kernels with numpy's products taken equal torch.func.
 
 from __future__ import annotations
 
+import time
 from unittest import mock
 
 import numpy as np
@@ -199,18 +200,85 @@ def test_the_agreement_probe_rejects_a_wrong_product(monkeypatch):
     assert not probe(torch.float32)
 
 
-def test_auto_measures_once_per_dtype_threads_and_layout(backend, monkeypatch):
+def test_auto_measures_once_per_dtype_threads_layout_and_size(backend, monkeypatch):
     backend("auto")
     calls = []
     monkeypatch.setattr(_gemm, "numpy_agrees", lambda dtype: calls.append(dtype) or True)
-    for layout in ("N", "T"):
-        first = _gemm.numpy_is_faster(torch.float64, 1, layout)
-        assert isinstance(first, bool)
-        assert _gemm.numpy_is_faster(torch.float64, 1, layout) is first  # cached
-    assert calls == [torch.float64, torch.float64]
+    for large in (False, True):
+        for layout in ("N", "T"):
+            first = _gemm.numpy_is_faster(torch.float64, 1, layout, large)
+            assert isinstance(first, bool)
+            assert _gemm.numpy_is_faster(torch.float64, 1, layout, large) is first  # cached
+    assert calls == [torch.float64] * 4
     monkeypatch.setattr(_gemm, "numpy_agrees", lambda dtype: False)
     _gemm.numpy_is_faster.cache_clear()
     assert not _gemm.numpy_is_faster(torch.float64, 1, "N")  # never timed: it disagrees
+
+
+@pytest.mark.parametrize(
+    ("shape", "large"),
+    [
+        ((96, 64, 48), False),
+        ((256, 256, 256), True),
+        ((1024, 64, 64), True),  # exactly LARGE multiply-adds
+        ((1023, 64, 64), False),
+        ((6, 64, 64, 64), False),  # a batch of small products is small, whatever its size
+        ((2, 256, 256, 256), True),
+    ],
+)
+def test_a_product_is_timed_by_the_probe_of_its_size(shape, large, monkeypatch):
+    """Products of one matrix's ``M·K·N`` from ``LARGE`` on ask the large probe: where torch's
+    BLAS wins only on large products (MKL on an AVX-512 Xeon), they stay with torch."""
+    asked = []
+    monkeypatch.setattr(
+        _gemm, "numpy_is_faster", lambda dtype, threads, layout, big=False: asked.append(big) or big
+    )
+    *lead, M, K, N = shape
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(*lead, M, K, dtype=torch.float64, generator=gen)
+    b = torch.randn(*lead, K, N, dtype=torch.float64, generator=gen)
+    with _spy() as spy:
+        got = _gemm.bmm(a, b) if lead else _gemm.mm(a, b)
+    assert asked == [large] and spy.call_count == int(large)
+    torch.testing.assert_close(got, a @ b, rtol=1e-12, atol=1e-10)
+
+
+def _slowed(f, shapes, seconds=2e-3):
+    """``f`` with a sleep before products whose ``(M, K, N)`` is in ``shapes``."""
+
+    def slow(a, b, out):
+        if (*a.shape, b.shape[1]) in shapes:
+            time.sleep(seconds)
+        return f(a, b, out=out)
+
+    return slow
+
+
+@pytest.mark.parametrize("numpy_loses", ["nowhere", "large", "small"])
+def test_small_products_go_to_numpy_only_where_it_wins_both_probes(
+    numpy_loses, backend, monkeypatch
+):
+    """A BLAS faster on the small probe alone is not trusted with small products (a tie there
+    decided by noise sent Xeon products to the slower BLAS); the large probe decides alone."""
+    backend("auto")
+    monkeypatch.setattr(_gemm, "numpy_agrees", lambda dtype: True)
+    probes = {_gemm.LARGE_PROBE, _gemm.PROBES["N"]}
+    timed = []
+    slow_numpy = {"nowhere": set(), "large": {_gemm.LARGE_PROBE}, "small": {_gemm.PROBES["N"]}}
+    monkeypatch.setattr(_gemm.torch, "mm", _slowed(torch.mm, probes - slow_numpy[numpy_loses]))
+    matmul = np.matmul
+
+    def numpy_product(a, b, out):
+        timed.append((*a.shape, b.shape[1]))
+        return _slowed(matmul, slow_numpy[numpy_loses])(a, b, out=out)
+
+    monkeypatch.setattr(_gemm.np, "matmul", numpy_product)
+    small = _gemm.numpy_is_faster(torch.float64, 1, "N", False)
+    assert small is (numpy_loses == "nowhere")
+    assert _gemm.numpy_is_faster(torch.float64, 1, "N", True) is (numpy_loses != "large")
+    assert (_gemm.PROBES["N"] in timed) is (numpy_loses != "large")  # never timed in vain
+    assert _gemm.LARGE_PROBE[0] * _gemm.LARGE_PROBE[1] * _gemm.LARGE_PROBE[2] >= _gemm.LARGE
+    assert _gemm.PROBES["N"][0] * _gemm.PROBES["N"][1] * _gemm.PROBES["N"][2] < _gemm.LARGE
 
 
 @pytest.mark.parametrize("value", ["mkl", "openblas", "1"])

@@ -22,7 +22,7 @@ D = torch.float64
 
 @pytest.fixture
 def numpy_faster(monkeypatch):
-    monkeypatch.setattr(_gemm, "numpy_is_faster", lambda dtype, threads, layout: True)
+    monkeypatch.setattr(_gemm, "numpy_is_faster", lambda dtype, threads, layout, large=False: True)
 
 
 def _kernel(net, X, outputs=None):
@@ -64,7 +64,9 @@ def test_plain_hvps_run_the_proved_numpy_kernel_and_equal_autograd(
 
 
 def test_without_faster_blas_the_pytorch_kernel_stays(monkeypatch):
-    monkeypatch.setattr(_gemm, "numpy_is_faster", lambda dtype, threads, layout: layout == "N")
+    monkeypatch.setattr(
+        _gemm, "numpy_is_faster", lambda dtype, threads, layout, large=False: layout == "N"
+    )
     net = hv.mlp([3, 8, 8, 2], "tanh", seed=1)
     X, V = _data(3)
     hv.hvp(net, X, V, batched=True)
@@ -80,7 +82,7 @@ def test_a_proved_numpy_kernel_gives_way_when_torch_becomes_faster(numpy_faster,
     hv.hvp(net, X, V, batched=True)
     kernel = _kernel(net, X)
     assert isinstance(kernel, chain_numpy.HVPRunner)
-    monkeypatch.setattr(_gemm, "numpy_is_faster", lambda dtype, threads, layout: False)
+    monkeypatch.setattr(_gemm, "numpy_is_faster", lambda dtype, threads, layout, large=False: False)
     ran = []
     monkeypatch.setattr(chain_numpy.Plan, "_run", lambda *a: ran.append(1))
     torch.testing.assert_close(hv.hvp(net, X, V, batched=True), _reference(net, X, V))
