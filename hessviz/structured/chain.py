@@ -244,7 +244,10 @@ def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = 
     a, s1, s2 = _derivs(ch, 0, z, z, ws)
     lap = torch.mul(s2, torch.linalg.vecdot(W1, W1), out=Y[:, n + 1])  # Σ_j W1[:, j]²
     if len(hidden) > 1:
-        torch.mul(s1[:, None, :], W1.T, out=Y[:, 1 : n + 1])
+        # W1ᵀ copied contiguous first: broadcast against a transposed view, the product runs
+        # element by element (n = 64, width 128, 16 samples: 158 against ~40 µs here)
+        W1_T = ws("W1_T", n, K, like=X).copy_(W1.T)
+        torch.mul(s1[:, None, :], W1_T, out=Y[:, 1 : n + 1])
         if a is not z:
             z.copy_(a)
     squares = _flat(ws, "squares", B * n * width, X)

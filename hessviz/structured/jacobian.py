@@ -21,18 +21,31 @@ from .._memory import FRESH, Workspace
 
 @dataclass(frozen=True)
 class Jacobian:
-    """``∂z/∂u`` with rows = directions of ``u``; ``rows`` None is the identity."""
+    """``∂z/∂u`` with rows = directions of ``u``: ``data`` (None with no ``factors``: the
+    identity), or ``factors`` ``(s, W)`` — per sample ``diag(s) Wᵀ``, ``(B, K_in, K)``, kept as
+    its factors ``s`` ``(B, K_in)`` and ``W`` ``(K, K_in)`` (what the Laplacian asks for: its
+    column norms need no ``(B, K_in, K)`` tensor, :meth:`squared_column_norms`)."""
 
-    rows: torch.Tensor | None = None
+    data: torch.Tensor | None = None
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """The rows, ``(r, K)`` or ``(B, r, K)``; None for the identity. Factored rows are
+        formed here, into a fresh tensor, at every read."""
+        if self.factors is not None:
+            s, W = self.factors
+            return torch.mul(s[:, :, None], W.T.contiguous())
+        return self.data
 
     @property
     def identity(self) -> bool:
-        return self.rows is None
+        return self.data is None and self.factors is None
 
     @property
     def shared(self) -> bool:
         """The same for every sample: rows ``(r, K)``."""
-        return self.rows is not None and self.rows.ndim == 2
+        return self.data is not None and self.data.ndim == 2
 
     def scaled(self, scale: torch.Tensor, out: torch.Tensor | None = None) -> Jacobian:
         """The Jacobian of ``σ(z)``: ``rows · diag(σ')`` per sample, ``(B, r, K)``.
@@ -64,6 +77,16 @@ class Jacobian:
         """``Σ_j (P J)_{jk}²`` given ``M = PᵀP`` (None: ``P`` is the identity): ``(K,)`` or
         ``(B, K)``; ``(PᵀP) J`` in a buffer of ``ws``. Per-sample rows are consumed
         (overwritten)."""
+        if self.factors is not None:  # column k of diag(s) Wᵀ is s ⊙ W[k]
+            s, W = self.factors
+            if M is None:  # Σ_j s_j² W_kj²: one small product
+                return torch.mm(s * s, (W * W).T)
+            # T = Gᵀ per sample, contiguous: (Gᵀ M) row k · G[:, k], M = PᵀP symmetric; the
+            # samples fold into the rows of one GEMM, and no transposed copy of W is made
+            B, (K_out, K_in) = s.shape[0], W.shape
+            T = torch.mul(W, s[:, None, :], out=ws("T", B, K_out, K_in, like=s))
+            TM = _gemm.mm(T.view(-1, K_in), M, out=ws("MG", B * K_out, K_in, like=s))
+            return TM.view(B, K_out, K_in).mul_(T).sum(-1)  # vecdot: a fresh product first
         G = self.rows
         if G is None:
             return like.new_ones(K) if M is None else M.diagonal()

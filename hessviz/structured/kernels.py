@@ -143,21 +143,29 @@ def _stem_jacobian(stem: list, S: torch.Size, X: torch.Tensor) -> torch.Tensor:
 
 
 def _push(
-    lay, J: Jacobian, scale: torch.Tensor | None, S_in: torch.Size, B: int, ws: Workspace, k: int
+    lay,
+    J: Jacobian,
+    scale: torch.Tensor | None,
+    S_in: torch.Size,
+    B: int,
+    ws: Workspace,
+    k: int,
+    factored: bool = False,
 ) -> Jacobian:
     """Carry ``J`` through one affine layer (``k``-th of the body): ``(J · diag(scale)) Aᵀ``
     (``scale`` = σ' or None). A Linear layer's result lives in ``ws`` (role ``("G", k)``: every
-    activation keeps its own Jacobian until the kernel ends)."""
+    activation keeps its own Jacobian until the kernel ends). ``factored``: ``diag(σ') Wᵀ``
+    is kept as its factors (:class:`~.jacobian.Jacobian`), formed only if a later layer
+    needs it."""
     linear = isinstance(lay, Linear) and len(S_in) == 1
+    if J.factors is not None:  # a factored Jacobian meets its next layer: formed now
+        J = _scaled_weight(*J.factors, ws, ("G", k, "formed"))
     if scale is not None:
         if J.identity and linear:  # diag(σ') Wᵀ without a GEMM
             W = lay.module.weight
-            K_in, K = W.shape[1], W.shape[0]
-            G = ws(("G", k), B, K_in, K, like=scale)
-            # Wᵀ copied contiguous first: a product broadcast against a transposed view runs
-            # element by element (3.4× slower at 2 × 256 × 256 here, copy included)
-            W_T = ws(("W_T", k), K_in, K, like=scale).copy_(W.T)
-            return Jacobian(torch.mul(scale[:, :, None], W_T, out=G))
+            return (
+                Jacobian(factors=(scale, W)) if factored else _scaled_weight(scale, W, ws, ("G", k))
+            )
         # The scaled copy dies with this layer: one buffer serves every layer of its shape.
         buf = None if J.identity else ws("scaled", B, *J.rows.shape[-2:], like=scale)
         J = J.scaled(scale, buf)
@@ -184,6 +192,16 @@ def _push(
     return Jacobian(out.clone() if shares else out)
 
 
+def _scaled_weight(scale: torch.Tensor, W: torch.Tensor, ws: Workspace, role) -> Jacobian:
+    """``diag(scale) Wᵀ`` per sample, ``(B, K_in, K)``, in ``ws``'s buffer ``role``."""
+    (B, K_in), K = scale.shape, W.shape[0]
+    G = ws(role, B, K_in, K, like=scale)
+    # Wᵀ copied contiguous first: a product broadcast against a transposed view runs
+    # element by element (3.4× slower at 2 × 256 × 256 here, copy included)
+    W_T = ws((role, "W_T"), K_in, K, like=scale).copy_(W.T)
+    return Jacobian(torch.mul(scale[:, :, None], W_T, out=G))
+
+
 def forward(
     layers: list,
     p: Problem,
@@ -192,9 +210,11 @@ def forward(
     jacobian: bool,
     V: torch.Tensor | None = None,
     ws: Workspace = FRESH,
+    factored: bool = False,
 ) -> Pass:
     """Values, σ', σ'' and (optionally) Jacobians ``G_l`` or tangents ``J_l v`` per activation;
-    the Jacobians in ``ws``'s buffers (valid until the kernel's call ends).
+    the Jacobians in ``ws``'s buffers (valid until the kernel's call ends). ``factored``: a
+    Jacobian ``diag(σ') Wᵀ`` may stay factored (only the Laplacian reads them so).
 
     Jacobians and tangents stop at the last activation: the affine tail adds no curvature.
     """
@@ -240,7 +260,7 @@ def forward(
         else:
             a = lay.forward(a)
             if more and jacobian:
-                G, scale = _push(lay, G, scale, shapes[-1], B, ws, k), None
+                G, scale = _push(lay, G, scale, shapes[-1], B, ws, k, factored), None
             if more and t is not None:
                 t = lay.linear(t)
     shapes.append(a.shape[1:])
@@ -561,7 +581,7 @@ def laplacian(
     layers = layers or parse(p.f)
     if (ch := _chain(layers, p, "laplacian")) is not None:
         return chain.run("laplacian", ch, X, sel)
-    fw = forward(layers, p, X, jacobian=True, ws=ws)
+    fw = forward(layers, p, X, jacobian=True, ws=ws, factored=True)
     if not fw.acts:
         return _zeros(p, X, sel)
     cs, _ = _reverse(fw, sel)
