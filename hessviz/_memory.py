@@ -139,6 +139,11 @@ class Workspace:
         if keep:
             weakref.finalize(self, _forget, self._kept)
 
+    @property
+    def keeps(self) -> bool:
+        """Whether buffers outlive the call (False: every request is a fresh tensor)."""
+        return self._keep
+
     def acquire(self) -> bool:
         """Take the workspace for one call (False: another call has it)."""
         return self._lock.acquire(blocking=False)

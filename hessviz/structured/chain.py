@@ -184,8 +184,9 @@ def _sweep(
         term(k, G)
 
 
-def hessian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH):
-    """``(B, m, n, n)``: ``Σ_l (G_l ⊙ c_l) G_lᵀ``, upper panels only (:class:`~.gram.Gram`).
+def hessian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH, out=None):
+    """``(B, m, n, n)``: ``Σ_l (G_l ⊙ c_l) G_lᵀ``, upper panels only (:class:`~.gram.Gram`),
+    into ``out`` when given (as every kernel here: a contiguous view of the result's shape).
 
     With panels, every layer's ``G_l`` goes side by side into one ``(B, n, ΣK)`` Jacobian and
     each panel is one GEMM over all layers (1.25× faster than one per layer at n = 64, m = 10).
@@ -193,7 +194,7 @@ def hessian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FR
     s1s, s2s = _values(ch, X, ws)
     cs = _reverse(ch, s1s, s2s, sel, ws)
     B, n, m = X.shape[0], X.shape[1], len(sel)
-    gram = Gram(B, m, n, like=X)
+    gram = Gram(B, m, n, like=X, ws=ws, out=out)
     if not gram.panels:
         _sweep(ch, X, s1s, lambda k, G: gram.add(G, cs[k]), ws=ws)
         return gram.result()
@@ -204,12 +205,12 @@ def hessian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FR
     return gram.result()
 
 
-def diagonal(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH):
+def diagonal(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH, out=None):
     """``(B, m, n)``: ``D_ij = Σ_l Σ_k c_{l,ik} (G_l)_{jk}²``."""
     s1s, s2s = _values(ch, X, ws)
     cs = _reverse(ch, s1s, s2s, sel, ws)
     B, n, m = X.shape[0], X.shape[1], len(sel)
-    D = empty(B, m, n, like=X)
+    D = empty(B, m, n, like=X) if out is None else out
     squares = _flat(ws, "squares", B * n * max(c.shape[-1] for c in cs), X)
 
     def term(k, G):
@@ -223,7 +224,7 @@ def diagonal(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = F
     return D
 
 
-def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH):
+def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH, out=None):
     """``(B, m)``, by the forward Laplacian: each layer's value ``a``, Jacobian ``J = ∂a/∂x``
     and Laplacian ``Δa`` travel together, stacked as ``(B, n + 2, K)``, so one GEMM per layer
     maps all three (``n + 2`` rows per sample whatever ``m``; the outputs' Laplacians are
@@ -268,10 +269,17 @@ def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = 
             J.mul_(s1[:, None, :])
             if a is not z:
                 z.copy_(a)
-    return _gemm.mm(lap, _output_rows(ch, sel).T)
+    return _gemm.mm(lap, _output_rows(ch, sel).T, out=out)
 
 
-def hvp(ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH):
+def hvp(
+    ch: Chain,
+    X: torch.Tensor,
+    V: torch.Tensor,
+    sel: tuple[int, ...],
+    ws: Workspace = FRESH,
+    out=None,
+):
     """``(B, m, n)``: ``Σ_l J_lᵀ(c_l ⊙ J_l v)`` from one tangent forward with the values and one
     reverse sweep for all outputs.
 
@@ -302,12 +310,15 @@ def hvp(ch: Chain, X: torch.Tensor, V: torch.Tensor, sel: tuple[int, ...], ws: W
             q = torch.mul(s2t, d, out=ws("q", B, m, K, like=X))
         else:
             q.mul_(s1s[k].unsqueeze(1)).addcmul_(s2t, d)
-        out = ws(("qW", k % 2), B * m, W.shape[1], like=X) if k > 0 else None  # last: the result
-        q = _gemm.mm(q.view(B * m, K), W, out=out).view(B, m, -1)
+        if k > 0:
+            into = ws(("qW", k % 2), B * m, W.shape[1], like=X)
+        else:  # the last product is the result
+            into = None if out is None else out.view(B * m, W.shape[1])
+        q = _gemm.mm(q.view(B * m, K), W, out=into).view(B, m, -1)
         if k > 0:
             s1d = torch.mul(s1s[k].unsqueeze(1), d, out=ws("s1d", B, m, K, like=X))
-            out = ws(("d", k % 2), B * m, W.shape[1], like=X)
-            d = _gemm.mm(s1d.view(B * m, K), W, out=out).view(B, m, -1)
+            into = ws(("d", k % 2), B * m, W.shape[1], like=X)
+            d = _gemm.mm(s1d.view(B * m, K), W, out=into).view(B, m, -1)
     return q
 
 
@@ -357,11 +368,9 @@ def run(
         step = chunk_size(op, ch, X, len(sel))
     if step >= B:
         return kernel(ch, X, *args, ws=ws)
-    out = None
-    for start in range(0, B, step):
+    n, m = X.shape[1], len(sel)
+    out = empty(B, *{"hessian": (m, n, n), "laplacian": (m,)}.get(op, (m, n)), like=X)
+    for start in range(0, B, step):  # each chunk's kernel writes its rows of the result
         rows = slice(start, start + step)
-        r = kernel(ch, X[rows], *(v[rows] for v in V), sel, ws=ws)
-        if out is None:
-            out = empty(B, *r.shape[1:], like=r)
-        out[rows] = r
+        kernel(ch, X[rows], *(v[rows] for v in V), sel, ws=ws, out=out[rows])
     return out

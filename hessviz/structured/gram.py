@@ -14,10 +14,12 @@ every sample, ``(B, r, K)`` per sample; ``c_l`` is ``(B, m, K)``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import _gemm
-from .._memory import Scratch, empty
+from .._memory import FRESH, Scratch, Workspace, empty
 
 
 def panel_edges(r: int, m: int) -> list[int]:
@@ -34,16 +36,33 @@ def panel_edges(r: int, m: int) -> list[int]:
 
 
 class Gram:
-    """Sums ``Σ_l G_l diag(c_l) G_lᵀ`` (:meth:`add`) into ``(B, m, r, r)`` (:meth:`result`)."""
+    """Sums ``Σ_l G_l diag(c_l) G_lᵀ`` (:meth:`add`) into ``(B, m, r, r)`` (:meth:`result`):
+    into ``out`` when given (a contiguous ``(B, m, r, r)`` view, e.g. one chunk's rows of the
+    whole batch's result), else a new tensor. The panels' sum and the scaled copies are
+    temporaries from ``ws`` (kept between a plan's calls: no page faults)."""
 
-    def __init__(self, B: int, m: int, r: int, like: torch.Tensor) -> None:
+    def __init__(
+        self,
+        B: int,
+        m: int,
+        r: int,
+        like: torch.Tensor,
+        ws: Workspace = FRESH,
+        out: torch.Tensor | None = None,
+    ) -> None:
         self.B, self.m, self.r = B, m, r
         self.edges = panel_edges(r, m)
         self.panels = len(self.edges) > 2
-        # rows (direction, output) for the panels; (output, direction) for one plain GEMM
-        self.acc = empty(B, r, m, r, like=like) if self.panels else empty(B, m, r, r, like=like)
+        self.out = empty(B, m, r, r, like=like) if out is None else out
+        # rows (direction, output) for the panels, (output, direction) for one plain GEMM; with
+        # one output both orders are the same memory: the result itself
+        if self.panels and m > 1:
+            self.acc = ws("gram", B, r, m, r, like=like)
+        else:
+            self.acc = self.out.view(B, r, m, r) if self.panels else self.out
         self.fresh = True  # nothing written yet: the first term overwrites, later ones add
-        self.rows = Scratch()  # the scaled copy G ⊙ c, dead after each GEMM
+        # the scaled copy G ⊙ c, dead after each GEMM: one buffer per call, or the plan's
+        self.rows = _Kept(ws) if ws.keeps else Scratch()
 
     def add(self, G: torch.Tensor | None, c: torch.Tensor) -> None:
         """Add ``G diag(c) Gᵀ`` for every sample and output (``c``: ``(B, m, K)``)."""
@@ -90,19 +109,28 @@ class Gram:
 
     def result(self) -> torch.Tensor:
         """``(B, m, r, r)``, symmetric; zeros if no term was added."""
-        B, m, r = self.B, self.m, self.r
+        m, H = self.m, self.out
         if self.fresh:
-            return self.acc.zero_().view(B, m, r, r)
+            return H.zero_()
         if not self.panels:
-            return self.acc
+            return H
         pairs = list(zip(self.edges[:-1], self.edges[1:]))
         if m == 1:  # (B, r, 1, r) is (B, 1, r, r): mirror the upper panels in place
-            H = self.acc.view(B, 1, r, r)
             for a, e in pairs:
                 H[:, 0, e:, a:e] = H[:, 0, a:e, e:].mT
             return H
-        H = empty(B, m, r, r, like=self.acc)
         for a, e in pairs:
             H[:, :, a:e, a:] = self.acc[:, a:e, :, a:].transpose(1, 2)
             H[:, :, e:, a:e] = self.acc[:, a:e, :, e:].permute(0, 2, 3, 1)
         return H
+
+
+class _Kept:
+    """:class:`~hessviz._memory.Scratch`'s role served by a plan's workspace (one buffer per
+    size, kept between calls)."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+
+    def __call__(self, *shape: int, like: torch.Tensor) -> torch.Tensor:
+        return self.ws("gram_rows", math.prod(shape), like=like).view(shape)

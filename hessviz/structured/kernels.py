@@ -526,11 +526,11 @@ def hessian(
     cs, _ = _reverse(fw, sel)
     B, m = X.shape[0], len(sel)
     if fw.P is not None and not _narrowing_pays(fw):
-        gram = Gram(B, m, p.n, like=X)
+        gram = Gram(B, m, p.n, like=X, ws=ws)
         for act, c in zip(fw.acts, cs):
             gram.add(_x_jacobian(fw, act).rows, c)
         return gram.result()
-    gram = Gram(B, m, p.n if fw.P is None else fw.P.shape[1], like=X)
+    gram = Gram(B, m, p.n if fw.P is None else fw.P.shape[1], like=X, ws=ws)
     for act, c in zip(fw.acts, cs):
         gram.add(act.G.rows, c)
     return _to_x(fw, gram.result())
