@@ -63,6 +63,7 @@ class Gram:
         self.fresh = True  # nothing written yet: the first term overwrites, later ones add
         # the scaled copy G ⊙ c, dead after each GEMM: one buffer per call, or the plan's
         self.rows = _Kept(ws) if ws.keeps else Scratch()
+        self.ws = ws
 
     def add(self, G: torch.Tensor | None, c: torch.Tensor) -> None:
         """Add ``G diag(c) Gᵀ`` for every sample and output (``c``: ``(B, m, K)``)."""
@@ -91,10 +92,14 @@ class Gram:
                 self._product(self.acc.view(B, m * r, r), Gc.view(B, m * r, K), G.mT)
             self.fresh = False
             return
+        # the right factors Gᵀ row-major, copied once: MKL read a transposed one per panel
+        # 1.5× slower on a Xeon ((80, 384) @ (384, 64) per sample; 7.6 against 8.5 ms for
+        # one 16-sample chunk's panels at n = 64, 10 outputs, copy included)
+        GT = G.T.contiguous() if shared else self.ws("gram_GT", B, K, r, like=G).copy_(G.mT)
         for a, e in zip(self.edges[:-1], self.edges[1:]):
             rows = G[None, a:e, None, :] if shared else G[:, a:e, None, :]
             Gc = torch.mul(rows, c[:, None], out=self.rows(B, e - a, m, K, like=c))
-            right = G[a:].T.expand(B, K, r - a) if shared else G[:, a:].mT
+            right = GT[:, a:].expand(B, K, r - a) if shared else GT[:, :, a:]
             # rows (j, i) of the panel are one stride apart (r): a view, written in place
             out = self.acc[:, a:e, :, a:].view(B, (e - a) * m, r - a)
             self._product(out, Gc.view(B, (e - a) * m, K), right)
