@@ -147,3 +147,18 @@ def test_chunks_hold_about_chunk_bytes(op, rows):
     assert chain.chunk_size(op, ch, X.to("meta"), 1) == 4096
     chunks32 = -(-4096 * per_sample // 2 // (4 * chain.CHUNK_BYTES))  # float32: 4x the bytes
     assert chain.chunk_size(op, ch, X.float(), 1) == -(-4096 // chunks32)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 6])
+def test_the_laplacian_row_by_row_and_by_reduction_agree(n, monkeypatch):
+    """Few inputs square, sum and scale the Jacobian one row at a time (``ROW_BY_ROW``); both
+    ways give torch.func's Laplacian, through three hidden layers."""
+    model = hv.mlp([n, 7, 5, 6, 2], "tanh", seed=n)
+    X = torch.randn(5, n, dtype=D, generator=torch.Generator().manual_seed(n))
+    p, ch = _chain_of(model, X, "laplacian")
+    ref = hv.laplacian(model, X, batched=True, method="func")
+    for limit in (0, 8):  # never row by row, always
+        monkeypatch.setattr(chain, "ROW_BY_ROW", limit)
+        with torch.no_grad():
+            got = chain.laplacian(ch, p.X, p.sel)
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
