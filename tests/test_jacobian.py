@@ -109,15 +109,15 @@ def _activation_first():  # no stem: Jacobians in x, the factored one's norms wi
 def test_the_laplacian_forms_a_factored_jacobian_only_for_a_next_layer(make, formed, monkeypatch):
     """The Laplacian's first per-sample Jacobian stays factored unless another affine layer
     carries it on (``_twice``: its second activation forms the rows itself, not through
-    ``_scaled_weight``); the hessian forms it at once."""
+    the kernels' ``scaled_weight``); the hessian forms it at once."""
     from hessviz.structured import kernels
 
     torch.manual_seed(1)
     net = make().to(D)
     X = torch.randn(3, 20, dtype=D)
     calls = []
-    real = kernels._scaled_weight
-    monkeypatch.setattr(kernels, "_scaled_weight", lambda *a: calls.append(a) or real(*a))
+    real = kernels.scaled_weight
+    monkeypatch.setattr(kernels, "scaled_weight", lambda *a: calls.append(a) or real(*a))
     hv.laplacian(net, X, batched=True, method="structured")  # checked once on one sample
     calls.clear()
     got = hv.laplacian(net, X, batched=True, method="structured")  # the plan's kernel alone

@@ -34,6 +34,7 @@ import torch
 
 from .. import _gemm
 from .._memory import FRESH, Workspace, empty
+from .._problem import RESULT_AXES
 from .gram import Gram
 
 #: ``z ↦ (σ(z), σ'(z), σ''(z))`` for one activation
@@ -385,7 +386,7 @@ def run(
     if step >= B:
         return kernel(ch, X, *args, ws=ws)
     n, m = X.shape[1], len(sel)
-    out = empty(B, *{"hessian": (m, n, n), "laplacian": (m,)}.get(op, (m, n)), like=X)
+    out = empty(B, m, *(n,) * RESULT_AXES[op], like=X)
     for start in range(0, B, step):  # each chunk's kernel writes its rows of the result
         rows = slice(start, start + step)
         kernel(ch, X[rows], *(v[rows] for v in V), sel, ws=ws, out=out[rows])

@@ -19,6 +19,18 @@ from .. import _gemm
 from .._memory import FRESH, Workspace
 
 
+def scaled_weight(
+    scale: torch.Tensor, W: torch.Tensor, ws: Workspace = FRESH, role: object = "formed"
+) -> torch.Tensor:
+    """``diag(scale) Wᵀ`` per sample, ``(B, K_in, K)`` (``scale``: ``(B, K_in)``, ``W``:
+    ``(K, K_in)``), in ``ws``'s buffer ``role``."""
+    (B, K_in), K = scale.shape, W.shape[0]
+    # Wᵀ copied contiguous first: a product broadcast against a transposed view runs
+    # element by element (3.4× slower at 2 × 256 × 256 here, copy included)
+    W_T = ws((role, "W_T"), K_in, K, like=scale).copy_(W.T)
+    return torch.mul(scale[:, :, None], W_T, out=ws(role, B, K_in, K, like=scale))
+
+
 @dataclass(frozen=True)
 class Jacobian:
     """``∂z/∂u`` with rows = directions of ``u``: ``data`` (None with no ``factors``: the
@@ -33,10 +45,7 @@ class Jacobian:
     def rows(self) -> torch.Tensor | None:
         """The rows, ``(r, K)`` or ``(B, r, K)``; None for the identity. Factored rows are
         formed here, into a fresh tensor, at every read."""
-        if self.factors is not None:
-            s, W = self.factors
-            return torch.mul(s[:, :, None], W.T.contiguous())
-        return self.data
+        return self.data if self.factors is None else scaled_weight(*self.factors)
 
     @property
     def identity(self) -> bool:
