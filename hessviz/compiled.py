@@ -19,7 +19,9 @@ Candidates, in this order:
   chain): the kernel, as a function of the input and the layers' weights and biases, goes through
   ``torch.export`` and AOTInductor into a shared library (~20 s per op). A call then costs the
   library's arithmetic and a few microseconds, with no Python guards; the weights are passed at
-  every call, so trained weights are used.
+  every call, so trained weights are used. The library itself proves the inputs finite (one
+  fused pass) and checks every tensor's layout against the one it was compiled for
+  (AOTInductor's own input checks, switched on for it: :func:`_checks_its_inputs`).
 - **numpy kernel** (HVPs of such chains with ``tanh``, ``sigmoid`` or ``sin`` activations, CPU
   float32/float64): the same sweep written in numpy (:mod:`hessviz.structured.chain_numpy`),
   whose operations cost about a microsecond each and whose BLAS is faster in float64 here.
@@ -39,15 +41,18 @@ kernel can lose to the eager one's GEMMs), or the op stays eager (``handle.kerne
 ran and why).
 A later call with another shape, dtype, device, a changed model (other modules, modes, settings,
 or parameter tensors replaced or re-laid out) or a non-finite input (proved as a plain call
-proves it, :meth:`hessviz._hot.Entry.inputs`) takes the plain path
+proves it, :meth:`hessviz._hot.Entry.inputs`, or inside the kernel) takes the plain path
 (validated, exact, uncompiled).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
+import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -261,10 +266,17 @@ class _ChainProgram(nn.Module):
         ch = chain.Chain(
             tuple(_Affine(next(it), next(it) if b else None) for b in self._biased), self._derivs
         )
-        kernel = getattr(chain, self._op)
         if V is None:
-            return (kernel(ch, X, self._sel),)
-        return (kernel(ch, X, V, self._sel),)
+            R = getattr(chain, self._op)(ch, X, self._sel)
+        else:  # the HVP's sweep as a compiler runs it fastest
+            R = chain.hvp_traced(ch, X, V, self._sel)
+        # the inputs proved finite in the same library: one fused pass, no separate call
+        finite = (
+            torch.isfinite(X).all()
+            if V is None
+            else torch.isfinite(X).all() & torch.isfinite(V).all()
+        )
+        return R, finite
 
 
 def _settings(modules: tuple) -> list:
@@ -282,12 +294,13 @@ class _AheadOfTime:
     """A chain kernel compiled ahead of time, with what its library assumes about ``f``."""
 
     entry: _hot.Entry  # the plain path's entry: its checks of f and its problem
-    run_library: Callable  # [X, (V,) *tensors] -> [R]
+    run_library: Callable  # [X, (V,) *tensors] -> R, or None when an input is not finite
     chain: chain.Chain
-    layout: tuple | None  # _layout of the tensors passed, when compiled (None: run_library
-    # checks the weights itself, as the numpy kernels' HVPRunner.layers() does)
     settings: list  # _settings of the activations, when compiled
-    proves_finite: bool = False  # run_library checks the inputs are finite (else None)
+    passes_tensors: bool = False  # the weights and biases follow X (V) in run_library's list
+    layout: tuple | None = None  # _layout they must have, checked here (None: run_library
+    # checks them itself: AOTInductor's input checks, the numpy kernels' HVPRunner.layers())
+    proves_finite: bool = False  # run_library returns None for inputs that are not finite
 
     @property
     def problem(self):
@@ -299,15 +312,19 @@ class _AheadOfTime:
     def run(self, f, x: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor | None:
         """Like :meth:`hessviz._hot.Entry.run`: the ``(B, m, …)`` result or None."""
         e = self.entry
-        tensors = chain.tensors(self.chain) if self.layout is not None else []
+        tensors = chain.tensors(self.chain) if self.passes_tensors else []
         if (
             _hot._tree(f, e.storages) != e.tree
             or (self.layout is not None and _layout(tensors) != self.layout)
             or any(m.__dict__.get(k, ...) != v for m, k, v in self.settings)
         ):
             return None
+        # autograd off (as in Entry.run) where something here runs torch operations: the
+        # finite sums, f on a sample; a library proving the inputs itself runs none
         grad = torch.is_grad_enabled()
-        torch.set_grad_enabled(False)  # as in Entry.run
+        quiet = grad and (not self.proves_finite or e.reference is not None)
+        if quiet:
+            torch.set_grad_enabled(False)
         try:
             inputs = e.inputs(x, v, prove=not self.proves_finite)
             if inputs is None:
@@ -315,11 +332,12 @@ class _AheadOfTime:
             args = [t.contiguous() for t in inputs]  # the layout the library was built for
             if e.reference is not None and not e._chain_agrees(f, args[0][:1].clone()):
                 return None
-            return self.run_library(args + tensors)[0]  # None: an input was not finite
+            return self.run_library(args + tensors)  # None: an input was not finite
         except Exception:  # noqa: BLE001 - the plain path decides again and explains
             return None
         finally:
-            torch.set_grad_enabled(grad)
+            if quiet:
+                torch.set_grad_enabled(grad)
 
 
 def _numpy_kernel(entry: _hot.Entry, op: str, x, fused: bool) -> _AheadOfTime:
@@ -345,13 +363,13 @@ def _numpy_kernel(entry: _hot.Entry, op: str, x, fused: bool) -> _AheadOfTime:
     plan = make(ch, entry.problem.B, X.dtype, entry.problem.sel)
     numpy_runner = chain_numpy.HVPRunner(ch, "hvp", plan=plan)  # its numpy views of the weights
 
-    def run(args: list) -> tuple:
+    def run(args: list) -> torch.Tensor | None:
         layers = numpy_runner.layers()  # None: a weight's shape, dtype or device changed
         if layers is None:
             raise TypeError(f"{how}: a weight is no longer a CPU tensor of the planned shape")
-        return [plan(args[0], args[1], layers)]  # FusedPlan: None if not finite
+        return plan(args[0], args[1], layers)  # FusedPlan: None if not finite
 
-    return _AheadOfTime(entry, run, ch, None, _settings(ch.activations), proves_finite=fused)
+    return _AheadOfTime(entry, run, ch, _settings(ch.activations), proves_finite=fused)
 
 
 def _in_numpy(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
@@ -386,5 +404,67 @@ def _ahead_of_time(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
     # The package's own __call__ re-reads its input and output specs on every call (~15 µs);
     # its loader's run (AOTInductor's C++ API) takes the flat list of tensors directly.
     loader = getattr(library, "loader", None)
-    run = loader.run if hasattr(loader, "run") else lambda args: library(*args)
-    return _AheadOfTime(entry, run, ch, _layout(chain.tensors(ch)), _settings(ch.activations))
+    outputs = loader.run if hasattr(loader, "run") else lambda args: library(*args)
+    args = [X, *V, *tensors]
+    checked = _checks_its_inputs(outputs, args)
+    layout = None if checked and X.is_cpu else _layout(chain.tensors(ch))
+
+    def run(args: list) -> torch.Tensor | None:
+        R, finite = outputs(args)
+        return R if finite.item() else None
+
+    return _AheadOfTime(entry, run, ch, _settings(ch.activations), True, layout, proves_finite=True)
+
+
+#: AOTInductor's switch for its libraries' own input checks (dtype, sizes, strides, device type)
+_CHECK_INPUTS = "AOTI_RUNTIME_CHECK_INPUTS"
+
+
+def _checks_its_inputs(outputs: Callable, args: list) -> bool:
+    """Switch on a freshly loaded library's own input checks, and prove they run.
+
+    A library compiled by AOTInductor reads ``AOTI_RUNTIME_CHECK_INPUTS`` once, at its first
+    call, and from then on checks (or not) every call's tensors against the layouts it was
+    compiled for, in C++. That first call is made here with the variable set (and the
+    caller's environment restored after): the library then refuses a weight re-laid out
+    (``W.T`` stored back, another dtype) itself, where the same check in Python cost ~10 µs
+    a call (8 tensors' shapes, strides, dtypes and devices). Proved by a call with ``X``
+    re-laid out, which must raise; if it does not (another PyTorch), False: the caller checks
+    the layouts in Python instead. The device index is not among the checks (CUDA: Python).
+    A later call refused so (a weight stored back transposed) prints the library's one-line
+    reason on stderr and takes the plain path."""
+    saved = os.environ.get(_CHECK_INPUTS)
+    os.environ[_CHECK_INPUTS] = "1"
+    try:
+        outputs(args)
+    finally:
+        if saved is None:
+            del os.environ[_CHECK_INPUTS]
+        else:
+            os.environ[_CHECK_INPUTS] = saved
+    X = args[0]
+    relaid = X.new_zeros(2 * X.numel()).as_strided(X.shape, [2 * s for s in X.stride()])
+    try:
+        with _stderr_muted():  # the library prints each refusal there before raising
+            outputs([relaid, *args[1:]])
+    except RuntimeError:
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _stderr_muted():
+    """File descriptor 2 sent to the null device for the block (C++ writes there directly)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to mute
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

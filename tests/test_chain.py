@@ -50,10 +50,25 @@ def test_chain_kernels_equal_torch_func(act, sizes, sel):
             "diagonal": chain.diagonal(ch, p.X, idx),
             "laplacian": chain.laplacian(ch, p.X, idx),
             "hvp": chain.hvp(ch, p.X, V, idx),
+            "hvp_traced": chain.hvp_traced(ch, p.X, V, idx),  # what hv.compile compiles
         }
     for op, R in got.items():
-        expected = ref[op].reshape(R.shape)
+        expected = ref[op.removesuffix("_traced")].reshape(R.shape)
         torch.testing.assert_close(R, expected, rtol=1e-10, atol=1e-12, msg=op)
+
+
+def test_the_traced_hvp_without_biases_and_with_one_output_equals_torch_func():
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 6, bias=False), torch.nn.Tanh(), torch.nn.Linear(6, 5, bias=False),
+        torch.nn.Sigmoid(), torch.nn.Linear(6 - 1, 1),
+    ).to(D)  # fmt: skip
+    gen = torch.Generator().manual_seed(9)
+    X, V = torch.randn(7, 3, dtype=D, generator=gen), torch.randn(7, 3, dtype=D, generator=gen)
+    p, ch = _chain_of(model, X, "hvp")
+    with torch.no_grad():
+        got = chain.hvp_traced(ch, p.X, V, p.sel)
+    ref = hv.hvp(model, X, V, batched=True, method="func")
+    torch.testing.assert_close(got, ref.reshape(got.shape), rtol=1e-10, atol=1e-12)
 
 
 def test_auto_runs_the_chain_kernels_and_narrowing_stems_keep_their_own():

@@ -108,6 +108,44 @@ def test_a_relaid_weight_a_changed_setting_and_a_bad_input_take_the_plain_path()
     torch.testing.assert_close(c.hessian(X), plain())
 
 
+@pytest.mark.skipif(not HAS_COMPILER, reason="AOTInductor needs a C++ compiler")
+def test_the_library_checks_its_own_inputs_and_the_environment_is_left_as_it_was(capfd):
+    """The compiled library checks layouts and finiteness itself (no Python layout check on
+    the CPU): fails when PyTorch stops reading ``AOTI_RUNTIME_CHECK_INPUTS`` once per library,
+    and then ``_checks_its_inputs`` proves False and the Python check takes over."""
+    import os
+
+    net = hv.mlp([3, 8, 8, 2], "tanh", seed=3)
+    X = torch.randn(6, 3, dtype=D, generator=torch.Generator().manual_seed(3))
+    V = torch.randn(6, 3, dtype=D, generator=torch.Generator().manual_seed(4))
+    assert "AOTI_RUNTIME_CHECK_INPUTS" not in os.environ
+    c = hv.compile(net, X, batched=True, ops=("hvp", "diagonal"))
+    assert "AOTI_RUNTIME_CHECK_INPUTS" not in os.environ  # set for the first calls only
+    assert "unmatched" not in capfd.readouterr().err  # the proof's refusal is not printed
+    assert c.kernels == {"hvp": AOT, "diagonal": AOT}
+    for op in ("hvp", "diagonal"):
+        kernel = c._entries[op][1]
+        assert kernel.layout is None and kernel.proves_finite
+        args = [X, V] if op == "hvp" else [X]
+        args += [t.detach() for t in compiled.chain.tensors(kernel.chain)]
+        assert kernel.run_library(args) is not None
+        W = args[-2]  # the output layer's weight, (2, 8): stored transposed
+        with pytest.raises(RuntimeError):
+            kernel.run_library([*args[:-2], W.T.contiguous().T, args[-1]])
+        with pytest.raises(RuntimeError):  # another dtype
+            kernel.run_library([*args[:-2], W.float(), args[-1]])
+        for bad in (float("nan"), float("inf")):
+            X_bad = X.clone()
+            X_bad[2, 1] = bad
+            assert kernel.run_library([X_bad, *args[1:]]) is None
+    V_bad = V.clone()
+    V_bad[5, 0] = -float("inf")
+    assert c._entries["hvp"][1].run_library([X, V_bad, *args[1:]]) is None
+    with pytest.raises(hv.HessvizError, match="finite|inf"):
+        c.hvp(X, V_bad)
+    torch.testing.assert_close(c.hvp(X, V), hv.hvp(net, X, V, batched=True, method="func"))
+
+
 class Branchy(nn.Module):
     """A hand-written forward, lowered to a chain while ``square`` is off."""
 
