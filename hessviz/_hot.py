@@ -70,10 +70,9 @@ def _tree(f: nn.Module, storages: bool) -> tuple:
     they either fail on them (the full path then explains) or compute the new model's numbers,
     except for one change that leaves every product valid — a last layer with another number
     of outputs — which the kernels check themselves (the template's ``out_shape``)."""
-    tree, stack = [], [f]
-    append, pop, extend = tree.append, stack.pop, stack.extend
-    while stack:  # f.modules() without its memo set: this runs on every call
-        m = pop()
+    tree, modules = [], [f]
+    append = tree.append
+    for m in modules:  # f.modules() breadth first, without its memo set: this runs every call
         if m is None:  # a child registered as None
             continue
         d = m.__dict__  # what Module.__init__ sets lives here: no attribute lookups
@@ -83,7 +82,7 @@ def _tree(f: nn.Module, storages: bool) -> tuple:
         if storages:
             for t in (*d["_parameters"].values(), *d["_buffers"].values()):
                 append(None if t is None else t.data_ptr())
-        extend(d["_modules"].values())
+        modules += d["_modules"].values()  # the loop reaches what is appended
     return tuple(tree)
 
 
@@ -195,13 +194,14 @@ class _Sums:
     NaN and ±inf reach them (``inf − inf`` is NaN); a sum that only overflows sends a finite
     input down the full path, which checks element by element. One call at a time uses the
     buffers; a concurrent one (or an input that is not a contiguous plain tensor) sums with
-    :func:`_finite`."""
+    :func:`_finite`. With ``v`` (an HVP), one product proves both: ``x · v`` is NaN or ±inf
+    whenever either holds a NaN or an infinity (``inf · 0`` is NaN, ``inf − inf`` is NaN)."""
 
     def __init__(self, B: int, n: int, dtype: torch.dtype):
         self.by_columns = n <= B  # ones(1, B) @ X: n partial sums, else X @ ones(n, 1)
         shape, ones = ((1, n), (1, B)) if self.by_columns else ((B, 1), (n, 1))
         self.ones = torch.ones(ones, dtype=dtype)
-        self.out = [torch.empty(shape, dtype=dtype) for _ in range(2)]  # x's and v's
+        self.out = [torch.empty(shape, dtype=dtype), torch.empty(1, 1, dtype=dtype)]  # x, x · v
         self.views = [memoryview(o.numpy()).cast("B").cast(_FORMATS[dtype]) for o in self.out]
         self.lock = threading.Lock()
 
@@ -226,14 +226,14 @@ class _Sums:
         try:
             if not (X.is_contiguous() and (V is None or V.is_contiguous())):
                 return _finite(X, V)
-            for t, out, view in zip((X,) if V is None else (X, V), self.out, self.views):
-                if self.by_columns:
-                    torch.mm(self.ones, t, out=out)
-                else:
-                    torch.mm(t, self.ones, out=out)
-                if not math.isfinite(sum(view)):
-                    return False
-            return True
+            if V is not None:
+                torch.mm(X.view(1, -1), V.view(-1, 1), out=self.out[1])
+                return math.isfinite(self.views[1][0])
+            if self.by_columns:
+                torch.mm(self.ones, X, out=self.out[0])
+            else:
+                torch.mm(X, self.ones, out=self.out[0])
+            return math.isfinite(sum(self.views[0]))
         finally:
             self.lock.release()
 

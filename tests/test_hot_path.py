@@ -313,6 +313,9 @@ def test_the_repeated_calls_finiteness_sums_find_every_bad_entry(dtype, shape):
             Y[i, j] = bad
             assert not sums.finite(Y, None)
             assert not sums.finite(X, Y)  # in v
+            assert not sums.finite(Y, X)  # in x, with v
+            Z = torch.zeros_like(X)  # inf · 0 is NaN
+            assert not sums.finite(Y, Z) and not sums.finite(Z, Y)
         if B > 1 and n > 1:
             Y = X.clone()
             Y[i, j] = float("inf")
