@@ -250,6 +250,11 @@ def _rows(t: torch.Tensor, B: int, n: int) -> torch.Tensor:
     return t.contiguous()
 
 
+#: the chain kernels written for a compiler (no buffers, no writes into views), where the
+#: plain one's in-place formulation compiles slower
+_TRACED = {"hvp": chain.hvp_traced, "laplacian": chain.laplacian_traced}
+
+
 class _ChainProgram(nn.Module):
     """``op``'s chain kernel as a function of tensors only, what ``torch.export`` takes: the
     input ``X`` ``(B, n)``, for HVPs the directions ``V`` ``(B, n)``, then the weights and biases
@@ -266,10 +271,8 @@ class _ChainProgram(nn.Module):
         ch = chain.Chain(
             tuple(_Affine(next(it), next(it) if b else None) for b in self._biased), self._derivs
         )
-        if V is None:
-            R = getattr(chain, self._op)(ch, X, self._sel)
-        else:  # the HVP's sweep as a compiler runs it fastest
-            R = chain.hvp_traced(ch, X, V, self._sel)
+        kernel = _TRACED.get(self._op) or getattr(chain, self._op)
+        R = kernel(ch, X, self._sel) if V is None else kernel(ch, X, V, self._sel)
         # the inputs proved finite in the same library: one fused pass, no separate call
         finite = (
             torch.isfinite(X).all()
@@ -393,8 +396,11 @@ def _ahead_of_time(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
     X = _rows(x.detach(), p.B, p.n)  # laid out as run() will pass it
     V = () if v is None else (_rows(v.detach().to(X.dtype), p.B, p.n),)
     tensors = [t.detach() for t in chain.tensors(ch)]
+    # compiled for one chunk of the batch, run chunk by chunk as the plain kernels run
+    step = min(p.B, chain.chunk_size(op, ch, X, len(p.sel)))
+    chunk = [X[:step], *(t[:step] for t in V)]
     with torch.no_grad():
-        program = torch.export.export(_ChainProgram(ch, op, p.sel), (X, *V, *tensors))
+        program = torch.export.export(_ChainProgram(ch, op, p.sel), (*chunk, *tensors))
     folder = Path(tempfile.mkdtemp(prefix="hessviz-aot-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     package = torch._inductor.aoti_compile_and_package(
@@ -405,13 +411,25 @@ def _ahead_of_time(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
     # its loader's run (AOTInductor's C++ API) takes the flat list of tensors directly.
     loader = getattr(library, "loader", None)
     outputs = loader.run if hasattr(loader, "run") else lambda args: library(*args)
-    args = [X, *V, *tensors]
-    checked = _checks_its_inputs(outputs, args)
+    checked = _checks_its_inputs(outputs, [*chunk, *tensors])
     layout = None if checked and X.is_cpu else _layout(chain.tensors(ch))
+    inputs = 1 + len(V)
 
     def run(args: list) -> torch.Tensor | None:
-        R, finite = outputs(args)
-        return R if finite.item() else None
+        if step == p.B:
+            R, finite = outputs(args)
+            return R if finite.item() else None
+        rows, tensors = args[:inputs], args[inputs:]
+        parts = []
+        for start in range(0, p.B, step):
+            part = [t[start : start + step] for t in rows]  # contiguous rows: same strides
+            if part[0].shape[0] < step:  # the last chunk, padded with zeros to the compiled size
+                part = [torch.cat([t, t.new_zeros(step - t.shape[0], t.shape[1])]) for t in part]
+            R, finite = outputs(part + tensors)
+            if not finite.item():
+                return None
+            parts.append(R)
+        return torch.cat(parts)[: p.B]
 
     return _AheadOfTime(entry, run, ch, _settings(ch.activations), True, layout, proves_finite=True)
 

@@ -51,6 +51,7 @@ def test_chain_kernels_equal_torch_func(act, sizes, sel):
             "laplacian": chain.laplacian(ch, p.X, idx),
             "hvp": chain.hvp(ch, p.X, V, idx),
             "hvp_traced": chain.hvp_traced(ch, p.X, V, idx),  # what hv.compile compiles
+            "laplacian_traced": chain.laplacian_traced(ch, p.X, idx),
         }
     for op, R in got.items():
         expected = ref[op.removesuffix("_traced")].reshape(R.shape)

@@ -118,9 +118,9 @@ def test_the_library_checks_its_own_inputs_and_the_environment_is_left_as_it_was
     net = hv.mlp([3, 8, 8, 2], "tanh", seed=3)
     X = torch.randn(6, 3, dtype=D, generator=torch.Generator().manual_seed(3))
     V = torch.randn(6, 3, dtype=D, generator=torch.Generator().manual_seed(4))
-    assert "AOTI_RUNTIME_CHECK_INPUTS" not in os.environ
+    before = os.environ.get("AOTI_RUNTIME_CHECK_INPUTS")
     c = hv.compile(net, X, batched=True, ops=("hvp", "diagonal"))
-    assert "AOTI_RUNTIME_CHECK_INPUTS" not in os.environ  # set for the first calls only
+    assert os.environ.get("AOTI_RUNTIME_CHECK_INPUTS") == before  # set for the first calls only
     assert "unmatched" not in capfd.readouterr().err  # the proof's refusal is not printed
     assert c.kernels == {"hvp": AOT, "diagonal": AOT}
     for op in ("hvp", "diagonal"):
@@ -144,6 +144,32 @@ def test_the_library_checks_its_own_inputs_and_the_environment_is_left_as_it_was
     with pytest.raises(hv.HessvizError, match="finite|inf"):
         c.hvp(X, V_bad)
     torch.testing.assert_close(c.hvp(X, V), hv.hvp(net, X, V, batched=True, method="func"))
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="AOTInductor needs a C++ compiler")
+@pytest.mark.parametrize("op", ["laplacian", "hvp", "hessian"])
+def test_a_library_compiled_for_one_chunk_runs_every_chunk_and_a_padded_last_one(op, monkeypatch):
+    """A large batch is compiled for one chunk (as the plain kernels run it) and run chunk by
+    chunk; 10 samples in chunks of 4 leave a last chunk of 2, padded to the compiled size."""
+    from hessviz.structured import chain
+
+    net = hv.mlp([3, 8, 8, 2], "sigmoid", seed=5)
+    gen = torch.Generator().manual_seed(5)
+    X, V = torch.randn(10, 3, dtype=D, generator=gen), torch.randn(10, 3, dtype=D, generator=gen)
+    monkeypatch.setattr(chain, "chunk_size", lambda *args: 4)
+    c = hv.compile(net, X, batched=True, ops=(op,))
+    assert c.kernels == {op: AOT}
+    args = (X, V) if op == "hvp" else (X,)
+    got = getattr(c, op)(*args)
+    ref = getattr(hv, op)(net, *args, batched=True, method="func")
+    torch.testing.assert_close(got, ref)
+    kernel = c._entries[op][1]
+    assert kernel.run(net, *args, *([None] if op != "hvp" else [])).shape[0] == 10
+    X_bad = X.clone()
+    X_bad[9, 2] = float("nan")  # in the padded last chunk
+    assert kernel.run(net, X_bad, V if op == "hvp" else None) is None
+    with pytest.raises(hv.HessvizError, match="NaN"):
+        getattr(c, op)(X_bad, *args[1:])
 
 
 class Branchy(nn.Module):
