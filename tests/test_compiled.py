@@ -256,6 +256,16 @@ def test_a_compiled_kernel_slower_than_the_plain_one_is_not_kept(monkeypatch):
     torch.testing.assert_close(c.laplacian(X), hv.laplacian(net, X, batched=True, method="func"))
 
 
+def test_a_compiled_kernel_only_level_with_the_plain_one_is_not_kept(monkeypatch):
+    monkeypatch.setattr(compiled, "_race", lambda fast, plain, args: (0.98e-3, 1e-3))
+    net = hv.mlp([2, 4, 1], "tanh", seed=2)
+    X = torch.randn(3, 2, dtype=D, generator=torch.Generator().manual_seed(5))
+    c = hv.compile(net, X, batched=True, ops=("laplacian",), ahead_of_time=False)
+    if HAS_COMPILER:
+        assert c.kernels["laplacian"] == "eager: compiled: level here (0.98 ms against 1 ms)"
+    assert "laplacian" not in c._entries
+
+
 def test_ahead_of_time_failing_falls_back_to_torch_compile(monkeypatch):
     def fails(*args):
         raise RuntimeError("no AOTInductor here")
