@@ -36,9 +36,9 @@ Candidates, in this order:
   of the first three won).
 
 Each compiled kernel proves itself when it is built: its result on the example must equal the
-eager kernel's to round-off, and it must be at least 5 % faster there (on large float64 problems
-a compiled kernel can lose to the eager one's GEMMs), or the op stays eager (``handle.kernels`` says which
-ran and why).
+eager kernel's to round-off, and it must be at least 5 % faster there (on large float64
+problems a compiled kernel can lose to the eager one's GEMMs), or the op stays eager
+(``handle.kernels`` says which ran and why).
 A later call with another shape, dtype, device, a changed model (other modules, modes, settings,
 or parameter tensors replaced or re-laid out) or a non-finite input (proved as a plain call
 proves it, :meth:`hessviz._hot.Entry.inputs`, or inside the kernel) takes the plain path
