@@ -9,7 +9,6 @@ clear error. The chain kernels with numpy's products taken equal torch.func.
 
 from __future__ import annotations
 
-import time
 from unittest import mock
 
 import numpy as np
@@ -243,15 +242,26 @@ def test_a_product_is_timed_by_the_probe_of_its_size(shape, large, monkeypatch):
     torch.testing.assert_close(got, a @ b, rtol=1e-12, atol=1e-10)
 
 
-def _slowed(f, shapes, seconds=2e-3):
-    """``f`` with a sleep before products whose ``(M, K, N)`` is in ``shapes``."""
+class _Clock:
+    """What ``_gemm`` reads as ``time.perf_counter``: it moves only when a product runs, one
+    tick per product and a thousand for a slowed one, so a race's winner is set by the test
+    alone (sleeps lost to a busy machine's scheduling once)."""
 
-    def slow(a, b, out):
-        if (*a.shape, b.shape[1]) in shapes:
-            time.sleep(seconds)
-        return f(a, b, out=out)
+    def __init__(self) -> None:
+        self.now = 0.0
 
-    return slow
+    def perf_counter(self) -> float:
+        return self.now
+
+    def slowed(self, f, shapes):
+        """``f`` ticking the clock, a thousand ticks for products whose ``(M, K, N)`` is in
+        ``shapes``."""
+
+        def product(a, b, out):
+            self.now += 1e3 if (*a.shape, b.shape[1]) in shapes else 1.0
+            return f(a, b, out=out)
+
+        return product
 
 
 @pytest.mark.parametrize("numpy_loses", ["nowhere", "large", "small"])
@@ -262,17 +272,19 @@ def test_small_products_go_to_numpy_only_where_it_wins_both_probes(
     decided by noise sent Xeon products to the slower BLAS); the large probe decides alone."""
     backend("auto")
     monkeypatch.setattr(_gemm, "numpy_agrees", lambda dtype: True)
+    clock = _Clock()
+    monkeypatch.setattr(_gemm, "time", clock)
     probes = {_gemm.LARGE_PROBE, _gemm.PROBES["N"]}
     timed = []
     slow_numpy = {"nowhere": set(), "large": {_gemm.LARGE_PROBE}, "small": {_gemm.PROBES["N"]}}
-    monkeypatch.setattr(_gemm.torch, "mm", _slowed(torch.mm, probes - slow_numpy[numpy_loses]))
-    matmul = np.matmul
+    monkeypatch.setattr(_gemm.torch, "mm", clock.slowed(torch.mm, probes - slow_numpy[numpy_loses]))
+    numpy_product = clock.slowed(np.matmul, slow_numpy[numpy_loses])
 
-    def numpy_product(a, b, out):
+    def counted(a, b, out):
         timed.append((*a.shape, b.shape[1]))
-        return _slowed(matmul, slow_numpy[numpy_loses])(a, b, out=out)
+        return numpy_product(a, b, out=out)
 
-    monkeypatch.setattr(_gemm.np, "matmul", numpy_product)
+    monkeypatch.setattr(_gemm.np, "matmul", counted)
     small = _gemm.numpy_is_faster(torch.float64, 1, "N", False)
     assert small is (numpy_loses == "nowhere")
     assert _gemm.numpy_is_faster(torch.float64, 1, "N", True) is (numpy_loses != "large")
