@@ -199,16 +199,14 @@ def _fastest(tries: list, entry: _hot.Entry, op: str, args: tuple, eager, why: l
     for build, how in tries:
         try:
             fast = build(entry, op, x, v)
-            R = fast.run(f, x, v)
-            if R is None:
-                raise RuntimeError("the kernel did not run")
+            R = _ran(fast.run)(f, x, v)
+            if not agrees(entry.shape_result(R, False), eager):
+                why.append(f"{how}: its result disagreed with the eager kernel's")
+                continue
+            t_fast, t_plain = _race(_ran(fast.run), entry.run, args)
         except Exception as err:  # noqa: BLE001 - no compiler, an unsupported op…
             why.append(f"{how}: {type(err).__name__}: {_first_line(err)}")
             continue
-        if not agrees(entry.shape_result(R, False), eager):
-            why.append(f"{how}: its result disagreed with the eager kernel's")
-            continue
-        t_fast, t_plain = _race(fast.run, entry.run, args)
         if t_fast > t_plain:
             why.append(f"{how}: slower here ({t_fast * 1e3:.3g} ms against {t_plain * 1e3:.3g} ms)")
         elif t_fast > WINS_BY * t_plain:
@@ -216,6 +214,20 @@ def _fastest(tries: list, entry: _hot.Entry, op: str, args: tuple, eager, why: l
         elif best is None or t_fast < best[2]:
             best = (fast, how, t_fast)
     return None if best is None else best[:2]
+
+
+def _ran(run: Callable) -> Callable:
+    """``run`` (an entry's: None where the plain path must take over) raising instead of
+    returning None: a kernel that stops running after its first call must not win a race on
+    the time of giving up."""
+
+    def checked(*args):
+        R = run(*args)
+        if R is None:
+            raise RuntimeError("the kernel did not run")
+        return R
+
+    return checked
 
 
 def _race(fast: Callable, plain: Callable, args: tuple, rounds=50, budget_s=0.5) -> tuple:
@@ -238,8 +250,35 @@ def _first_line(err: Exception) -> str:
 
 
 def _just_in_time(entry: _hot.Entry, op: str, x, v) -> _hot.Entry:
-    """The entry with its kernel through ``torch.compile`` (compiled at its first call)."""
-    return replace(entry, kernel=torch.compile(entry.kernel, dynamic=False))
+    """The entry with its kernel through ``torch.compile``, compiled at its first call."""
+    return replace(entry, kernel=_JustInTime(entry.kernel))
+
+
+class _JustInTime:
+    """A layer-wise kernel through ``torch.compile``, refused (the plain path takes over and
+    explains) once one of its layers' tensors has another dtype or device than when it was
+    compiled: the code Dynamo compiles for the new guards need not do what eager PyTorch does
+    (a float32 bias in a float64 chain, which eager refuses, was promoted), and compiling
+    again would cost seconds inside the user's loop. ~1 µs a call (a handful of tensors)."""
+
+    def __init__(self, kernel: Callable) -> None:
+        self.compiled = torch.compile(kernel, dynamic=False)
+        if isinstance(kernel, ChainRunner):
+            self.tensors = lambda: chain.tensors(kernel.chain)
+        else:  # Runner: its parsed layers' modules
+            modules = [lay.module for lay in kernel.layers if isinstance(lay.module, nn.Module)]
+            self.tensors = lambda: [
+                t for m in modules for d in (m._parameters, m._buffers) for t in d.values()
+            ]
+        self.kinds = self._kinds()
+
+    def _kinds(self) -> list:
+        return [None if t is None else (t.dtype, t.device) for t in self.tensors()]
+
+    def __call__(self, *args):
+        if self._kinds() != self.kinds:
+            raise RuntimeError("a layer's tensor has another dtype or device than compiled for")
+        return self.compiled(*args)
 
 
 # --- ahead of time: torch.export + AOTInductor, for chains of Linear layers and activations ---

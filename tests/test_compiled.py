@@ -208,6 +208,29 @@ def test_just_in_time_when_asked():
     torch.testing.assert_close(c.laplacian(X), hv.laplacian(net, X, batched=True, method="func"))
 
 
+@pytest.mark.skipif(not HAS_COMPILER, reason="both compilers need a C++ compiler")
+@pytest.mark.parametrize("ahead_of_time", [True, False], ids=["library", "torch.compile"])
+def test_a_last_bias_of_another_dtype_is_refused_and_nothing_compiles_again(ahead_of_time):
+    """``f`` fails with its last bias in float32 on float64 inputs (no derivative reads that
+    bias): the compiled kernel refuses it and the call raises the full path's error, as a fresh
+    call does. A ``torch.compile``d kernel whose guards fail does not compile again: code
+    compiled for the new guards promoted the float32 bias that eager PyTorch refuses."""
+    from torch._dynamo.utils import counters
+
+    net = hv.mlp([3, 8, 8, 2], "tanh", seed=3)
+    X = torch.randn(6, 3, dtype=D, generator=torch.Generator().manual_seed(3))
+    c = hv.compile(net, X, batched=True, ops=("laplacian",), ahead_of_time=ahead_of_time)
+    assert c.kernels == {"laplacian": AOT if ahead_of_time else "compiled"}
+    c.laplacian(X)
+    frames = counters["frames"]["total"]
+    net[-1].bias.data = net[-1].bias.detach().float()
+    with pytest.raises(hv.HessvizError, match="dtype"):
+        c.laplacian(X)
+    assert counters["frames"]["total"] == frames
+    net[-1].bias.data = net[-1].bias.detach().double()
+    torch.testing.assert_close(c.laplacian(X), hv.laplacian(net, X, batched=True, method="func"))
+
+
 def test_a_changed_model_takes_the_plain_path(compiled_mlp):
     net, X, c = compiled_mlp
     old = net[1]

@@ -128,6 +128,28 @@ def test_a_last_layer_with_more_outputs_is_noticed(op, how, kind):
     torch.testing.assert_close(got, _reference(model, X, op, V))
 
 
+@pytest.mark.parametrize("op", ["hessian", "diagonal", "laplacian", "hvp"])
+@pytest.mark.parametrize("how", ["new Parameter", ".data"])
+@pytest.mark.parametrize("kind", ["chain", "narrowing", "graph"])
+def test_a_last_bias_of_another_dtype_fails_as_on_a_fresh_call(op, how, kind):
+    """No derivative reads the last layer's bias, but ``f`` fails with it in float32 on
+    float64 inputs: a repeated call must raise the full path's error, as a fresh call does,
+    not return the derivatives of a model that cannot run."""
+    model = {"chain": _mlp, "narrowing": _narrowing, "graph": _Residual}[kind]().to(D)
+    n = 12 if kind == "narrowing" else 3
+    X, V = torch.randn(4, n, dtype=D), torch.randn(4, n, dtype=D)
+    _call(model, X, op, V)
+    _call(model, X, op, V)  # the plan serves it
+    last = model.head if kind == "graph" else model[4]
+    b = last.bias.detach().float()
+    if how == ".data":
+        last.bias.data = b
+    else:
+        last.bias = nn.Parameter(b)
+    with pytest.raises(hv.HessvizError, match="dtype"):
+        _call(model, X, op, V)
+
+
 def test_a_mode_change_or_a_hook_sends_the_call_down_the_full_path():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Dropout(0.0), nn.Linear(6, 1)).to(D)

@@ -63,10 +63,11 @@ class Chain:
 def tensors(ch: Chain) -> list[torch.Tensor]:
     """Every Linear layer's weight and bias (when it has one), as they are now: what a kernel
     compiled from the chain, or written outside PyTorch, reads."""
-    return [t for lin in ch.linears for t in _weight_and_bias(lin) if t is not None]
+    return [t for lin in ch.linears for t in weight_and_bias(lin) if t is not None]
 
 
-def _weight_and_bias(lin) -> tuple:
+def weight_and_bias(lin) -> tuple:
+    """``(weight, bias)`` of one of a chain's Linear layers as they are now (bias: None)."""
     # nn.Linear keeps both in _parameters (read there: Module.__getattr__ costs ~0.5 µs a read);
     # a lowered chain's layers may hold them otherwise
     own = getattr(lin, "_parameters", {})

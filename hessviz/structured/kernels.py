@@ -435,8 +435,12 @@ class ChainRunner:
     reads_f = False
 
     def __call__(self, p: Problem, X: torch.Tensor, *args):
-        if p is not None and self.chain.linears[-1].weight.shape[0] != p.M:
+        W, b = chain.weight_and_bias(self.chain.linears[-1])
+        if p is not None and W.shape[0] != p.M:
             raise _OutOfDate("the last layer has another number of outputs than the request's")
+        if b is not None and (b.dtype != X.dtype or b.device != X.device):
+            # the one tensor no derivative reads: f itself fails on x (the full path says why)
+            raise _OutOfDate("the last layer's bias has another dtype or device than x")
         if torch.compiler.is_compiling():  # traced: one chunk, the compiled code's own buffers
             return getattr(chain, self.op)(self.chain, X, *args)
         ws = self.workspace
