@@ -148,8 +148,7 @@ def compile(
     compiled (ahead of time for chains unless ``ahead_of_time=False``, for chain HVPs also in
     numpy and, with numba installed, fused by numba; else by ``torch.compile``); it must
     reproduce the plain result on ``x`` and beat the plain kernel's time there by 5 % (best
-    of at least five interleaved calls), taking at most :data:`EXTRA_BYTES` of fresh memory a
-    call beyond it, before it is used. Other
+    of at least five interleaved calls) before it is used. Other
     methods run as plain calls. The handle's methods take the same arguments as the public
     functions, minus ``f``, ``batched`` and ``outputs``.
     """
@@ -205,48 +204,16 @@ def _fastest(tries: list, entry: _hot.Entry, op: str, args: tuple, eager, why: l
                 why.append(f"{how}: its result disagreed with the eager kernel's")
                 continue
             t_fast, t_plain = _race(_ran(fast.run), entry.run, args)
-            extra = _extra_bytes(_ran(fast.run), entry.run, args)
         except Exception as err:  # noqa: BLE001 - no compiler, an unsupported op…
             why.append(f"{how}: {type(err).__name__}: {_first_line(err)}")
             continue
-        if extra > EXTRA_BYTES:
-            why.append(
-                f"{how}: takes {extra / 2**20:.0f} MiB more fresh memory a call than the plain "
-                "kernel, which keeps its buffers"
-            )
-        elif t_fast > t_plain:
+        if t_fast > t_plain:
             why.append(f"{how}: slower here ({t_fast * 1e3:.3g} ms against {t_plain * 1e3:.3g} ms)")
         elif t_fast > WINS_BY * t_plain:
             why.append(f"{how}: level here ({t_fast * 1e3:.3g} ms against {t_plain * 1e3:.3g} ms)")
         elif best is None or t_fast < best[2]:
             best = (fast, how, t_fast)
     return None if best is None else best[:2]
-
-
-#: a compiled kernel that takes more fresh memory than this a call beyond the plain kernel's
-#: is not kept. Its temporaries are allocated at every call (neither ``torch.compile`` nor
-#: AOTInductor keeps them on the CPU; the plain kernels do), and buffers above glibc's mmap
-#: threshold (at most 32 MiB) are fresh pages every time, whose cost depends on what the
-#: machine's memory is doing: a ``torch.compile`` kernel level with the plain one in its race
-#: (41 000 page faults a call against 4 800, PINN d = 100, width 64, 6 layers, batch 1024)
-#: took 2-5x its time later in a process that had run JAX and folx.
-EXTRA_BYTES = 16 * 2**20
-
-
-def _extra_bytes(fast: Callable, plain: Callable, args: tuple) -> int:
-    """Bytes of fresh pages one call of ``fast`` takes beyond one call of ``plain`` (minor page
-    faults, the fewer of two calls each; 0 where the system does not count them)."""
-    try:
-        import resource
-    except ImportError:  # not a Unix
-        return 0
-    faults = [math.inf, math.inf]
-    for _ in range(2):
-        for i, fn in enumerate((fast, plain)):
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            fn(*args)
-            faults[i] = min(faults[i], resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    return int(faults[0] - faults[1]) * resource.getpagesize()
 
 
 def _ran(run: Callable) -> Callable:

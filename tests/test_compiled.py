@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import warnings
 
 import numpy as np
@@ -270,44 +269,21 @@ def test_other_methods_stay_plain_and_bad_ops_are_refused():
 
 
 @pytest.mark.parametrize(
-    ("t_fast", "extra", "why"),
-    [
-        (2e-3, 0, "slower here (2 ms against 1 ms)"),
-        (0.98e-3, 0, "level here (0.98 ms against 1 ms)"),
-        (0.5e-3, 17 * 2**20, "takes 17 MiB more fresh memory a call than the plain kernel"),
-    ],
-    ids=["slower", "level", "fresh memory"],
+    ("t_fast", "why"),
+    [(2e-3, "slower here (2 ms against 1 ms)"), (0.98e-3, "level here (0.98 ms against 1 ms)")],
+    ids=["slower", "level"],
 )
-def test_a_compiled_kernel_slower_level_or_hungrier_than_the_plain_one_is_not_kept(
-    t_fast, extra, why, monkeypatch
+def test_a_compiled_kernel_slower_than_or_level_with_the_plain_one_is_not_kept(
+    t_fast, why, monkeypatch
 ):
     monkeypatch.setattr(compiled, "_race", lambda fast, plain, args: (t_fast, 1e-3))
-    monkeypatch.setattr(compiled, "_extra_bytes", lambda fast, plain, args: extra)
     net = hv.mlp([2, 4, 1], "tanh", seed=2)
     X = torch.randn(3, 2, dtype=D, generator=torch.Generator().manual_seed(5))
     c = hv.compile(net, X, batched=True, ops=("laplacian",), ahead_of_time=False)
     if HAS_COMPILER:
-        assert c.kernels["laplacian"].startswith(f"eager: compiled: {why}")
+        assert c.kernels["laplacian"] == f"eager: compiled: {why}"
     assert "laplacian" not in c._entries
     torch.testing.assert_close(c.laplacian(X), hv.laplacian(net, X, batched=True, method="func"))
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="page faults are counted on Unix only")
-def test_fresh_memory_is_counted_by_the_page_faults_of_one_call():
-    """64 MiB allocated and written at every call is above glibc's largest mmap threshold
-    (32 MiB): fresh pages each time, however the heap was used before."""
-    n = 8 * 2**20  # float64: 64 MiB
-
-    def hungry():
-        torch.ones(n, dtype=D)
-
-    kept = torch.empty(n, dtype=D)
-
-    def frugal():
-        kept.fill_(1.0)
-
-    assert compiled._extra_bytes(hungry, frugal, ()) > 0
-    assert compiled._extra_bytes(frugal, frugal, ()) <= 2**20
 
 
 def test_ahead_of_time_failing_falls_back_to_torch_compile(monkeypatch):
