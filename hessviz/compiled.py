@@ -183,9 +183,8 @@ def compile(
 
 
 #: a compiled kernel is kept only when its best time is at most this fraction of the plain
-#: kernel's: a tie buys nothing, and a kernel compiled for one example may fare worse later
-#: (a ``torch.compile`` kernel that won its race at a PINN point, by a margin not recorded, ran
-#: 2-3x the plain call's time later in a benchmark's process)
+#: kernel's: a tie buys nothing, and a race on one example, a best of a few calls, moves by
+#: a few percent between runs on a shared machine
 WINS_BY = 0.95
 
 
