@@ -104,18 +104,23 @@ class _Residual(nn.Module):
         return self.head(h + torch.tanh(self.fc2(h)))
 
 
+def _served(kind: str, op: str):
+    """``(model, X, V, last layer)`` of a ``kind`` model whose plan for ``op`` has served a call."""
+    model = {"chain": _mlp, "narrowing": _narrowing, "graph": _Residual}[kind]().to(D)
+    n = 12 if kind == "narrowing" else 3
+    X, V = torch.randn(4, n, dtype=D), torch.randn(4, n, dtype=D)
+    _call(model, X, op, V)
+    _call(model, X, op, V)  # the plan serves it
+    return model, X, V, model.head if kind == "graph" else model[4]
+
+
 @pytest.mark.parametrize("op", ["hessian", "diagonal", "laplacian", "hvp"])
 @pytest.mark.parametrize("how", ["new Parameter", ".data"])
 @pytest.mark.parametrize("kind", ["chain", "narrowing", "graph"])
 def test_a_last_layer_with_more_outputs_is_noticed(op, how, kind):
     """The same modules with a last layer of three outputs instead of two: every product of the
     old plan is still valid; the kernels compare the model's outputs with the request's."""
-    model = {"chain": _mlp, "narrowing": _narrowing, "graph": _Residual}[kind]().to(D)
-    n = 12 if kind == "narrowing" else 3
-    X, V = torch.randn(4, n, dtype=D), torch.randn(4, n, dtype=D)
-    _call(model, X, op, V)
-    _call(model, X, op, V)  # the plan serves it
-    last = model.head if kind == "graph" else model[4]
+    model, X, V, last = _served(kind, op)
     gen = torch.Generator().manual_seed(4)
     K = last.weight.shape[1]
     W, b = torch.randn(3, K, dtype=D, generator=gen), torch.randn(3, dtype=D, generator=gen)
@@ -135,12 +140,7 @@ def test_a_last_bias_of_another_dtype_fails_as_on_a_fresh_call(op, how, kind):
     """No derivative reads the last layer's bias, but ``f`` fails with it in float32 on
     float64 inputs: a repeated call must raise the full path's error, as a fresh call does,
     not return the derivatives of a model that cannot run."""
-    model = {"chain": _mlp, "narrowing": _narrowing, "graph": _Residual}[kind]().to(D)
-    n = 12 if kind == "narrowing" else 3
-    X, V = torch.randn(4, n, dtype=D), torch.randn(4, n, dtype=D)
-    _call(model, X, op, V)
-    _call(model, X, op, V)  # the plan serves it
-    last = model.head if kind == "graph" else model[4]
+    model, X, V, last = _served(kind, op)
     b = last.bias.detach().float()
     if how == ".data":
         last.bias.data = b
