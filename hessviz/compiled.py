@@ -258,7 +258,7 @@ class _JustInTime:
     explains) once one of its layers' tensors has another dtype or device than when it was
     compiled: the code Dynamo compiles for the new guards need not do what eager PyTorch does
     (a float32 bias in a float64 chain, which eager refuses, was promoted), and compiling
-    again would cost seconds inside the user's loop. ~1 µs a call (a handful of tensors)."""
+    again would cost seconds inside the user's loop. 1–3 µs a call (a handful of tensors)."""
 
     def __init__(self, kernel: Callable) -> None:
         self.compiled = torch.compile(kernel, dynamic=False)
