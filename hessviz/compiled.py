@@ -198,11 +198,11 @@ def _fastest(tries: list, entry: _hot.Entry, op: str, args: tuple, eager, why: l
     for build, how in tries:
         try:
             fast = build(entry, op, x, v)
-            R = _ran(fast.run)(f, x, v)
-            if not agrees(entry.shape_result(R, False), eager):
+            run = _ran(fast.run)
+            if not agrees(entry.shape_result(run(f, x, v), False), eager):
                 why.append(f"{how}: its result disagreed with the eager kernel's")
                 continue
-            t_fast, t_plain = _race(_ran(fast.run), entry.run, args)
+            t_fast, t_plain = _race(run, entry.run, args)
         except Exception as err:  # noqa: BLE001 - no compiler, an unsupported op…
             why.append(f"{how}: {type(err).__name__}: {_first_line(err)}")
             continue
