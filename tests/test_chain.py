@@ -167,7 +167,7 @@ def test_chunks_hold_about_chunk_bytes(op, rows):
 
 @pytest.mark.parametrize("n", [1, 2, 4, 6])
 def test_the_laplacian_row_by_row_and_by_reduction_agree(n, monkeypatch):
-    """Few inputs square, sum and scale the Jacobian one row at a time (``ROW_BY_ROW``); both
+    """Few inputs square and sum the Jacobian one row at a time (``ROW_BY_ROW``); both
     ways give torch.func's Laplacian, through three hidden layers."""
     model = hv.mlp([n, 7, 5, 6, 2], "tanh", seed=n)
     X = torch.randn(5, n, dtype=D, generator=torch.Generator().manual_seed(n))
