@@ -69,13 +69,20 @@ class _Record(TorchDispatchMode):
 
 def record(call: Callable[[], object]) -> list[Gemm]:
     """The matrix products one ``call()`` issues, in order. hessviz hands some to numpy's BLAS
-    (:mod:`hessviz._gemm`), where no dispatch mode sees them: while recording, every product
-    goes to torch (the same products, the same shapes)."""
+    (:mod:`hessviz._gemm`), and plain HVPs of small chains may run a kernel written in numpy
+    (:mod:`hessviz.structured.chain_numpy`), where no dispatch mode sees them: while
+    recording, every product goes to torch and HVPs run PyTorch's chain kernel (the same
+    products, the same shapes; the numpy kernel stacks its rows otherwise, same FLOPs)."""
     from unittest import mock
 
     from hessviz import _gemm
+    from hessviz.structured import chain_numpy
 
-    with mock.patch.object(_gemm, "numpy_is_faster", lambda *a: False), _Record() as mode:
+    with (
+        mock.patch.object(_gemm, "numpy_is_faster", lambda *a: False),
+        mock.patch.object(chain_numpy.HVPRunner, "pays", lambda self: False),
+        _Record() as mode,
+    ):
         call()
     return mode.gemms
 

@@ -70,10 +70,12 @@ def _fixed_threads():
 @pytest.fixture
 def plain_hvp_on_torch(monkeypatch):
     """Plain HVPs keep the PyTorch chain kernel: whether numpy's (``structured.chain_numpy``)
-    takes over depends on a timing probe of this machine's BLAS, which a test must not."""
+    takes over depends on a timing probe of this machine's BLAS and on a race of the two
+    kernels, which a test must not."""
     from hessviz.structured import chain_numpy
 
     monkeypatch.setattr(chain_numpy, "_numpy_blas_is_faster", lambda dtype: False)
+    monkeypatch.setattr(chain_numpy, "_wins_race", lambda numpy_call, torch_call: False)
 
 
 @pytest.fixture

@@ -2,8 +2,9 @@
 
 From the second call on, a plain HVP of a tanh/sigmoid/sin MLP runs numpy's kernel when it was
 proved on the first call's data (equal to the PyTorch kernel's result to round-off) and numpy's
-BLAS measured faster for the dtype. Every case here forces the speed verdict one way, so the
-tests do not depend on this machine's timings.
+BLAS measured faster for the dtype, or the numpy kernel won its race against PyTorch's on that
+data. Every case here forces the speed verdicts, so the tests do not depend on this machine's
+timings.
 """
 
 from __future__ import annotations
@@ -63,15 +64,76 @@ def test_plain_hvps_run_the_proved_numpy_kernel_and_equal_autograd(
     torch.testing.assert_close(unbatched, got[0], **tol)
 
 
-def test_without_faster_blas_the_pytorch_kernel_stays(monkeypatch):
+def test_without_faster_blas_or_a_won_race_the_pytorch_kernel_stays(monkeypatch):
     monkeypatch.setattr(
         _gemm, "numpy_is_faster", lambda dtype, threads, layout, large=False: layout == "N"
     )
+    raced = []
+    monkeypatch.setattr(chain_numpy, "_wins_race", lambda *calls: raced.append(1) or False)
     net = hv.mlp([3, 8, 8, 2], "tanh", seed=1)
     X, V = _data(3)
     hv.hvp(net, X, V, batched=True)
     kernel = _kernel(net, X)
-    assert type(kernel) is ChainRunner
+    assert type(kernel) is ChainRunner and raced == [1]
+
+
+def test_a_kernel_that_won_its_race_runs_at_that_thread_count_only(monkeypatch):
+    """numpy's BLAS slower, the numpy kernel faster as a whole (its race forced won): plain
+    HVPs run it while torch's thread count is the race's, PyTorch's kernel after a change."""
+    monkeypatch.setattr(_gemm, "numpy_is_faster", lambda dtype, threads, layout, large=False: False)
+    monkeypatch.setattr(chain_numpy, "_wins_race", lambda numpy_call, torch_call: True)
+    net = hv.mlp([3, 8, 8, 2], "sigmoid", seed=1)
+    X, V = _data(3)
+    hv.hvp(net, X, V, batched=True)
+    kernel = _kernel(net, X)
+    assert isinstance(kernel, chain_numpy.HVPRunner)
+    assert kernel.threads == torch.get_num_threads()
+    real, ran = chain_numpy.Plan._run, []
+    monkeypatch.setattr(chain_numpy.Plan, "_run", lambda *a: ran.append(1) or real(*a))
+    X2, V2 = X * 0.5, V.flip(0)
+    torch.testing.assert_close(hv.hvp(net, X2, V2, batched=True), _reference(net, X2, V2))
+    assert ran == [1]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        torch.testing.assert_close(hv.hvp(net, X2, V2, batched=True), _reference(net, X2, V2))
+    finally:
+        torch.set_num_threads(threads)
+    assert ran == [1]  # PyTorch's kernel served the call at the other thread count
+
+
+class _Clock:
+    """``time.perf_counter`` for :func:`chain_numpy._wins_race`: moves only when a raced call
+    runs, by that call's set duration."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def call(self, seconds, calls):
+        def run():
+            calls.append(seconds)
+            self.now += seconds
+
+        return run
+
+
+@pytest.mark.parametrize(
+    ("numpy_s", "torch_s", "wins", "numpy_calls"),
+    [
+        (0.85e-3, 1e-3, True, 2),  # within the margin (0.9 of PyTorch's time)
+        (0.95e-3, 1e-3, False, 2),  # faster, not by the margin
+        (1e-3, 0.03, False, 0),  # PyTorch's call too long to race: numpy's never runs
+    ],
+)
+def test_the_race_takes_best_times_and_the_margin(monkeypatch, numpy_s, torch_s, wins, numpy_calls):
+    clock, calls = _Clock(), []
+    monkeypatch.setattr(chain_numpy, "time", clock)
+    numpy_call, torch_call = clock.call(numpy_s, calls), clock.call(torch_s, calls)
+    assert chain_numpy._wins_race(numpy_call, torch_call) is wins
+    assert calls.count(numpy_s) == numpy_calls
 
 
 def test_a_proved_numpy_kernel_gives_way_when_torch_becomes_faster(numpy_faster, monkeypatch):
