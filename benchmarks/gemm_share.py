@@ -80,7 +80,7 @@ def record(call: Callable[[], object]) -> list[Gemm]:
 
     with (
         mock.patch.object(_gemm, "numpy_is_faster", lambda *a: False),
-        mock.patch.object(chain_numpy.HVPRunner, "pays", lambda self: False),
+        mock.patch.object(chain_numpy.NumpyRunner, "pays", lambda self: False),
         _Record() as mode,
     ):
         call()

@@ -497,7 +497,7 @@ def _run(fname, op, d: _Decision, p: Problem, V, key=None) -> torch.Tensor:
             if name == "structured":
                 ref = None if d.problem is None else user
                 kernel = structured.runner(op, p)
-                if op == "hvp":  # numpy's chain kernel where it applies, is faster and agrees
+                if op in chain_numpy.PLANS:  # numpy's kernel where it applies, wins, agrees
                     kernel = chain_numpy.proved(kernel, p.X, V, p.sel, R)
                 entry = _hot.make(user.f, name, op, p, kernel, reference=ref)
                 _hot.remember(user.f, key, entry)

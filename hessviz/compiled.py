@@ -350,7 +350,7 @@ class _AheadOfTime:
     settings: list  # _settings of the activations, when compiled
     passes_tensors: bool = False  # the weights and biases follow X (V) in run_library's list
     layout: tuple | None = None  # _layout they must have, checked here (None: run_library
-    # checks them itself: AOTInductor's input checks, the numpy kernels' HVPRunner.layers())
+    # checks them itself: AOTInductor's input checks, the numpy kernels' NumpyRunner.layers())
     proves_finite: bool = False  # run_library returns None for inputs that are not finite
 
     @property
@@ -412,7 +412,7 @@ def _numpy_kernel(entry: _hot.Entry, op: str, x, fused: bool) -> _AheadOfTime:
             raise TypeError(f"{how}: tanh, sigmoid or sin only")
         make = chain_numba.FusedPlan
     plan = make(ch, entry.problem.B, X.dtype, entry.problem.sel)
-    numpy_runner = chain_numpy.HVPRunner(ch, "hvp", plan=plan)  # its numpy views of the weights
+    numpy_runner = chain_numpy.NumpyRunner(ch, "hvp", plan=plan)  # its numpy views of the weights
 
     def run(args: list) -> torch.Tensor | None:
         layers = numpy_runner.layers()  # None: a weight's shape, dtype or device changed

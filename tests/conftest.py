@@ -67,15 +67,24 @@ def _fixed_threads():
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(autouse=True)
+def _no_kernel_races(monkeypatch):
+    """A plain call's first call races numpy's chain kernels against PyTorch's
+    (``structured.chain_numpy._wins_race``): a timing a test must not depend on. Here numpy's
+    never win a race; the tests of those kernels force it won (``tests/test_numpy_*.py``)."""
+    from hessviz.structured import chain_numpy
+
+    monkeypatch.setattr(chain_numpy, "_wins_race", lambda numpy_call, torch_call: False)
+
+
 @pytest.fixture
 def plain_hvp_on_torch(monkeypatch):
     """Plain HVPs keep the PyTorch chain kernel: whether numpy's (``structured.chain_numpy``)
-    takes over depends on a timing probe of this machine's BLAS and on a race of the two
-    kernels, which a test must not."""
+    takes over also depends on a timing probe of this machine's BLAS, which a test must not
+    (the race is off in every test: ``_no_kernel_races``)."""
     from hessviz.structured import chain_numpy
 
     monkeypatch.setattr(chain_numpy, "_numpy_blas_is_faster", lambda dtype: False)
-    monkeypatch.setattr(chain_numpy, "_wins_race", lambda numpy_call, torch_call: False)
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ def test_plain_hvps_run_the_proved_numpy_kernel_and_equal_autograd(
     net = hv.mlp(sizes, act, seed=2, dtype=dtype)
     X, V = _data(sizes[0], dtype=dtype)
     hv.hvp(net, X, V, batched=True, outputs=outputs)
-    assert isinstance(_kernel(net, X, outputs), chain_numpy.HVPRunner)
+    assert isinstance(_kernel(net, X, outputs), chain_numpy.NumpyRunner)
     X2, V2 = X.flip(0) * 1.5, V * -2  # other points than the proof's
     tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {}
     got = hv.hvp(net, X2, V2, batched=True, outputs=outputs)
@@ -86,7 +86,7 @@ def test_a_kernel_that_won_its_race_runs_at_that_thread_count_only(monkeypatch):
     X, V = _data(3)
     hv.hvp(net, X, V, batched=True)
     kernel = _kernel(net, X)
-    assert isinstance(kernel, chain_numpy.HVPRunner)
+    assert isinstance(kernel, chain_numpy.NumpyRunner)
     assert kernel.threads == torch.get_num_threads()
     real, ran = chain_numpy.Plan._run, []
     monkeypatch.setattr(chain_numpy.Plan, "_run", lambda *a: ran.append(1) or real(*a))
@@ -100,6 +100,9 @@ def test_a_kernel_that_won_its_race_runs_at_that_thread_count_only(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert ran == [1]  # PyTorch's kernel served the call at the other thread count
+
+
+_WINS_RACE = chain_numpy._wins_race  # the real race (tests/conftest.py turns it off)
 
 
 class _Clock:
@@ -132,7 +135,7 @@ def test_the_race_takes_best_times_and_the_margin(monkeypatch, numpy_s, torch_s,
     clock, calls = _Clock(), []
     monkeypatch.setattr(chain_numpy, "time", clock)
     numpy_call, torch_call = clock.call(numpy_s, calls), clock.call(torch_s, calls)
-    assert chain_numpy._wins_race(numpy_call, torch_call) is wins
+    assert _WINS_RACE(numpy_call, torch_call) is wins
     assert calls.count(numpy_s) == numpy_calls
 
 
@@ -143,7 +146,7 @@ def test_a_proved_numpy_kernel_gives_way_when_torch_becomes_faster(numpy_faster,
     X, V = _data(3)
     hv.hvp(net, X, V, batched=True)
     kernel = _kernel(net, X)
-    assert isinstance(kernel, chain_numpy.HVPRunner)
+    assert isinstance(kernel, chain_numpy.NumpyRunner)
     monkeypatch.setattr(_gemm, "numpy_is_faster", lambda dtype, threads, layout, large=False: False)
     ran = []
     monkeypatch.setattr(chain_numpy.Plan, "_run", lambda *a: ran.append(1))
@@ -178,7 +181,7 @@ def test_weights_updated_replaced_or_retyped_are_read(numpy_faster):
     X, V = _data(3)
     hv.hvp(net, X, V, batched=True)
     kernel = _kernel(net, X)
-    assert isinstance(kernel, chain_numpy.HVPRunner)
+    assert isinstance(kernel, chain_numpy.NumpyRunner)
     with torch.no_grad():
         net[2].weight.mul_(1.5)  # an optimiser step: same tensor, new values
     torch.testing.assert_close(hv.hvp(net, X, V, batched=True), _reference(net, X, V))
@@ -198,7 +201,7 @@ def test_concurrent_calls_each_get_their_own_buffers(numpy_faster, in_threads):
     net = hv.mlp([4, 32, 32, 3], "tanh", seed=5)
     X, V = _data(4, B=16)
     hv.hvp(net, X, V, batched=True)
-    assert isinstance(_kernel(net, X), chain_numpy.HVPRunner)
+    assert isinstance(_kernel(net, X), chain_numpy.NumpyRunner)
     inputs = [_data(4, B=16, seed=s) for s in range(8)]
     expected = [_reference(net, x, v) for x, v in inputs]
     got = in_threads(lambda x, v: hv.hvp(net, x, v, batched=True), inputs)

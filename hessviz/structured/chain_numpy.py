@@ -1,26 +1,28 @@
-r"""The chain HVP kernel written in numpy: what :func:`hessviz.compile` races on the CPU.
+r"""The chain HVP and Laplacian kernels written in numpy: what plain calls run where they win.
 
 :func:`hessviz.structured.chain.hvp` is ~45 small tensor operations around its GEMMs; on a
 small MLP each PyTorch CPU operation costs a few microseconds of dispatch, and compiling them
 (AOTInductor) still leaves the GEMMs to torch's BLAS. The same sweep in numpy costs about a
-microsecond per operation, runs its products in numpy's BLAS (:mod:`hessviz._gemm`: faster here
-in float64) and its activations in numpy's vectorised ``tanh``/``sin``/``exp``
+microsecond per operation, runs its products in numpy's BLAS (:mod:`hessviz._gemm`: faster on
+some machines) and its activations in numpy's vectorised ``tanh``/``sin``/``exp``
 (:data:`hessviz.ops.NUMPY_DERIVATIVES`).
 
-Same mathematics and notation as :func:`~hessviz.structured.chain.hvp`, laid out for fewer and
-larger operations: the forward pass pushes the values and the tangent through one product per
-layer (``[a; s1 ⊙ t] W_kᵀ``, ``(2B, K)`` rows), and the reverse sweep carries the gradient
-adjoint ``g`` and the HVP adjoint ``r`` of all ``m`` outputs through one product per layer
-(``[r; g] W_k``, ``(2Bm, K)`` rows). A :class:`Plan` keeps its buffers between calls, so a
-repeated call allocates only its result.
+:class:`Plan` (HVPs): the same mathematics and notation as
+:func:`~hessviz.structured.chain.hvp`, laid out for fewer and larger operations: the forward
+pass pushes the values and the tangent through one product per layer (``[a; s1 ⊙ t] W_kᵀ``,
+``(2B, K)`` rows), and the reverse sweep carries the gradient adjoint ``g`` and the HVP adjoint
+``r`` of all ``m`` outputs through one product per layer (``[r; g] W_k``, ``(2Bm, K)`` rows).
+:class:`LaplacianPlan`: :func:`~hessviz.structured.chain.laplacian`'s forward Laplacian, the
+same ``(n + 2, B, K)`` stack. A plan keeps its buffers between calls, so a repeated call
+allocates only its result.
 
-It runs for chains whose activations are all exactly ``tanh``, ``sigmoid`` or ``sin`` on CPU
-float32/float64 inputs (:func:`supports`), only after its result equalled the PyTorch kernel's
-to round-off on the data at hand: in a plain :func:`hessviz.hvp` from the second call on
-(:func:`proved`, where numpy's BLAS measured faster than torch's for the dtype,
-:func:`hessviz._gemm.numpy_is_faster`, or where the whole kernel won a short race against
-PyTorch's on the first call's data, :func:`_wins_race`), and in :func:`hessviz.compile` where it
-wins the race.
+They run for chains whose activations are all exactly ``tanh``, ``sigmoid`` or ``sin`` on CPU
+float32/float64 inputs (:func:`supports`), only after their result equalled the PyTorch
+kernel's to round-off on the data at hand: in a plain :func:`hessviz.hvp` or
+:func:`hessviz.laplacian` from the second call on (:func:`proved`), where numpy's BLAS measured
+faster than torch's for the dtype (:func:`hessviz._gemm.numpy_is_faster`) or where the whole
+kernel won a short race against PyTorch's on the first call's data (:func:`_wins_race`); and
+the HVP plan in :func:`hessviz.compile` where it wins the race there.
 """
 
 from __future__ import annotations
@@ -160,14 +162,90 @@ def hvp(
     return Plan(ch, X.shape[0], X.dtype, sel)(X, V, layers)
 
 
-@dataclass(frozen=True)
-class HVPRunner(ChainRunner):
-    """The chain HVP runner (:class:`~hessviz.structured.kernels.ChainRunner`) that runs
-    :class:`Plan` on inputs like those it was proved on: ``(B, n)`` contiguous CPU tensors of
-    the plan's dtype and outputs, weights of that dtype on the CPU; anything else (a traced
-    call, another batch size, a weight replaced by a float32 one) runs the PyTorch kernel."""
+class LaplacianPlan:
+    """The forward Laplacian of :func:`hessviz.structured.chain.laplacian` in numpy, for ``B``
+    samples in ``dtype`` and the outputs ``sel``, its buffers (two ``(n + 2, B, K)`` stacks and
+    a few ``(B, K)`` blocks for the widest hidden layer ``K``) kept between calls.
 
-    plan: Plan | None = field(default=None, compare=False)
+    The same mathematics and layout: each layer's value, Jacobian and Laplacian stacked as
+    ``(n + 2, B, K)`` under one product per layer, every elementwise pass over contiguous
+    ``(B, K)`` blocks. One call at a time uses the buffers; a concurrent call gets a plan of its
+    own for that call."""
+
+    def __init__(self, ch: Chain, B: int, dtype: torch.dtype, sel: tuple[int, ...]):
+        self.chain, self.B, self.dtype, self.sel = ch, B, dtype, tuple(sel)
+        self.shapes = tuple(t.shape for t in tensors(ch))  # the weights' and biases' it sized for
+        self.fns = [derivatives_into(m, ops.NUMPY_DERIVATIVES) for m in ch.activations]
+        n = ch.linears[0].weight.shape[1]
+        K = max(lin.weight.shape[0] for lin in ch.linears[: len(self.fns)])
+        np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        self.stacks = [np.empty((n + 2) * B * K, np_dtype) for _ in range(2)]
+        self.s1, self.s2, self.w = (np.empty(B * K, np_dtype) for _ in range(3))
+        self.squares = np.empty(n * B * K, np_dtype)
+        self.lock = threading.Lock()
+
+    def __call__(self, X: torch.Tensor, layers: list | None = None) -> torch.Tensor:
+        """``(B, m)``: the Laplacians of the selected outputs at ``X`` (a ``(B, n)`` contiguous
+        tensor of the plan's dtype); ``layers``: :func:`arrays` of the chain (made here when
+        not given). A new tensor."""
+        if not self.lock.acquire(blocking=False):
+            return type(self)(self.chain, self.B, self.dtype, self.sel)(X, layers)
+        try:
+            return torch.from_numpy(self._run(X.numpy(), layers or arrays(self.chain)))
+        finally:
+            self.lock.release()
+
+    def _run(self, x: np.ndarray, layers: list) -> np.ndarray:
+        B, n = x.shape
+        L = len(self.fns)
+
+        def blocks(buf: np.ndarray, *shape: int) -> np.ndarray:
+            return buf[: math.prod(shape)].reshape(shape)
+
+        W, b = layers[0]  # (K_1, n)
+        K = W.shape[0]
+        Y = blocks(self.stacks[0], n + 2, B, K)
+        np.matmul(x, W.T, out=Y[0])
+        if b is not None:
+            Y[0] += b
+        s1, s2 = blocks(self.s1, B, K), blocks(self.s2, B, K)
+        self.fns[0](Y[0], s1, s2)  # σ(z) into z
+        np.multiply(s2, np.einsum("kj,kj->k", W, W), out=Y[n + 1])  # Σ_j W1[:, j]²
+        if L > 1:
+            np.multiply(s1, W.T[:, None, :], out=Y[1 : n + 1])
+        for k in range(1, L):
+            W, b = layers[k]
+            K = W.shape[0]
+            Z = blocks(self.stacks[k % 2], n + 2, B, K)
+            np.matmul(Y.reshape((n + 2) * B, -1), W.T, out=Z.reshape((n + 2) * B, K))
+            z, J, lap = Z[0], Z[1 : n + 1], Z[n + 1]
+            if b is not None:
+                z += b
+            w = blocks(self.w, B, K)
+            np.sum(np.square(J, out=blocks(self.squares, n, B, K)), axis=0, out=w)
+            s1, s2 = blocks(self.s1, B, K), blocks(self.s2, B, K)
+            self.fns[k](z, s1, s2)
+            lap *= s1
+            w *= s2
+            lap += w  # Δa = σ' ⊙ Δz + σ'' ⊙ Σ_j J_j²
+            if k < L - 1:  # the last layer's value and Jacobian are never read
+                J *= s1
+            Y = Z
+        rows = layers[L][0]  # (M, K_L)
+        if self.sel != tuple(range(rows.shape[0])):
+            rows = rows[list(self.sel)]
+        return Y[n + 1] @ rows.T
+
+
+@dataclass(frozen=True)
+class NumpyRunner(ChainRunner):
+    """A chain runner (:class:`~hessviz.structured.kernels.ChainRunner`, ``op`` ``"hvp"`` or
+    ``"laplacian"``) that runs its numpy plan (:class:`Plan`, :class:`LaplacianPlan`) on inputs
+    like those it was proved on: ``(B, n)`` contiguous CPU tensors of the plan's dtype and
+    outputs, weights of that dtype on the CPU; anything else (a traced call, another batch
+    size, a weight replaced by a float32 one) runs the PyTorch kernel."""
+
+    plan: Plan | LaplacianPlan | None = field(default=None, compare=False)
     #: ``(key, layers)``: numpy views of the weights and what they were made from
     views: list = field(default_factory=lambda: [None], compare=False)
     #: torch's thread count when the plan won its race (:func:`_wins_race`); None: it runs
@@ -175,26 +253,32 @@ class HVPRunner(ChainRunner):
     threads: int | None = field(default=None, compare=False)
 
     def __call__(self, p, X: torch.Tensor, *args):
-        plan = self.plan
-        if not torch.compiler.is_compiling() and len(args) == 2:
-            V, sel = args
-            if (
-                type(X) is torch.Tensor
-                and type(V) is torch.Tensor
-                and X.shape[0] == plan.B
-                and X.dtype == plan.dtype
-                and V.dtype == plan.dtype
-                and X.is_cpu
-                and V.is_cpu
-                and X.is_contiguous()
-                and V.is_contiguous()
-                and tuple(sel) == plan.sel
-                and self.pays()
-            ):
-                layers = self.layers()
-                if layers is not None:
-                    return plan(X, V, layers)
+        if not torch.compiler.is_compiling() and self._takes(X, *args):
+            layers = self.layers()
+            if layers is not None:
+                return self.plan(X, *args[:-1], layers)
         return super().__call__(p, X, *args)
+
+    def _takes(self, X: torch.Tensor, *args) -> bool:
+        """``X`` (and an HVP's ``V``) and ``sel`` are what the plan was proved on, and it is
+        still the faster kernel."""
+        plan = self.plan
+        if len(args) != 1 + (self.op == "hvp"):
+            return False
+        V = args[0] if len(args) == 2 else X  # (written out: this runs at every call)
+        return (
+            type(X) is torch.Tensor
+            and type(V) is torch.Tensor
+            and X.shape[0] == plan.B
+            and X.dtype == plan.dtype
+            and V.dtype == plan.dtype
+            and X.is_cpu
+            and V.is_cpu
+            and X.is_contiguous()
+            and V.is_contiguous()
+            and tuple(args[-1]) == plan.sel
+            and self.pays()
+        )
 
     def pays(self) -> bool:
         """The plan is still the faster kernel: the race it won was at torch's thread count
@@ -256,31 +340,44 @@ def _wins_race(numpy_call: Callable, torch_call: Callable) -> bool:
     return best[1] <= RACE_MARGIN * best[0]
 
 
-def proved(runner, X: torch.Tensor, V: torch.Tensor, sel: tuple, expected: torch.Tensor):
-    """``runner`` with :class:`Plan` in front (:class:`HVPRunner`) when it is a chain HVP runner
-    (:class:`~hessviz.structured.kernels.ChainRunner`), the numpy kernel applies to its chain
-    and inputs, its HVPs of ``X``, ``V`` (``(B, n)``) equal ``expected`` (the PyTorch kernel's
-    ``(B, m, n)``) to round-off, and it is the faster one: numpy's BLAS is faster for the dtype
-    at torch's thread count (both operand layouts), or the whole kernel won its race on these
-    inputs (:func:`_wins_race`); else ``runner`` itself."""
-    if not isinstance(runner, ChainRunner) or runner.op != "hvp" or not supports(runner.chain, X):
+#: the numpy plan of each chain op that has one
+PLANS = {"hvp": Plan, "laplacian": LaplacianPlan}
+
+
+def proved(runner, X: torch.Tensor, V: torch.Tensor | None, sel: tuple, expected: torch.Tensor):
+    """``runner`` with a numpy plan in front (:class:`NumpyRunner`) when it is a chain runner
+    (:class:`~hessviz.structured.kernels.ChainRunner`) of an op in :data:`PLANS` (``V``: the
+    HVP's directions, None for the Laplacian), the numpy kernel applies to its chain and
+    inputs, its results on ``X`` (``(B, n)``) equal ``expected`` (the PyTorch kernel's) to
+    round-off, and it is the faster one: numpy's BLAS is faster for the dtype at torch's thread
+    count (both operand layouts; HVPs only), or the whole kernel won its race on these inputs
+    (:func:`_wins_race`); else ``runner`` itself."""
+    if (
+        not isinstance(runner, ChainRunner)
+        or runner.op not in PLANS
+        or not supports(runner.chain, X)
+    ):
         return runner
-    fast = HVPRunner(runner.chain, "hvp", plan=Plan(runner.chain, X.shape[0], X.dtype, sel))
-    X, V = X.contiguous(), V.to(X.dtype).contiguous()
+    plan = PLANS[runner.op](runner.chain, X.shape[0], X.dtype, sel)
+    fast = NumpyRunner(runner.chain, runner.op, plan=plan)
+    X = X.contiguous()
+    inputs = (X,) if V is None else (X, V.to(X.dtype).contiguous())
     layers = fast.layers()
     if layers is None:
         return runner
-    blas = _numpy_blas_is_faster(X.dtype)
+    # the HVP plan wherever numpy's BLAS is faster; the Laplacian plan runs the whole batch in
+    # one piece (PyTorch's kernel runs cache-sized chunks), so only a race decides for it
+    blas = runner.op == "hvp" and _numpy_blas_is_faster(X.dtype)
     try:
         if not blas and not _wins_race(
-            lambda: fast.plan(X, V, layers), lambda: runner(None, X, V, sel)
+            lambda: plan(*inputs, layers), lambda: runner(None, *inputs, sel)
         ):
             return runner
-        got = fast.plan(X, V, layers)
+        got = plan(*inputs, layers)
     except Exception:  # noqa: BLE001 - the PyTorch kernel stays
         return runner
     if got is None or not agrees(got, expected.reshape(got.shape)):
         return runner
     if blas:
         return fast
-    return HVPRunner(runner.chain, "hvp", plan=fast.plan, threads=torch.get_num_threads())
+    return NumpyRunner(runner.chain, runner.op, plan=plan, threads=torch.get_num_threads())
