@@ -1,4 +1,5 @@
-r"""The chain HVP and Laplacian kernels written in numpy: what plain calls run where they win.
+r"""The chain HVP, Laplacian and diagonal kernels written in numpy: what plain calls run where
+they win.
 
 :func:`hessviz.structured.chain.hvp` is ~45 small tensor operations around its GEMMs; on a
 small MLP each PyTorch CPU operation costs a few microseconds of dispatch, and compiling them
@@ -13,13 +14,15 @@ pass pushes the values and the tangent through one product per layer (``[a; s1 �
 ``(2B, K)`` rows), and the reverse sweep carries the gradient adjoint ``g`` and the HVP adjoint
 ``r`` of all ``m`` outputs through one product per layer (``[r; g] W_k``, ``(2Bm, K)`` rows).
 :class:`LaplacianPlan`: :func:`~hessviz.structured.chain.laplacian`'s forward Laplacian, the
-same ``(n + 2, B, K)`` stack. A plan keeps its buffers between calls, so a repeated call
+same ``(n + 2, B, K)`` stack; :class:`DiagonalPlan`: :func:`~hessviz.structured.chain.diagonal`'s
+reverse sweep and Jacobians. A plan keeps its buffers between calls, so a repeated call
 allocates only its result.
 
 They run for chains whose activations are all exactly ``tanh``, ``sigmoid`` or ``sin`` on CPU
 float32/float64 inputs (:func:`supports`), only after their result equalled the PyTorch
-kernel's to round-off on the data at hand: in a plain :func:`hessviz.hvp` or
-:func:`hessviz.laplacian` from the second call on (:func:`proved`), where numpy's BLAS measured
+kernel's to round-off on the data at hand: in a plain :func:`hessviz.hvp`,
+:func:`hessviz.laplacian` or :func:`hessviz.hessian_diagonal` from the second call on
+(:func:`proved`), where numpy's BLAS measured
 faster than torch's for the dtype (:func:`hessviz._gemm.numpy_is_faster`) or where the whole
 kernel won a short race against PyTorch's on the first call's data (:func:`_wins_race`); and
 the HVP plan in :func:`hessviz.compile` where it wins the race there.
@@ -162,32 +165,36 @@ def hvp(
     return Plan(ch, X.shape[0], X.dtype, sel)(X, V, layers)
 
 
-class LaplacianPlan:
-    """The forward Laplacian of :func:`hessviz.structured.chain.laplacian` in numpy, for ``B``
-    samples in ``dtype`` and the outputs ``sel``, its buffers (two ``(n + 2, B, K)`` stacks and
-    a few ``(B, K)`` blocks for the widest hidden layer ``K``) kept between calls.
+def _blocks(buf: np.ndarray, *shape: int) -> np.ndarray:
+    """The first ``prod(shape)`` numbers of a flat buffer as an array of ``shape``."""
+    return buf[: math.prod(shape)].reshape(shape)
 
-    The same mathematics and layout: each layer's value, Jacobian and Laplacian stacked as
-    ``(n + 2, B, K)`` under one product per layer, every elementwise pass over contiguous
-    ``(B, K)`` blocks. One call at a time uses the buffers; a concurrent call gets a plan of its
-    own for that call."""
+
+class _OnePiecePlan:
+    """What the numpy plans of one input (:class:`LaplacianPlan`, :class:`DiagonalPlan`)
+    share: the chain's sizes for ``B`` samples in ``dtype`` and the outputs ``sel``, buffers
+    (:meth:`_buffers`) kept between calls, one call at a time (a concurrent call gets a plan of
+    its own for that call). The whole batch runs in one piece."""
 
     def __init__(self, ch: Chain, B: int, dtype: torch.dtype, sel: tuple[int, ...]):
         self.chain, self.B, self.dtype, self.sel = ch, B, dtype, tuple(sel)
         self.shapes = tuple(t.shape for t in tensors(ch))  # the weights' and biases' it sized for
         self.fns = [derivatives_into(m, ops.NUMPY_DERIVATIVES) for m in ch.activations]
-        n = ch.linears[0].weight.shape[1]
-        K = max(lin.weight.shape[0] for lin in ch.linears[: len(self.fns)])
-        np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-        self.stacks = [np.empty((n + 2) * B * K, np_dtype) for _ in range(2)]
-        self.s1, self.s2, self.w = (np.empty(B * K, np_dtype) for _ in range(3))
-        self.squares = np.empty(n * B * K, np_dtype)
+        self.n = ch.linears[0].weight.shape[1]
+        self.widths = [lin.weight.shape[0] for lin in ch.linears[: len(self.fns)]]
+        self.np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        self._buffers(B, self.n, len(self.sel), max(self.widths))
         self.lock = threading.Lock()
 
+    def _buffers(self, B: int, n: int, m: int, K: int) -> None:
+        raise NotImplementedError
+
+    def _run(self, x: np.ndarray, layers: list) -> np.ndarray:
+        raise NotImplementedError
+
     def __call__(self, X: torch.Tensor, layers: list | None = None) -> torch.Tensor:
-        """``(B, m)``: the Laplacians of the selected outputs at ``X`` (a ``(B, n)`` contiguous
-        tensor of the plan's dtype); ``layers``: :func:`arrays` of the chain (made here when
-        not given). A new tensor."""
+        """The result at ``X`` (a ``(B, n)`` contiguous tensor of the plan's dtype);
+        ``layers``: :func:`arrays` of the chain (made here when not given). A new tensor."""
         if not self.lock.acquire(blocking=False):
             return type(self)(self.chain, self.B, self.dtype, self.sel)(X, layers)
         try:
@@ -195,20 +202,33 @@ class LaplacianPlan:
         finally:
             self.lock.release()
 
+    def _output_rows(self, layers: list) -> np.ndarray:
+        """``∂y_i/∂a_L`` of the selected outputs, ``(m, K_L)``."""
+        rows = layers[len(self.fns)][0]
+        return rows if self.sel == tuple(range(rows.shape[0])) else rows[list(self.sel)]
+
+
+class LaplacianPlan(_OnePiecePlan):
+    """The forward Laplacian of :func:`hessviz.structured.chain.laplacian` in numpy, ``(B, m)``:
+    the same mathematics and layout — each layer's value, Jacobian and Laplacian stacked as
+    ``(n + 2, B, K)`` under one product per layer, every elementwise pass over contiguous
+    ``(B, K)`` blocks — with two such stacks and a few ``(B, K)`` blocks kept."""
+
+    def _buffers(self, B: int, n: int, m: int, K: int) -> None:
+        self.stacks = [np.empty((n + 2) * B * K, self.np_dtype) for _ in range(2)]
+        self.s1, self.s2, self.w = (np.empty(B * K, self.np_dtype) for _ in range(3))
+        self.squares = np.empty(n * B * K, self.np_dtype)
+
     def _run(self, x: np.ndarray, layers: list) -> np.ndarray:
         B, n = x.shape
         L = len(self.fns)
-
-        def blocks(buf: np.ndarray, *shape: int) -> np.ndarray:
-            return buf[: math.prod(shape)].reshape(shape)
-
         W, b = layers[0]  # (K_1, n)
         K = W.shape[0]
-        Y = blocks(self.stacks[0], n + 2, B, K)
+        Y = _blocks(self.stacks[0], n + 2, B, K)
         np.matmul(x, W.T, out=Y[0])
         if b is not None:
             Y[0] += b
-        s1, s2 = blocks(self.s1, B, K), blocks(self.s2, B, K)
+        s1, s2 = _blocks(self.s1, B, K), _blocks(self.s2, B, K)
         self.fns[0](Y[0], s1, s2)  # σ(z) into z
         np.multiply(s2, np.einsum("kj,kj->k", W, W), out=Y[n + 1])  # Σ_j W1[:, j]²
         if L > 1:
@@ -216,14 +236,14 @@ class LaplacianPlan:
         for k in range(1, L):
             W, b = layers[k]
             K = W.shape[0]
-            Z = blocks(self.stacks[k % 2], n + 2, B, K)
+            Z = _blocks(self.stacks[k % 2], n + 2, B, K)
             np.matmul(Y.reshape((n + 2) * B, -1), W.T, out=Z.reshape((n + 2) * B, K))
             z, J, lap = Z[0], Z[1 : n + 1], Z[n + 1]
             if b is not None:
                 z += b
-            w = blocks(self.w, B, K)
-            np.sum(np.square(J, out=blocks(self.squares, n, B, K)), axis=0, out=w)
-            s1, s2 = blocks(self.s1, B, K), blocks(self.s2, B, K)
+            w = _blocks(self.w, B, K)
+            np.sum(np.square(J, out=_blocks(self.squares, n, B, K)), axis=0, out=w)
+            s1, s2 = _blocks(self.s1, B, K), _blocks(self.s2, B, K)
             self.fns[k](z, s1, s2)
             lap *= s1
             w *= s2
@@ -231,21 +251,71 @@ class LaplacianPlan:
             if k < L - 1:  # the last layer's value and Jacobian are never read
                 J *= s1
             Y = Z
-        rows = layers[L][0]  # (M, K_L)
-        if self.sel != tuple(range(rows.shape[0])):
-            rows = rows[list(self.sel)]
-        return Y[n + 1] @ rows.T
+        return Y[n + 1] @ self._output_rows(layers).T
+
+
+class DiagonalPlan(_OnePiecePlan):
+    """The exact diagonal of :func:`hessviz.structured.chain.diagonal` in numpy, ``(B, m, n)``:
+    ``D_ij = Σ_l Σ_k c_{l,ik} (G_l)_{jk}²`` — one reverse sweep for ``c_l = σ_l'' ⊙ ∂y/∂a_l``
+    of all outputs (``(B, m, K_l)``), then the Jacobians ``G_l = (G_{l-1} ⊙ σ'_{l-1}) W_lᵀ``
+    (``(B, n, K_l)``, ``G_1 = W_1ᵀ`` for every sample), each layer's term one batched product
+    of ``c_l`` with ``G_l ⊙ G_l``."""
+
+    def _buffers(self, B: int, n: int, m: int, K: int) -> None:
+        e = self.np_dtype
+        self.z = [np.empty((B, k), e) for k in self.widths]  # σ(z), written over z
+        self.s1 = [np.empty((B, k), e) for k in self.widths]
+        self.s2 = [np.empty((B, k), e) for k in self.widths]
+        self.c = [np.empty((B, m, k), e) for k in self.widths]
+        self.adjoints = [np.empty(B * m * K, e) for _ in range(2)]  # ∂y/∂a_l, ping-pong
+        self.jacobians = [np.empty(B * n * K, e) for _ in range(2)]  # G_l, ping-pong
+        self.scaled = np.empty(B * max(m, n) * K, e)  # σ' ⊙ (an adjoint or a Jacobian)
+        self.term = np.empty((B, m, n), e)
+
+    def _run(self, x: np.ndarray, layers: list) -> np.ndarray:
+        B, n = x.shape
+        L, m, widths = len(self.fns), len(self.sel), self.widths
+        a = x
+        for k in range(L):  # values: σ', σ''
+            W, b = layers[k]
+            np.matmul(a, W.T, out=self.z[k])
+            if b is not None:
+                self.z[k] += b
+            self.fns[k](self.z[k], self.s1[k], self.s2[k])
+            a = self.z[k]
+        d = self._output_rows(layers)  # (m, K_L), then (B, m, K_l)
+        for k in range(L - 1, -1, -1):  # reverse: c_l, and the adjoint one layer down
+            np.multiply(self.s2[k][:, None, :], d, out=self.c[k])
+            if k > 0:
+                s1d = _blocks(self.scaled, B, m, widths[k])
+                np.multiply(self.s1[k][:, None, :], d, out=s1d)
+                d = _blocks(self.adjoints[k % 2], B, m, widths[k - 1])
+                np.matmul(s1d.reshape(B * m, -1), layers[k][0], out=d.reshape(B * m, -1))
+        W1 = layers[0][0]  # (K_1, n): G_1 = W_1ᵀ for every sample
+        D = np.empty((B, m, n), self.np_dtype)
+        np.matmul(self.c[0].reshape(B * m, -1), np.square(W1), out=D.reshape(B * m, n))
+        G = W1.T[None]
+        for k in range(1, L):
+            scaled = _blocks(self.scaled, B, n, widths[k - 1])
+            np.multiply(G, self.s1[k - 1][:, None, :], out=scaled)
+            G = _blocks(self.jacobians[k % 2], B, n, widths[k])
+            np.matmul(scaled.reshape(B * n, -1), layers[k][0].T, out=G.reshape(B * n, -1))
+            squares = _blocks(self.scaled, B, n, widths[k])  # (the scaled copy is spent)
+            np.square(G, out=squares)
+            D += np.matmul(self.c[k], squares.transpose(0, 2, 1), out=self.term)
+        return D
 
 
 @dataclass(frozen=True)
 class NumpyRunner(ChainRunner):
-    """A chain runner (:class:`~hessviz.structured.kernels.ChainRunner`, ``op`` ``"hvp"`` or
-    ``"laplacian"``) that runs its numpy plan (:class:`Plan`, :class:`LaplacianPlan`) on inputs
-    like those it was proved on: ``(B, n)`` contiguous CPU tensors of the plan's dtype and
-    outputs, weights of that dtype on the CPU; anything else (a traced call, another batch
-    size, a weight replaced by a float32 one) runs the PyTorch kernel."""
+    """A chain runner (:class:`~hessviz.structured.kernels.ChainRunner`, ``op`` one of
+    :data:`PLANS`) that runs its numpy plan (:class:`Plan`, :class:`LaplacianPlan`,
+    :class:`DiagonalPlan`) on inputs like those it was proved on: ``(B, n)`` contiguous CPU
+    tensors of the plan's dtype and outputs, weights of that dtype on the CPU; anything else (a
+    traced call, another batch size, a weight replaced by a float32 one) runs the PyTorch
+    kernel."""
 
-    plan: Plan | LaplacianPlan | None = field(default=None, compare=False)
+    plan: Plan | _OnePiecePlan | None = field(default=None, compare=False)
     #: ``(key, layers)``: numpy views of the weights and what they were made from
     views: list = field(default_factory=lambda: [None], compare=False)
     #: torch's thread count when the plan won its race (:func:`_wins_race`); None: it runs
@@ -341,7 +411,7 @@ def _wins_race(numpy_call: Callable, torch_call: Callable) -> bool:
 
 
 #: the numpy plan of each chain op that has one
-PLANS = {"hvp": Plan, "laplacian": LaplacianPlan}
+PLANS = {"hvp": Plan, "laplacian": LaplacianPlan, "diagonal": DiagonalPlan}
 
 
 def proved(runner, X: torch.Tensor, V: torch.Tensor | None, sel: tuple, expected: torch.Tensor):
