@@ -1,9 +1,9 @@
-"""The chain Laplacian and diagonal in numpy (:class:`hessviz.structured.chain_numpy.LaplacianPlan`,
-:class:`~hessviz.structured.chain_numpy.DiagonalPlan`) behind plain ``hv.laplacian`` and
-``hv.hessian_diagonal`` calls.
+"""The chain Laplacian, diagonal and Hessian in numpy (``structured.chain_numpy``'s
+``LaplacianPlan``, ``DiagonalPlan``, ``HessianPlan``) behind plain ``hv.laplacian``,
+``hv.hessian_diagonal`` and ``hv.hessian`` calls.
 
-From the second call on, a plain Laplacian or diagonal of a tanh/sigmoid/sin MLP runs numpy's
-kernel when it won a short race against PyTorch's kernel on the first call's data and equalled
+From the second call on, a plain Laplacian, diagonal or Hessian of a tanh/sigmoid/sin MLP runs
+numpy's kernel when it won a short race against PyTorch's kernel on the first call's data and equalled
 its result to round-off there. Every case here forces the race's verdict, so the tests do not
 depend on this machine's timings.
 """
@@ -32,6 +32,7 @@ def numpy_wins(monkeypatch):
 OPS = {
     "laplacian": (hv.laplacian, chain_numpy.LaplacianPlan, chain.laplacian),
     "diagonal": (hv.hessian_diagonal, chain_numpy.DiagonalPlan, chain.diagonal),
+    "hessian": (hv.hessian, chain_numpy.HessianPlan, chain.hessian),
 }
 
 
@@ -194,9 +195,10 @@ def test_concurrent_calls_each_get_their_own_buffers(numpy_wins, op, in_threads)
 def test_the_plan_runs_the_same_numbers_as_the_pytorch_chain_kernel(op, sizes, bias):
     """The kernel on its own, one hidden layer up, with and without biases, against the
     PyTorch chain kernel it stands in for (:func:`hessviz.structured.chain.laplacian`,
-    :func:`~hessviz.structured.chain.diagonal`) and against the closed forms of one hidden tanh
-    layer: ``u = W2 tanh(W1 x + b1) + b2`` has ``∂²u_i/∂x_j² = Σ_k W2[i, k] tanh''(z_k)
-    W1[k, j]²``, and the Laplacian sums those over ``j``."""
+    :func:`~hessviz.structured.chain.diagonal`, :func:`~hessviz.structured.chain.hessian`)
+    and against the closed forms of one hidden tanh layer: ``u = W2 tanh(W1 x + b1) + b2`` has
+    ``∂²u_i/∂x_p∂x_q = Σ_k W2[i, k] tanh''(z_k) W1[k, p] W1[k, q]``; the diagonal is ``p = q``,
+    the Laplacian its sum."""
     net = hv.mlp(sizes, "tanh", seed=len(sizes))
     if not bias:
         for lin in net[0::2]:
@@ -214,6 +216,10 @@ def test_the_plan_runs_the_same_numbers_as_the_pytorch_chain_kernel(op, sizes, b
         W1, W2 = net[0].weight.detach(), net[2].weight.detach()
         t = torch.tanh(X @ W1.T + (net[0].bias.detach() if bias else 0))  # (B, K)
         second = -2 * t * (1 - t * t)  # tanh''
-        closed = torch.einsum("ik,bk,kj->bij", W2, second, W1 * W1)  # (B, m, n)
-        closed = closed.sum(-1) if op == "laplacian" else closed
+        closed = torch.einsum("ik,bk,kp,kq->bipq", W2, second, W1, W1)  # (B, m, n, n)
+        if op != "hessian":
+            closed = closed.diagonal(dim1=-2, dim2=-1)  # (B, m, n)
+            closed = closed.sum(-1) if op == "laplacian" else closed
         torch.testing.assert_close(got, closed, rtol=1e-12, atol=1e-12)
+    if op == "hessian":  # symmetric exactly, as PyTorch's kernel's mirrored panels are
+        assert torch.equal(got, got.mT)

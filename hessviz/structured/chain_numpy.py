@@ -1,5 +1,5 @@
-r"""The chain HVP, Laplacian and diagonal kernels written in numpy: what plain calls run where
-they win.
+r"""The chain HVP, Laplacian, diagonal and Hessian kernels written in numpy: what plain calls
+run where they win.
 
 :func:`hessviz.structured.chain.hvp` is ~45 small tensor operations around its GEMMs; on a
 small MLP each PyTorch CPU operation costs a few microseconds of dispatch, and compiling them
@@ -14,14 +14,16 @@ pass pushes the values and the tangent through one product per layer (``[a; s1 �
 ``(2B, K)`` rows), and the reverse sweep carries the gradient adjoint ``g`` and the HVP adjoint
 ``r`` of all ``m`` outputs through one product per layer (``[r; g] W_k``, ``(2Bm, K)`` rows).
 :class:`LaplacianPlan`: :func:`~hessviz.structured.chain.laplacian`'s forward Laplacian, the
-same ``(n + 2, B, K)`` stack; :class:`DiagonalPlan`: :func:`~hessviz.structured.chain.diagonal`'s
-reverse sweep and Jacobians. A plan keeps its buffers between calls, so a repeated call
+same ``(n + 2, B, K)`` stack; :class:`DiagonalPlan` and :class:`HessianPlan`: the reverse
+sweep and Jacobians of :func:`~hessviz.structured.chain.diagonal` and
+:func:`~hessviz.structured.chain.hessian`. A plan keeps its buffers between calls, so a repeated call
 allocates only its result.
 
 They run for chains whose activations are all exactly ``tanh``, ``sigmoid`` or ``sin`` on CPU
 float32/float64 inputs (:func:`supports`), only after their result equalled the PyTorch
 kernel's to round-off on the data at hand: in a plain :func:`hessviz.hvp`,
-:func:`hessviz.laplacian` or :func:`hessviz.hessian_diagonal` from the second call on
+:func:`hessviz.laplacian`, :func:`hessviz.hessian_diagonal` or :func:`hessviz.hessian` from the
+second call on
 (:func:`proved`), where numpy's BLAS measured
 faster than torch's for the dtype (:func:`hessviz._gemm.numpy_is_faster`) or where the whole
 kernel won a short race against PyTorch's on the first call's data (:func:`_wins_race`); and
@@ -274,7 +276,21 @@ class DiagonalPlan(_OnePiecePlan):
 
     def _run(self, x: np.ndarray, layers: list) -> np.ndarray:
         B, n = x.shape
-        L, m, widths = len(self.fns), len(self.sel), self.widths
+        m = len(self.sel)
+        self._sweep(x, layers)
+        W1 = layers[0][0]  # (K_1, n): G_1 = W_1ᵀ for every sample
+        D = np.empty((B, m, n), self.np_dtype)
+        np.matmul(self.c[0].reshape(B * m, -1), np.square(W1), out=D.reshape(B * m, n))
+        for k, G in self._jacobians(layers):
+            squares = _blocks(self.scaled, B, n, self.widths[k])  # (the scaled copy is spent)
+            np.square(G, out=squares)
+            D += np.matmul(self.c[k], squares.transpose(0, 2, 1), out=self.term)
+        return D
+
+    def _sweep(self, x: np.ndarray, layers: list) -> None:
+        """σ' and σ'' of every layer at ``x``, then ``c_l`` (``self.c``) from one reverse sweep
+        of the selected outputs' adjoints."""
+        B, m, L, widths = x.shape[0], len(self.sel), len(self.fns), self.widths
         a = x
         for k in range(L):  # values: σ', σ''
             W, b = layers[k]
@@ -291,26 +307,52 @@ class DiagonalPlan(_OnePiecePlan):
                 np.multiply(self.s1[k][:, None, :], d, out=s1d)
                 d = _blocks(self.adjoints[k % 2], B, m, widths[k - 1])
                 np.matmul(s1d.reshape(B * m, -1), layers[k][0], out=d.reshape(B * m, -1))
-        W1 = layers[0][0]  # (K_1, n): G_1 = W_1ᵀ for every sample
-        D = np.empty((B, m, n), self.np_dtype)
-        np.matmul(self.c[0].reshape(B * m, -1), np.square(W1), out=D.reshape(B * m, n))
-        G = W1.T[None]
-        for k in range(1, L):
+
+    def _jacobians(self, layers: list):
+        """``(l, G_l)`` for the layers after the first: ``G_l`` ``(B, n, K_l)``, valid until
+        the next one (two buffers serve them all)."""
+        B, n, widths = self.B, self.n, self.widths
+        G = layers[0][0].T[None]  # G_1 = W_1ᵀ, (1, n, K_1)
+        for k in range(1, len(self.fns)):
             scaled = _blocks(self.scaled, B, n, widths[k - 1])
             np.multiply(G, self.s1[k - 1][:, None, :], out=scaled)
             G = _blocks(self.jacobians[k % 2], B, n, widths[k])
             np.matmul(scaled.reshape(B * n, -1), layers[k][0].T, out=G.reshape(B * n, -1))
-            squares = _blocks(self.scaled, B, n, widths[k])  # (the scaled copy is spent)
-            np.square(G, out=squares)
-            D += np.matmul(self.c[k], squares.transpose(0, 2, 1), out=self.term)
-        return D
+            yield k, G
+
+
+class HessianPlan(DiagonalPlan):
+    """The full Hessian of :func:`hessviz.structured.chain.hessian` in numpy, ``(B, m, n, n)``:
+    :class:`DiagonalPlan`'s sweeps, each layer's term ``(G_l ⊙ c_l) G_lᵀ`` one batched product
+    over samples and outputs (every product whole: these plans serve small chains, where the
+    PyTorch kernel's symmetric panels buy nothing), made exactly symmetric at the end."""
+
+    def _buffers(self, B: int, n: int, m: int, K: int) -> None:
+        super()._buffers(B, n, m, K)
+        self.scaled_rows = np.empty(B * m * n * K, self.np_dtype)  # G_l ⊙ c_l, (B, m, n, K)
+
+    def _run(self, x: np.ndarray, layers: list) -> np.ndarray:
+        B, n = x.shape
+        m, widths = len(self.sel), self.widths
+        self._sweep(x, layers)
+        W1 = layers[0][0]  # (K_1, n)
+        Gc = _blocks(self.scaled_rows, B, m, widths[0], n)
+        np.multiply(self.c[0][..., None], W1, out=Gc)  # (c ⊙ W_1) with rows K_1
+        H = np.matmul(W1.T, Gc)  # W_1ᵀ diag(c) W_1, (B, m, n, n)
+        for k, G in self._jacobians(layers):
+            Gc = _blocks(self.scaled_rows, B, m, n, widths[k])
+            np.multiply(G[:, None], self.c[k][:, :, None, :], out=Gc)
+            H += np.matmul(Gc, G.transpose(0, 2, 1)[:, None])
+        H += H.swapaxes(-1, -2)  # (numpy buffers the overlapping operands)
+        H *= 0.5  # (a + b) / 2 = (b + a) / 2: exactly symmetric
+        return H
 
 
 @dataclass(frozen=True)
 class NumpyRunner(ChainRunner):
     """A chain runner (:class:`~hessviz.structured.kernels.ChainRunner`, ``op`` one of
     :data:`PLANS`) that runs its numpy plan (:class:`Plan`, :class:`LaplacianPlan`,
-    :class:`DiagonalPlan`) on inputs like those it was proved on: ``(B, n)`` contiguous CPU
+    :class:`DiagonalPlan`, :class:`HessianPlan`) on inputs like those it was proved on: ``(B, n)`` contiguous CPU
     tensors of the plan's dtype and outputs, weights of that dtype on the CPU; anything else (a
     traced call, another batch size, a weight replaced by a float32 one) runs the PyTorch
     kernel."""
@@ -411,7 +453,12 @@ def _wins_race(numpy_call: Callable, torch_call: Callable) -> bool:
 
 
 #: the numpy plan of each chain op that has one
-PLANS = {"hvp": Plan, "laplacian": LaplacianPlan, "diagonal": DiagonalPlan}
+PLANS = {
+    "hvp": Plan,
+    "laplacian": LaplacianPlan,
+    "diagonal": DiagonalPlan,
+    "hessian": HessianPlan,
+}
 
 
 def proved(runner, X: torch.Tensor, V: torch.Tensor | None, sel: tuple, expected: torch.Tensor):
