@@ -3,9 +3,9 @@
 ``hv.hessian_diagonal`` and ``hv.hessian`` calls.
 
 From the second call on, a plain Laplacian, diagonal or Hessian of a tanh/sigmoid/sin MLP runs
-numpy's kernel when it won a short race against PyTorch's kernel on the first call's data and equalled
-its result to round-off there. Every case here forces the race's verdict, so the tests do not
-depend on this machine's timings.
+numpy's kernel when it won a short race against PyTorch's kernel on the first call's data and
+equalled its result to round-off there. Every case here forces the race's verdict, so the tests
+do not depend on this machine's timings.
 """
 
 from __future__ import annotations

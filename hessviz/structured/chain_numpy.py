@@ -16,8 +16,8 @@ pass pushes the values and the tangent through one product per layer (``[a; s1 â
 :class:`LaplacianPlan`: :func:`~hessviz.structured.chain.laplacian`'s forward Laplacian, the
 same ``(n + 2, B, K)`` stack; :class:`DiagonalPlan` and :class:`HessianPlan`: the reverse
 sweep and Jacobians of :func:`~hessviz.structured.chain.diagonal` and
-:func:`~hessviz.structured.chain.hessian`. A plan keeps its buffers between calls, so a repeated call
-allocates only its result.
+:func:`~hessviz.structured.chain.hessian`. A plan keeps its buffers between calls, so a repeated
+call allocates only its result.
 
 They run for chains whose activations are all exactly ``tanh``, ``sigmoid`` or ``sin`` on CPU
 float32/float64 inputs (:func:`supports`), only after their result equalled the PyTorch
@@ -352,10 +352,10 @@ class HessianPlan(DiagonalPlan):
 class NumpyRunner(ChainRunner):
     """A chain runner (:class:`~hessviz.structured.kernels.ChainRunner`, ``op`` one of
     :data:`PLANS`) that runs its numpy plan (:class:`Plan`, :class:`LaplacianPlan`,
-    :class:`DiagonalPlan`, :class:`HessianPlan`) on inputs like those it was proved on: ``(B, n)`` contiguous CPU
-    tensors of the plan's dtype and outputs, weights of that dtype on the CPU; anything else (a
-    traced call, another batch size, a weight replaced by a float32 one) runs the PyTorch
-    kernel."""
+    :class:`DiagonalPlan`, :class:`HessianPlan`) on inputs like those it was proved on:
+    ``(B, n)`` contiguous CPU tensors of the plan's dtype and outputs, weights of that dtype on
+    the CPU; anything else (a traced call, another batch size, a weight replaced by a float32
+    one) runs the PyTorch kernel."""
 
     plan: Plan | _OnePiecePlan | None = field(default=None, compare=False)
     #: ``(key, layers)``: numpy views of the weights and what they were made from
