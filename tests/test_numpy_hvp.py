@@ -129,6 +129,7 @@ class _Clock:
         (0.85e-3, 1e-3, True, 2),  # within the margin (0.9 of PyTorch's time)
         (0.95e-3, 1e-3, False, 2),  # faster, not by the margin
         (1e-3, 0.03, False, 0),  # PyTorch's call too long to race: numpy's never runs
+        (2.5e-3, 1e-3, False, 1),  # numpy's first call took over twice as long: no second
     ],
 )
 def test_the_race_takes_best_times_and_the_margin(monkeypatch, numpy_s, torch_s, wins, numpy_calls):

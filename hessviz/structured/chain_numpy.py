@@ -433,7 +433,8 @@ RACE_MARGIN = 0.9
 def _wins_race(numpy_call: Callable, torch_call: Callable) -> bool:
     """The numpy kernel's call beats PyTorch's (both without arguments, on the same inputs):
     best of two warm calls each, interleaved, by :data:`RACE_MARGIN`; no race (False) where
-    PyTorch's call takes more than :data:`RACE_LIMIT_S`.
+    PyTorch's call takes more than :data:`RACE_LIMIT_S`, and none after a numpy call that took
+    twice PyTorch's time (at most about ``6 ×`` :data:`RACE_LIMIT_S` in all).
 
     Why a race, not only the BLAS probe: on small and middling chains the kernel's time is its
     ~45 elementwise operations, and numpy's cost about a microsecond each against a few for
@@ -447,7 +448,7 @@ def _wins_race(numpy_call: Callable, torch_call: Callable) -> bool:
                 start = time.perf_counter()
                 call()
                 best[i] = min(best[i], time.perf_counter() - start)
-                if best[0] > RACE_LIMIT_S:
+                if best[0] > RACE_LIMIT_S or best[1] > 2 * best[0]:  # lost already: stop
                     return False
     return best[1] <= RACE_MARGIN * best[0]
 
