@@ -394,8 +394,11 @@ class NumpyRunner(ChainRunner):
 
     def pays(self) -> bool:
         """The plan is still the faster kernel: the race it won was at torch's thread count
-        of now, or numpy's BLAS is the faster one (torch's thread count may have changed)."""
-        return self.threads == torch.get_num_threads() or _numpy_blas_is_faster(self.plan.dtype)
+        of now, or (HVPs) numpy's BLAS is the faster one (torch's thread count may have
+        changed); the other plans run the whole batch in one piece, where only a race says."""
+        return self.threads == torch.get_num_threads() or (
+            self.op == "hvp" and _numpy_blas_is_faster(self.plan.dtype)
+        )
 
     def layers(self) -> list | None:
         """:func:`arrays` of the chain's weights as they are now, or None when one is not a
