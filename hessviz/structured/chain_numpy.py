@@ -23,11 +23,10 @@ They run for chains whose activations are all exactly ``tanh``, ``sigmoid`` or `
 float32/float64 inputs (:func:`supports`), only after their result equalled the PyTorch
 kernel's to round-off on the data at hand: in a plain :func:`hessviz.hvp`,
 :func:`hessviz.laplacian`, :func:`hessviz.hessian_diagonal` or :func:`hessviz.hessian` from the
-second call on
-(:func:`proved`), where numpy's BLAS measured
-faster than torch's for the dtype (:func:`hessviz._gemm.numpy_is_faster`) or where the whole
-kernel won a short race against PyTorch's on the first call's data (:func:`_wins_race`); and
-the HVP plan in :func:`hessviz.compile` where it wins the race there.
+second call on (:func:`proved`), where numpy's BLAS measured faster than torch's for the dtype
+(HVPs, :func:`hessviz._gemm.numpy_is_faster`) or where the whole kernel won a short race
+against PyTorch's on the first call's data (:func:`_wins_race`); and the HVP plan in
+:func:`hessviz.compile` where it wins the race there.
 """
 
 from __future__ import annotations
@@ -173,10 +172,10 @@ def _blocks(buf: np.ndarray, *shape: int) -> np.ndarray:
 
 
 class _OnePiecePlan:
-    """What the numpy plans of one input (:class:`LaplacianPlan`, :class:`DiagonalPlan`)
-    share: the chain's sizes for ``B`` samples in ``dtype`` and the outputs ``sel``, buffers
-    (:meth:`_buffers`) kept between calls, one call at a time (a concurrent call gets a plan of
-    its own for that call). The whole batch runs in one piece."""
+    """What the numpy plans of one input (:class:`LaplacianPlan`, :class:`DiagonalPlan`,
+    :class:`HessianPlan`) share: the chain's sizes for ``B`` samples in ``dtype`` and the
+    outputs ``sel``, buffers (:meth:`_buffers`) kept between calls, one call at a time (a
+    concurrent call gets a plan of its own for that call). The whole batch runs in one piece."""
 
     def __init__(self, ch: Chain, B: int, dtype: torch.dtype, sel: tuple[int, ...]):
         self.chain, self.B, self.dtype, self.sel = ch, B, dtype, tuple(sel)
