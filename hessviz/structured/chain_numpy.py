@@ -436,7 +436,8 @@ def _wins_race(numpy_call: Callable, torch_call: Callable) -> bool:
     """The numpy kernel's call beats PyTorch's (both without arguments, on the same inputs):
     best of two warm calls each, interleaved, by :data:`RACE_MARGIN`; no race (False) where
     PyTorch's call takes more than :data:`RACE_LIMIT_S`, and none after a numpy call that took
-    twice PyTorch's time (at most about ``6 ×`` :data:`RACE_LIMIT_S` in all).
+    twice PyTorch's time (so, numpy's first call aside, at most about ``6 ×``
+    :data:`RACE_LIMIT_S` in all).
 
     Why a race, not only the BLAS probe: on small and middling chains the kernel's time is its
     ~45 elementwise operations, and numpy's cost about a microsecond each against a few for
