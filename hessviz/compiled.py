@@ -418,7 +418,7 @@ def _numpy_kernel(entry: _hot.Entry, op: str, x, fused: bool) -> _AheadOfTime:
         layers = numpy_runner.layers()  # None: a weight's shape, dtype or device changed
         if layers is None:
             raise TypeError(f"{how}: a weight is no longer a CPU tensor of the planned shape")
-        return plan(args[0], args[1], layers)  # FusedPlan: None if not finite
+        return plan(args[0], args[1], layers=layers)  # FusedPlan: None if not finite
 
     return _AheadOfTime(entry, run, ch, _settings(ch.activations), proves_finite=fused)
 

@@ -74,7 +74,7 @@ def test_the_fused_plan_equals_the_pytorch_chain_kernel_and_torch_func(act, dtyp
     ch = _chain(net, X, V)
     for sel in (tuple(range(sizes[-1])), (sizes[-1] - 1, 0)[: sizes[-1]]):
         plan = chain_numba.FusedPlan(ch, 9, dtype, sel)
-        got = plan(X, V, chain_numpy.arrays(ch))
+        got = plan(X, V, layers=chain_numpy.arrays(ch))
         with torch.no_grad():
             expected = chain.hvp(ch, X, V, sel)
         assert got.shape == (9, len(sel), sizes[0]) and got.dtype == dtype
@@ -117,7 +117,7 @@ def test_a_non_finite_input_is_refused_before_any_product(where):
     bad = {"x nan": float("nan"), "x inf": float("inf"), "v -inf": float("-inf")}[where]
     X2, V2 = X.clone(), V.clone()
     (V2 if where.startswith("v") else X2)[4, 1] = bad
-    assert plan(X2, V2, chain_numpy.arrays(ch)) is None
+    assert plan(X2, V2, layers=chain_numpy.arrays(ch)) is None
     c = hv.compile(net, X, batched=True, ops=("hvp",), ahead_of_time=False)
     assert c.kernels == {"hvp": compiled.IN_NUMBA}
     with pytest.raises(hv.HessvizError, match="finite|NaN|inf"):  # the plain path explains

@@ -71,19 +71,58 @@ def arrays(ch: Chain) -> list[tuple[np.ndarray, np.ndarray | None]]:
     ]
 
 
-class Plan:
-    """:func:`hvp` of ``ch`` for ``B`` samples in ``dtype`` and the outputs ``sel``, with its
-    buffers (~``5 B m K`` numbers for the widest hidden layer ``K``) kept between calls.
+def _blocks(buf: np.ndarray, *shape: int) -> np.ndarray:
+    """The first ``prod(shape)`` numbers of a flat buffer as an array of ``shape``."""
+    return buf[: math.prod(shape)].reshape(shape)
 
-    One call at a time uses them; a concurrent call gets a plan of its own for that call."""
+
+class _NumpyPlan:
+    """What the numpy plans (:class:`Plan`, :class:`LaplacianPlan`, :class:`DiagonalPlan`,
+    :class:`HessianPlan`) share: the chain's sizes for ``B`` samples in ``dtype`` and the
+    outputs ``sel``, buffers (:meth:`_buffers`) kept between calls, one call at a time (a
+    concurrent call gets a plan of its own for that call). The whole batch runs in one piece."""
 
     def __init__(self, ch: Chain, B: int, dtype: torch.dtype, sel: tuple[int, ...]):
         self.chain, self.B, self.dtype, self.sel = ch, B, dtype, tuple(sel)
         self.shapes = tuple(t.shape for t in tensors(ch))  # the weights' and biases' it sized for
         self.fns = [derivatives_into(m, ops.NUMPY_DERIVATIVES) for m in ch.activations]
-        widths = [lin.weight.shape[0] for lin in ch.linears[: len(self.fns)]]
-        m, K, np_dtype = len(self.sel), max(widths), torch.empty((), dtype=dtype).numpy().dtype
-        self.widths = widths
+        self.n = ch.linears[0].weight.shape[1]
+        self.widths = [lin.weight.shape[0] for lin in ch.linears[: len(self.fns)]]
+        self.np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        self._buffers(B, self.n, len(self.sel), max(self.widths))
+        self.lock = threading.Lock()
+
+    def _buffers(self, B: int, n: int, m: int, K: int) -> None:
+        raise NotImplementedError
+
+    def _run(self, *arrays_and_layers) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def __call__(self, *inputs: torch.Tensor, layers: list | None = None) -> torch.Tensor | None:
+        """The result at ``inputs`` (``X``, and an HVP's ``V``: ``(B, n)`` contiguous tensors of
+        the plan's dtype); ``layers``: :func:`arrays` of the chain (made here when not given).
+        A new tensor (None where a subclass's sweep found a non-finite input)."""
+        if not self.lock.acquire(blocking=False):
+            return type(self)(self.chain, self.B, self.dtype, self.sel)(*inputs, layers=layers)
+        try:
+            R = self._run(*(t.numpy() for t in inputs), layers or arrays(self.chain))
+            return None if R is None else torch.from_numpy(R)
+        finally:
+            self.lock.release()
+
+    def _output_rows(self, layers: list) -> np.ndarray:
+        """``∂y_i/∂a_L`` of the selected outputs, ``(m, K_L)``."""
+        rows = layers[len(self.fns)][0]
+        return rows if self.sel == tuple(range(rows.shape[0])) else rows[list(self.sel)]
+
+
+class Plan(_NumpyPlan):
+    """:func:`hvp` of ``ch`` for ``B`` samples in ``dtype`` and the outputs ``sel``, called as
+    ``plan(X, V, layers=…)``: ``(B, m, n)``, ``Σ_l J_lᵀ(c_l ⊙ J_l v)``, with its buffers
+    (~``5 B m K`` numbers for the widest hidden layer ``K``) kept between calls."""
+
+    def _buffers(self, B: int, n: int, m: int, K: int) -> None:
+        widths, np_dtype = self.widths, self.np_dtype
         # forward, per activation layer: [z → a; t → s1 ⊙ t], σ', σ'' → σ'' ⊙ t
         self.forward = [np.empty((2, B, k), np_dtype) for k in widths]
         self.s1 = [np.empty((B, k), np_dtype) for k in widths]
@@ -91,19 +130,6 @@ class Plan:
         # reverse: [r; g] of two neighbouring layers (ping-pong), and σ'' ⊙ t ⊙ d
         self.sweep = [np.empty(2 * B * m * K, np_dtype) for _ in range(2)]
         self.scratch = np.empty(B * m * K, np_dtype)
-        self.lock = threading.Lock()
-
-    def __call__(self, X: torch.Tensor, V: torch.Tensor, layers: list | None = None):
-        """``(B, m, n)``: ``Σ_l J_lᵀ(c_l ⊙ J_l v)`` for ``X``, ``V`` ``(B, n)`` contiguous
-        tensors of the plan's dtype; ``layers``: :func:`arrays` of the chain (made here when not
-        given). A new tensor back (None where a subclass's sweep found a non-finite input)."""
-        if not self.lock.acquire(blocking=False):
-            return type(self)(self.chain, self.B, self.dtype, self.sel)(X, V, layers)
-        try:
-            R = self._run(X.numpy(), V.numpy(), layers or arrays(self.chain))
-            return None if R is None else torch.from_numpy(R)
-        finally:
-            self.lock.release()
 
     def _run(self, x: np.ndarray, v: np.ndarray, layers: list) -> np.ndarray:
         B, L = self.B, len(self.fns)
@@ -126,9 +152,7 @@ class Plan:
                 F[1] *= s1s[k]  # the tangent at a_k
         # reverse: Q = [r_k; g_k] (m, B, K_k): HVP and gradient adjoints at z_k, outputs first
         # so that σ' and σ''t (B, K) broadcast over whole contiguous (B, K) blocks
-        d = layers[L][0]  # (M, K): rows of the last weight, the same for every sample
-        if self.sel != tuple(range(d.shape[0])):
-            d = d[list(self.sel)]
+        d = self._output_rows(layers)  # (m, K): the same for every sample
         m = d.shape[0]
         Q = self._slab(0, L - 1)
         d = d[:, None, :]
@@ -163,53 +187,10 @@ def hvp(
     """``(B, m, n)``: ``Σ_l J_lᵀ(c_l ⊙ J_l v)``, as :func:`~hessviz.structured.chain.hvp`
     computes it. ``X``, ``V``: ``(B, n)`` contiguous CPU tensors that :func:`supports` accepts;
     ``layers``: :func:`arrays` of ``ch``. One call: a :class:`Plan` keeps its buffers."""
-    return Plan(ch, X.shape[0], X.dtype, sel)(X, V, layers)
+    return Plan(ch, X.shape[0], X.dtype, sel)(X, V, layers=layers)
 
 
-def _blocks(buf: np.ndarray, *shape: int) -> np.ndarray:
-    """The first ``prod(shape)`` numbers of a flat buffer as an array of ``shape``."""
-    return buf[: math.prod(shape)].reshape(shape)
-
-
-class _OnePiecePlan:
-    """What the numpy plans of one input (:class:`LaplacianPlan`, :class:`DiagonalPlan`,
-    :class:`HessianPlan`) share: the chain's sizes for ``B`` samples in ``dtype`` and the
-    outputs ``sel``, buffers (:meth:`_buffers`) kept between calls, one call at a time (a
-    concurrent call gets a plan of its own for that call). The whole batch runs in one piece."""
-
-    def __init__(self, ch: Chain, B: int, dtype: torch.dtype, sel: tuple[int, ...]):
-        self.chain, self.B, self.dtype, self.sel = ch, B, dtype, tuple(sel)
-        self.shapes = tuple(t.shape for t in tensors(ch))  # the weights' and biases' it sized for
-        self.fns = [derivatives_into(m, ops.NUMPY_DERIVATIVES) for m in ch.activations]
-        self.n = ch.linears[0].weight.shape[1]
-        self.widths = [lin.weight.shape[0] for lin in ch.linears[: len(self.fns)]]
-        self.np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-        self._buffers(B, self.n, len(self.sel), max(self.widths))
-        self.lock = threading.Lock()
-
-    def _buffers(self, B: int, n: int, m: int, K: int) -> None:
-        raise NotImplementedError
-
-    def _run(self, x: np.ndarray, layers: list) -> np.ndarray:
-        raise NotImplementedError
-
-    def __call__(self, X: torch.Tensor, layers: list | None = None) -> torch.Tensor:
-        """The result at ``X`` (a ``(B, n)`` contiguous tensor of the plan's dtype);
-        ``layers``: :func:`arrays` of the chain (made here when not given). A new tensor."""
-        if not self.lock.acquire(blocking=False):
-            return type(self)(self.chain, self.B, self.dtype, self.sel)(X, layers)
-        try:
-            return torch.from_numpy(self._run(X.numpy(), layers or arrays(self.chain)))
-        finally:
-            self.lock.release()
-
-    def _output_rows(self, layers: list) -> np.ndarray:
-        """``∂y_i/∂a_L`` of the selected outputs, ``(m, K_L)``."""
-        rows = layers[len(self.fns)][0]
-        return rows if self.sel == tuple(range(rows.shape[0])) else rows[list(self.sel)]
-
-
-class LaplacianPlan(_OnePiecePlan):
+class LaplacianPlan(_NumpyPlan):
     """The forward Laplacian of :func:`hessviz.structured.chain.laplacian` in numpy, ``(B, m)``:
     the same mathematics and layout — each layer's value, Jacobian and Laplacian stacked as
     ``(n + 2, B, K)`` under one product per layer, every elementwise pass over contiguous
@@ -255,7 +236,7 @@ class LaplacianPlan(_OnePiecePlan):
         return Y[n + 1] @ self._output_rows(layers).T
 
 
-class DiagonalPlan(_OnePiecePlan):
+class DiagonalPlan(_NumpyPlan):
     """The exact diagonal of :func:`hessviz.structured.chain.diagonal` in numpy, ``(B, m, n)``:
     ``D_ij = Σ_l Σ_k c_{l,ik} (G_l)_{jk}²`` — one reverse sweep for ``c_l = σ_l'' ⊙ ∂y/∂a_l``
     of all outputs (``(B, m, K_l)``), then the Jacobians ``G_l = (G_{l-1} ⊙ σ'_{l-1}) W_lᵀ``
@@ -356,7 +337,7 @@ class NumpyRunner(ChainRunner):
     the CPU; anything else (a traced call, another batch size, a weight replaced by a float32
     one) runs the PyTorch kernel."""
 
-    plan: Plan | _OnePiecePlan | None = field(default=None, compare=False)
+    plan: _NumpyPlan | None = field(default=None, compare=False)
     #: ``(key, layers)``: numpy views of the weights and what they were made from
     views: list = field(default_factory=lambda: [None], compare=False)
     #: torch's thread count when the plan won its race (:func:`_wins_race`); None: it runs
@@ -367,7 +348,7 @@ class NumpyRunner(ChainRunner):
         if not torch.compiler.is_compiling() and self._takes(X, *args):
             layers = self.layers()
             if layers is not None:
-                return self.plan(X, *args[:-1], layers)
+                return self.plan(X, *args[:-1], layers=layers)
         return super().__call__(p, X, *args)
 
     def _takes(self, X: torch.Tensor, *args) -> bool:
@@ -491,10 +472,10 @@ def proved(runner, X: torch.Tensor, V: torch.Tensor | None, sel: tuple, expected
     blas = runner.op == "hvp" and _numpy_blas_is_faster(X.dtype)
     try:
         if not blas and not _wins_race(
-            lambda: plan(*inputs, layers), lambda: runner(None, *inputs, sel)
+            lambda: plan(*inputs, layers=layers), lambda: runner(None, *inputs, sel)
         ):
             return runner
-        got = plan(*inputs, layers)
+        got = plan(*inputs, layers=layers)
     except Exception:  # noqa: BLE001 - the PyTorch kernel stays
         return runner
     if got is None or not agrees(got, expected.reshape(got.shape)):
