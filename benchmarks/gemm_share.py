@@ -69,10 +69,11 @@ class _Record(TorchDispatchMode):
 
 def record(call: Callable[[], object]) -> list[Gemm]:
     """The matrix products one ``call()`` issues, in order. hessviz hands some to numpy's BLAS
-    (:mod:`hessviz._gemm`), and plain HVPs of small chains may run a kernel written in numpy
+    (:mod:`hessviz._gemm`), and plain calls on small chains may run kernels written in numpy
     (:mod:`hessviz.structured.chain_numpy`), where no dispatch mode sees them: while
-    recording, every product goes to torch and HVPs run PyTorch's chain kernel (the same
-    products, the same shapes; the numpy kernel stacks its rows otherwise, same FLOPs)."""
+    recording, every product goes to torch and every call runs PyTorch's chain kernel (the
+    same products, the same shapes; a numpy kernel may lay out its rows otherwise, same
+    FLOPs)."""
     from unittest import mock
 
     from hessviz import _gemm
