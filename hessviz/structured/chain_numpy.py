@@ -449,7 +449,7 @@ PLANS = {
 def proved(runner, X: torch.Tensor, V: torch.Tensor | None, sel: tuple, expected: torch.Tensor):
     """``runner`` with a numpy plan in front (:class:`NumpyRunner`) when it is a chain runner
     (:class:`~hessviz.structured.kernels.ChainRunner`) of an op in :data:`PLANS` (``V``: the
-    HVP's directions, None for the Laplacian), the numpy kernel applies to its chain and
+    HVP's directions, None for the other ops), the numpy kernel applies to its chain and
     inputs, its results on ``X`` (``(B, n)``) equal ``expected`` (the PyTorch kernel's) to
     round-off, and it is the faster one: numpy's BLAS is faster for the dtype at torch's thread
     count (both operand layouts; HVPs only), or the whole kernel won its race on these inputs
@@ -460,16 +460,17 @@ def proved(runner, X: torch.Tensor, V: torch.Tensor | None, sel: tuple, expected
         or not supports(runner.chain, X)
     ):
         return runner
+    # the HVP plan wherever numpy's BLAS is faster; the other plans run the whole batch in one
+    # piece (PyTorch's kernels run cache-sized chunks), so only a race decides for them
+    blas = runner.op == "hvp" and _numpy_blas_is_faster(X.dtype)
     plan = PLANS[runner.op](runner.chain, X.shape[0], X.dtype, sel)
-    fast = NumpyRunner(runner.chain, runner.op, plan=plan)
+    threads = None if blas else torch.get_num_threads()  # a race's verdict holds at this count
+    fast = NumpyRunner(runner.chain, runner.op, plan=plan, threads=threads)
     X = X.contiguous()
     inputs = (X,) if V is None else (X, V.to(X.dtype).contiguous())
     layers = fast.layers()
     if layers is None:
         return runner
-    # the HVP plan wherever numpy's BLAS is faster; the Laplacian plan runs the whole batch in
-    # one piece (PyTorch's kernel runs cache-sized chunks), so only a race decides for it
-    blas = runner.op == "hvp" and _numpy_blas_is_faster(X.dtype)
     try:
         if not blas and not _wins_race(
             lambda: plan(*inputs, layers=layers), lambda: runner(None, *inputs, sel)
@@ -480,6 +481,4 @@ def proved(runner, X: torch.Tensor, V: torch.Tensor | None, sel: tuple, expected
         return runner
     if got is None or not agrees(got, expected.reshape(got.shape)):
         return runner
-    if blas:
-        return fast
-    return NumpyRunner(runner.chain, runner.op, plan=plan, threads=torch.get_num_threads())
+    return fast
