@@ -370,8 +370,9 @@ class _AheadOfTime:
             or any(m.__dict__.get(k, ...) != v for m, k, v in self.settings)
         ):
             return None
-        # autograd off (as in Entry.run) where something here runs torch operations: the
-        # finite sums, f on a sample; a library proving the inputs itself runs none
+        # autograd off (as in Entry.run) where something here may run torch operations: the
+        # finiteness check (torch's off the CPU), f on a sample; a library proving the inputs
+        # itself runs none
         grad = torch.is_grad_enabled()
         quiet = grad and (not self.proves_finite or e.reference is not None)
         if quiet:

@@ -8,6 +8,7 @@ key cannot see must still give the number a fresh model would give, or the full 
 from __future__ import annotations
 
 import gc
+import warnings
 import weakref
 
 import pytest
@@ -320,62 +321,82 @@ def test_plans_do_not_keep_the_model_alive(make):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(5, 3), (3, 40), (1, 1)])  # by columns, by rows, one entry
-def test_the_repeated_calls_finiteness_sums_find_every_bad_entry(dtype, shape):
-    """:class:`hessviz._hot._Sums` adds partial sums: a NaN, an infinity, or two infinities of
-    opposite sign that cancel in a row or a column, anywhere, must all be caught."""
+@pytest.mark.parametrize("shape", [(5, 3), (3, 40), (1, 1), (40, 20)])
+def test_the_repeated_calls_finiteness_product_finds_every_bad_entry(dtype, shape):
+    """:func:`hessviz._hot._numpy_finite` takes one dot product (``x · x``, or ``x · v``): a
+    NaN, an infinity, infinities of opposite sign that would cancel in a sum, or an infinity
+    against a zero of the other factor, anywhere, must all be caught — without a warning."""
     B, n = shape
     X = torch.randn(B, n, dtype=dtype, generator=torch.Generator().manual_seed(0))
-    sums = _hot._Sums.fit(X)
-    assert sums is not None
-    assert sums.finite(X, None) and sums.finite(X, X.clone())
-    for i, j in [(0, 0), (B - 1, n - 1), (B // 2, n // 2)]:
-        for bad in (float("nan"), float("inf"), float("-inf")):
-            Y = X.clone()
-            Y[i, j] = bad
-            assert not sums.finite(Y, None)
-            assert not sums.finite(X, Y)  # in v
-            assert not sums.finite(Y, X)  # in x, with v
-            Z = torch.zeros_like(X)  # inf · 0 is NaN
-            assert not sums.finite(Y, Z) and not sums.finite(Z, Y)
-        if B > 1 and n > 1:
-            Y = X.clone()
-            Y[i, j] = float("inf")
-            Y[i, (j + 1) % n] = Y[(i + 1) % B, j] = float("-inf")
-            assert not sums.finite(Y, None)
+    finite = _hot._numpy_finite
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's floating-point warnings would be errors here
+        assert finite(X, None) and finite(X, X.clone())
+        for i, j in [(0, 0), (B - 1, n - 1), (B // 2, n // 2)]:
+            for bad in (float("nan"), float("inf"), float("-inf")):
+                Y = X.clone()
+                Y[i, j] = bad
+                assert not finite(Y, None)
+                assert not finite(X, Y)  # in v
+                assert not finite(Y, X)  # in x, with v
+                Z = torch.zeros_like(X)  # inf · 0 is NaN
+                assert not finite(Y, Z) and not finite(Z, Y)
+            if B > 1 and n > 1:
+                Y = X.clone()
+                Y[i, j] = float("inf")
+                Y[i, (j + 1) % n] = Y[(i + 1) % B, j] = float("-inf")
+                assert not finite(Y, None)
+                W = torch.ones_like(X)  # infinities of opposite sign in v against ones in x
+                W[i, j], W[i, (j + 1) % n] = float("inf"), float("-inf")
+                assert not finite(torch.ones_like(X), W)
 
 
-def test_wide_inputs_are_proved_finite_by_one_sum():
-    X = torch.randn(40, 20, dtype=D)  # more than _MAX_PARTIALS partial sums either way
-    assert _hot._Sums.fit(X) is None and _hot._Sums.fit(X[:, :16]) is not None
-    assert _hot._Sums.fit(X.float()) is None and _hot._Sums.fit(X[:4].to(torch.float16)) is None
-    model = nn.Sequential(nn.Linear(20, 4), nn.Tanh(), nn.Linear(4, 1)).to(D)
-    hv.laplacian(model, X, batched=True)
-    X[39, 19] = float("inf")
-    with pytest.raises(hv.HessvizError, match="inf"):
-        hv.laplacian(model, X, batched=True)
+def test_a_repeated_call_proves_inputs_numpy_cannot_view_as_they_are_finite():
+    """An input requiring grad is read through a detached view, a subclass and a
+    non-contiguous one by torch, half precision by torch: each still answers, and a NaN or an
+    infinity in any of them is still an error."""
 
+    class Tagged(torch.Tensor):
+        pass
 
-def test_a_repeated_call_proves_a_non_contiguous_or_shared_input_finite_the_slow_way():
     model = _mlp()
-    X = torch.randn(3, 4, dtype=D).t()  # (4, 3), not contiguous
-    ref = _reference(model, X.contiguous(), "hessian")
-    hv.hessian(model, X, batched=True)
-    entry = _entry(model, "hessian", X)
-    assert entry is not None and entry.sums is not None
-    torch.testing.assert_close(hv.hessian(model, X, batched=True), ref)
-    bad = X.clone().t().contiguous().t()
-    bad[2, 1] = float("nan")
-    with pytest.raises(hv.HessvizError, match="NaN"):
-        hv.hessian(model, bad, batched=True)
-    # another thread holds the entry's buffers: this call sums without them
-    assert entry.sums.lock.acquire(blocking=False)
-    try:
-        torch.testing.assert_close(hv.hessian(model, X.contiguous(), batched=True), ref)
+    X = torch.randn(4, 3, dtype=D)
+    ref = _reference(model, X, "hessian")
+    for x in (X.clone().requires_grad_(), X.as_subclass(Tagged), X.t().contiguous().t()):
+        for _ in range(2):  # the first call, then the plan's
+            torch.testing.assert_close(
+                hv.hessian(model, x, batched=True).as_subclass(torch.Tensor), ref
+            )
+        bad = x.detach().clone()
+        bad[1, 2] = float("nan")
         with pytest.raises(hv.HessvizError, match="NaN"):
-            hv.hessian(model, bad.contiguous(), batched=True)
-    finally:
-        entry.sums.lock.release()
+            hv.hessian(model, bad, batched=True)
+    assert _entry(model, "hessian", X).by_numpy
+    half = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).to(torch.bfloat16)
+    Xh = X.to(torch.bfloat16)
+    hv.laplacian(half, Xh, batched=True)
+    hv.laplacian(half, Xh, batched=True)
+    entry = _entry(half, "laplacian", Xh)
+    assert entry is None or not entry.by_numpy
+    Xh[3, 0] = float("inf")
+    with pytest.raises(hv.HessvizError, match="inf"):
+        hv.laplacian(half, Xh, batched=True)
+
+
+def test_an_input_whose_product_overflows_is_still_served():
+    """``x · x`` overflows for finite float32 entries near 1e19: such a call takes the full
+    path, which checks element by element, and still answers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    X = torch.randn(5, 3)
+    hv.laplacian(model, X, batched=True)
+    big = X.clone()
+    big[0, 0] = 3e19
+    assert not _hot._numpy_finite(big, None) and bool(torch.isfinite(big).all())
+    torch.testing.assert_close(
+        hv.laplacian(model, big, batched=True),
+        hv.laplacian(model, big, batched=True, method="func"),
+    )
 
 
 @pytest.mark.parametrize("mode", ["enable_grad", "no_grad", "inference_mode"])
