@@ -9,15 +9,45 @@ refuses the beacon (403) and every closed page leaves its kernel (~360 MB with t
 until the idle cull. :class:`XsrfCookiePageHandler` is Voila's page handler plus the cookie.
 :func:`voila_app` (standalone Voila, ``hessviz.serve``) and :func:`use_page_handler` (Voila as a
 Jupyter server extension, Binder) put it in place of Voila's — Voila has no setting for it.
+
+**torch's LeafSpec warning** (torch 2.13): ``torch.utils._pytree.LeafSpec`` is marked deprecated
+(a ``FutureWarning`` when one is made), yet Inductor's own compile wrapper
+(``torch._dynamo.repro.after_aot``) deep-copies every graph it compiles, and an exported graph's
+pytree specs hold LeafSpecs: every ``hv.compile`` printed a warning about code that is not the
+user's (nor ours). :func:`quiet_leafspec_warning` silences exactly that warning around
+:func:`hessviz.compile`'s compiles, on the torch versions in :data:`TORCH_LEAFSPEC_VERSIONS`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import warnings
 
 #: Voila versions known to have voila#1458 (``tests/test_shims.py`` checks the installed one).
 VOILA_1458_VERSIONS = ("0.5.",)
+
+
+#: torch versions known to warn about LeafSpec from their own compiles (``tests/test_shims.py``
+#: checks the installed one)
+TORCH_LEAFSPEC_VERSIONS = ("2.13.",)
+#: the warning's text, as a regular expression
+LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
+@contextlib.contextmanager
+def quiet_leafspec_warning():
+    """Inside, torch's LeafSpec ``FutureWarning`` is not shown (other warnings are), where the
+    installed torch is one of :data:`TORCH_LEAFSPEC_VERSIONS`."""
+    import torch
+
+    if not torch.__version__.startswith(TORCH_LEAFSPEC_VERSIONS):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)
+        yield
 
 
 def voila_1458_applies() -> bool:

@@ -62,7 +62,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import _hot, api
+from . import _hot, _shims, api
 from ._errors import HessvizError
 from ._selfcheck import agrees
 from .structured import chain, chain_numpy
@@ -171,7 +171,8 @@ def compile(
         if op == "hvp":  # the only kernel written in numpy
             first += [(_in_numpy, IN_NUMPY), (_in_numba, IN_NUMBA)]
         for tries in (first, [(_just_in_time, "compiled")]):
-            won = _fastest(tries, entry, op, (f, x, v), eager, why)
+            with _shims.quiet_leafspec_warning():  # torch's own, from its compiles
+                won = _fastest(tries, entry, op, (f, x, v), eager, why)
             if won is not None:
                 handle._entries[op] = (key, won[0])
                 handle.kernels[op] = won[1]

@@ -88,3 +88,32 @@ def test_voila_1458_shim_swaps_only_voilas_page_handler():
     assert issubclass(fixed_page, voila_page)
     app = _shims.voila_app()
     assert app.__mro__[1].__name__ == "Voila" and app.init_handlers is not None
+
+
+def test_torch_still_warns_about_leafspec_when_its_own_specs_are_copied():
+    """The bug: deep-copying a pytree spec (what Inductor's compile wrapper does to every
+    graph it compiles, with the graph's input and output specs) makes LeafSpecs, and torch
+    warns about them. Fails once torch stops: then delete ``quiet_leafspec_warning``, its
+    version guard and its use in ``hessviz/compiled.py``."""
+    import copy
+    import warnings
+
+    import torch
+    from torch.utils import _pytree
+
+    if not torch.__version__.startswith(_shims.TORCH_LEAFSPEC_VERSIONS):
+        pytest.skip(f"torch {torch.__version__} is not a version the shim covers")
+    spec = _pytree.tree_flatten((1.0, 2.0))[1]  # a tuple of two leaves
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        copy.deepcopy(spec)
+    messages = [str(w.message) for w in shown if issubclass(w.category, FutureWarning)]
+    assert any("LeafSpec" in m for m in messages), (
+        "torch no longer warns about LeafSpec when a spec is copied: delete the shim"
+    )
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        with _shims.quiet_leafspec_warning():  # its filter goes before "always"
+            copy.deepcopy(spec)
+            warnings.warn("another FutureWarning", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in quiet] == ["another FutureWarning"]
