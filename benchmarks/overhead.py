@@ -11,10 +11,11 @@ float64 and float32) the public call (``hv.hessian(model, X, batched=True)``, �
   repeated call does above the arithmetic: the request key and cache look-up, the module-tree
   and finiteness checks, switching autograd off and on, the kernel's own checks of the weights
   and inputs, its buffers' lock and the numpy views, shaping the result. Target: at most 20 µs.
-- **call − kernel** (a cross-check): the call and its kernel (the plan's runner, called as the
-  call calls it, under ``torch.no_grad()``), interleaved, and their difference. On a shared
-  machine the kernels' 100–600 µs move by more than the overhead between rounds, so this
-  column is noisy; it is shown to confirm the direct figure's order, not to judge the target.
+- **call − kernel** (a cross-check of the front end): the call and its kernel (the plan's
+  runner, called as the call calls it, under ``torch.no_grad()``), interleaved, and their
+  difference: the call's work outside the runner only (the runner's own checks, lock and views
+  are in the kernel's time here). On a shared machine the kernels' 100–600 µs move by more
+  than that between rounds, so this column is noisy.
 
 Each figure is per call, from 15 rounds of 200 calls: the overhead's best round judges the
 target (the machine's own interruptions only ever add time: ``timeit``'s reasoning), its median
