@@ -369,6 +369,7 @@ def test_a_repeated_call_proves_inputs_numpy_cannot_view_as_they_are_finite():
             )
         bad = x.detach().clone()
         bad[1, 2] = float("nan")
+        bad.requires_grad_(x.requires_grad)  # as the input it stands for
         with pytest.raises(hv.HessvizError, match="NaN"):
             hv.hessian(model, bad, batched=True)
     assert _entry(model, "hessian", X).by_numpy
