@@ -85,6 +85,7 @@ class Session:
     kernel_id: str = ""
     first_render: float = 0.0
     update: float = 0.0
+    console: list = field(default_factory=list, repr=False)  # the page's console errors, warnings
 
 
 def type_into_slider(page, css: str, value: str) -> None:
@@ -137,8 +138,11 @@ _HEATMAP = """() => { const d = document.querySelector('.hv-fig-hessian .js-plot
         && d.data[0].z && d.data[0].z.length > 0; }"""
 
 
-def assert_shows_engine_values(page, query: str, what: str, timeout: float) -> dict:
-    """Wait until the page's plots equal the engine's values for ``query``."""
+def assert_shows_engine_values(
+    page, query: str, what: str, timeout: float, console: list | None = None
+) -> dict:
+    """Wait until the page's plots equal the engine's values for ``query``; fail with what the
+    page shows, its plots' draw counts and its ``console`` messages otherwise."""
     expected = engine_values(query)
     deadline = time.monotonic() + timeout
     while True:
@@ -155,9 +159,11 @@ def assert_shows_engine_values(page, query: str, what: str, timeout: float) -> d
                     "() => Array.from(document.querySelectorAll('.hv-status, .hv-message, "
                     ".hv-notes, .hv-activation select')).map((e) => e.value || e.innerText)"
                 )
+                stats = page.evaluate("() => globalThis.__hessvizPlotlyStats")
                 pytest.fail(
                     f"{what}: the plots do not show the engine's values for {query}\n"
-                    f"link: {now['link']}\npage: {seen}\n{error}"
+                    f"link: {now['link']}\npage: {seen}\nplotly: {stats}\n"
+                    f"console: {console}\n{error}"
                 )
         page.wait_for_timeout(200)
 
@@ -205,6 +211,14 @@ def test_eight_sessions_render_independently(chromium, dashboard):  # noqa: F811
             )
             page = context.new_page()
             page.on("pageerror", lambda err: page_errors.append(str(err)))
+            page.on(
+                "console",
+                lambda msg, s=session: (
+                    s.console.append(f"{msg.type}: {msg.text}")
+                    if msg.type in ("error", "warning")
+                    else None
+                ),
+            )
             session.page = page
             opened = time.perf_counter()
             page.goto(
@@ -219,8 +233,9 @@ def test_eight_sessions_render_independently(chromium, dashboard):  # noqa: F811
             page = session.page
             page.wait_for_function(_HEATMAP, timeout=FIRST_RENDER_SECONDS * 1000)
             assert_shows_engine_values(
-                page, session.state.to_query(), f"{session.name}: first render", UPDATE_SECONDS
-            )
+                page, session.state.to_query(), f"{session.name}: first render", UPDATE_SECONDS,
+                session.console,
+            )  # fmt: skip
             session.first_render = session.first_render or time.perf_counter() - start
             session.kernel_id = page.evaluate(
                 "() => JSON.parse(document.getElementById('jupyter-config-data')"
@@ -241,7 +256,7 @@ def test_eight_sessions_render_independently(chromium, dashboard):  # noqa: F811
         for session in plan:
             assert_shows_engine_values(
                 session.page, queries[session.name], f"{session.name}: {session.change}",
-                UPDATE_SECONDS,
+                UPDATE_SECONDS, session.console,
             )  # fmt: skip
             session.update = time.perf_counter() - session.update
             state = link_state(session.page)
@@ -252,9 +267,18 @@ def test_eight_sessions_render_independently(chromium, dashboard):  # noqa: F811
         final = {}
         for session in plan:
             final[session.name] = assert_shows_engine_values(
-                session.page, queries[session.name], f"{session.name}: at the end", 5
-            )
+                session.page, queries[session.name], f"{session.name}: at the end", 5,
+                session.console,
+            )  # fmt: skip
             assert session.page.inner_text(".hv-message").strip() == ""
+            # every draw the page asked plotly.js for has finished, none failed
+            session.page.wait_for_function(
+                "() => { const d = globalThis.__hessvizPlotlyStats.draws;"
+                " return d.asked === d.done + d.failed; }",
+                timeout=10_000,
+            )
+            draws = session.page.evaluate("() => globalThis.__hessvizPlotlyStats.draws")
+            assert draws["failed"] == 0 and draws["done"] > 0, (session.name, draws)
         hessians = [json.dumps(v["hessian"]) for v in final.values()]
         assert len(set(hessians)) == 8, "two visitors see the same Hessian"
         memory_after = snapshot(server, plan)

@@ -11,9 +11,11 @@
 
 const LOADS = (globalThis.__hessvizPlotlyCode ??= new Map()); // code key -> Promise<Plotly>
 // What the browser tests read: plotly.js loads, from where ("url": the server's, fetched by the page
-// or by a plot; "kernel"; "page": already there), and how many state changes arrived while plotly.js
-// was still loading (drawn from the latest state).
+// or by a plot; "kernel"; "page": already there), how many state changes arrived while plotly.js
+// was still loading (drawn from the latest state), and the page's draws: asked for, done, failed
+// (asked > done + failed for long: a draw that never finished holds up the plot's later ones).
 const STATS = (globalThis.__hessvizPlotlyStats ??= { loads: 0, via: "", replayed: 0 });
+STATS.draws ??= { asked: 0, done: 0, failed: 0 };
 
 function classicScript(src) {
   // plotly.min.js is a UMD bundle that sets `window.Plotly`: load it as a classic script.
@@ -130,6 +132,7 @@ export default {
     // (it writes into the objects it is given).
     let drawing = Promise.resolve();
     const draw = () => {
+      STATS.draws.asked += 1;
       drawing = drawing.catch(() => undefined).then(() => {
         if (disposed) return undefined;
         const spec = structuredClone(model.get("spec") ?? {});
@@ -138,7 +141,13 @@ export default {
         drawnWidth = div.offsetWidth;
         return Plotly.react(div, spec.data ?? [], layout, config);
       });
-      drawing.catch((error) => console.error("[hessviz] plotly.js could not draw:", error));
+      drawing.then(
+        () => (STATS.draws.done += 1),
+        (error) => {
+          STATS.draws.failed += 1;
+          console.error("[hessviz] plotly.js could not draw:", error);
+        },
+      );
       return drawing;
     };
     const queueFirstDraw = () => {
