@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ._budget import get_memory_budget
-from ._gemm import array
+from ._gemm import NUMPY_DTYPES, array
 from ._problem import RESULT_AXES, Problem
 
 _ENTRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -106,7 +106,7 @@ class Entry:
     def __post_init__(self):
         p = self.problem
         self.rows = (p.B, p.n)
-        self.by_numpy = p.X.device.type == "cpu" and p.X.dtype in _NUMPY_FINITE
+        self.by_numpy = p.X.device.type == "cpu" and p.X.dtype in NUMPY_DTYPES
         self.shapes = tuple(p.result_shape(RESULT_AXES[self.op], flat) for flat in (False, True))
         self.reads_f = getattr(self.kernel, "reads_f", True)
 
@@ -201,10 +201,6 @@ def _numpy_finite(X: torch.Tensor, V: torch.Tensor | None) -> bool:
     except (RuntimeError, TypeError):  # memory numpy cannot view: the tensor way
         return _finite(X, V)
     return math.isfinite(np.vdot(x, v))
-
-
-#: the dtypes :func:`_numpy_finite` reads
-_NUMPY_FINITE = frozenset({torch.float32, torch.float64})
 
 
 def _directions_like(v: object, x: torch.Tensor) -> bool:
