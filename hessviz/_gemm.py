@@ -35,6 +35,7 @@ Either backend computes the same product; results differ by rounding only.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 
@@ -147,6 +148,19 @@ def _blas_layout(t: torch.Tensor) -> bool:
 def array(t: torch.Tensor) -> np.ndarray:
     """A numpy view of ``t``'s memory (a parameter's ``weight`` requires grad: detached)."""
     return (t.detach() if t.requires_grad else t).numpy()
+
+
+def finite_product(a: np.ndarray, b: np.ndarray) -> bool:
+    """``a · b`` (all entries, as flat vectors of one size) is finite: how a repeated call
+    proves its inputs finite (``b = a`` for ``x``, ``b = v`` for an HVP's ``x`` and ``v``).
+
+    ``x · x`` is a sum of squares: NaN or +inf whenever ``x`` holds a NaN or an infinity, never
+    cancelling; ``x · v`` is NaN or ±inf whenever either does (``inf · 0`` is NaN, ``inf − inf``
+    is NaN). A product that only overflows reads as not finite: the caller then takes the path
+    that checks element by element. ``np.vdot`` reads the memory once (2.5–5 µs at batch 64
+    to 4096 here, against ~6–20 µs for a torch reduction and its read-back) and, unlike
+    ``np.dot``, raises no floating-point warnings on the way."""
+    return math.isfinite(np.vdot(a, b))
 
 
 def choice() -> str:

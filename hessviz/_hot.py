@@ -28,13 +28,13 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 from torch import nn
 
 from ._budget import get_memory_budget
-from ._gemm import NUMPY_DTYPES, array
+from ._gemm import NUMPY_DTYPES, array, finite_product
 from ._problem import RESULT_AXES, Problem
+from .structured.layers import global_forward_hooks
 
 _ENTRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MAX_PER_MODEL = 32  # distinct requests remembered per model (oldest forgotten first)
@@ -63,28 +63,28 @@ def request_key(op: str, method: object, x: object, batched: object, outputs: ob
     return (op, method, x.shape, x.dtype, x.device, batched, okey, get_memory_budget())
 
 
-def _tree(f: nn.Module, storages: bool) -> tuple:
+def _tree(f: nn.Module, storages: bool) -> list:
     """What the kernels assume about ``f``'s modules and is not a parameter's value; with
     ``storages``, also which tensors hold the parameters and buffers (a lowered chain holds the
     user's tensors themselves, so a replaced tensor means the chain is out of date). Weights
     of another shape need no entry here: the layer-wise kernels read the current weights, so
     they either fail on them (the full path then explains) or compute the new model's numbers,
     except for one change that leaves every product valid — a last layer with another number
-    of outputs — which the kernels check themselves (the template's ``out_shape``)."""
-    tree, modules = [], [f]
-    append = tree.append
+    of outputs — which the kernels check themselves (the template's ``out_shape``). Forward
+    hooks registered for every module count as a hook on each."""
+    tree, modules = [global_forward_hooks()], [f]
     for m in modules:  # f.modules() breadth first, without its memo set: this runs every call
         if m is None:  # a child registered as None
             continue
         d = m.__dict__  # what Module.__init__ sets lives here: no attribute lookups
-        hooked = bool(d["_forward_hooks"] or d["_forward_pre_hooks"])
         # ids, not the modules: an entry must not keep f alive (the kernels hold the leaves)
-        append((id(m), type(m), d["training"], d.get("p"), hooked))
+        tree += (id(m), type(m), d["training"], d.get("p"), not d["_forward_hooks"],
+                 not d["_forward_pre_hooks"])  # fmt: skip
         if storages:
-            for t in (*d["_parameters"].values(), *d["_buffers"].values()):
-                append(None if t is None else t.data_ptr())
+            tensors = (*d["_parameters"].values(), *d["_buffers"].values())
+            tree.append(tuple(None if t is None else t.data_ptr() for t in tensors))
         modules += d["_modules"].values()  # the loop reaches what is appended
-    return tuple(tree)
+    return tree
 
 
 @dataclass
@@ -93,7 +93,7 @@ class Entry:
 
     problem: Problem  # what the kernel runs on (f None: the caller's f), without data
     kernel: Callable  # (p, X, sel), HVPs (p, X, V, sel): structured.runner, engine.runner
-    tree: tuple  # _tree(f, storages) of the user's nn.Module f when the entry was made
+    tree: list  # _tree(f, storages) of the user's nn.Module f when the entry was made
     reference: Problem | None = None  # the user's problem, when problem.f is its lowered chain
     storages: bool = False  # the kernel holds f's tensors themselves (a lowered chain, a graph)
     method: str = "structured"  # the registry's name of the engine the kernel belongs to
@@ -102,6 +102,8 @@ class Entry:
     by_numpy: bool = False  # a repeated call proves x finite by _numpy_finite, not _finite
     shapes: tuple = ()  # the public result shape, with its leading B: (not flat, flat)
     reads_f: bool = True  # the kernel reads problem.f (the caller's f when the template's is None)
+    #: the kernel's own way to serve a repeated call (:meth:`run`), or None
+    lane: Callable | None = None
 
     def __post_init__(self):
         p = self.problem
@@ -109,6 +111,8 @@ class Entry:
         self.by_numpy = p.X.device.type == "cpu" and p.X.dtype in NUMPY_DTYPES
         self.shapes = tuple(p.result_shape(RESULT_AXES[self.op], flat) for flat in (False, True))
         self.reads_f = getattr(self.kernel, "reads_f", True)
+        if self.reference is None and not self.storages:  # f itself is not run again
+            self.lane = getattr(self.kernel, "repeat", None)
 
     def shape_result(self, R: torch.Tensor, flat: bool) -> torch.Tensor:
         """:meth:`~hessviz._problem.Problem.shape_result` of :meth:`run`'s ``R``."""
@@ -120,6 +124,19 @@ class Entry:
         """The ``(B, m, …)`` result, or None when this call must take the full path."""
         if _tree(f, self.storages) != self.tree:
             return None
+        if self.lane is not None:
+            # a kernel with a ``repeat`` (:meth:`hessviz.structured.chain_numpy.NumpyRunner.repeat`)
+            # proves the inputs finite itself and records no autograd history: no mode switch
+            # and no second view of x; NotImplemented when it does not take these inputs
+            inputs = self.inputs(x, v, prove=False)
+            if inputs is None:
+                return None
+            try:
+                R = self.lane(*inputs, self.problem.sel)
+            except Exception:  # noqa: BLE001 - the full path decides again and explains
+                return None
+            if R is not NotImplemented:
+                return R
         p = self.problem
         if p.f is None and self.reads_f:
             p = _with_f(p, f)
@@ -146,7 +163,8 @@ class Entry:
         """``(X,)`` or, for HVPs, ``(X, V)``: ``x`` (of this entry's key) and ``v`` laid out as
         ``(B, n)`` in ``x``'s dtype, once both are proved finite (unless not ``prove``: a
         kernel that proves it itself); None when not (or when ``v`` is not a real tensor of
-        ``x``'s shape and device). Call with autograd off."""
+        ``x``'s shape and device). Under autograd, an ``x`` or ``v`` that requires grad gives
+        ``X``, ``V`` with history (harmless to a kernel that reads numpy views of them)."""
         rows = self.rows
         X = x if x.shape == rows else x.reshape(rows)
         if v is None:
@@ -179,16 +197,10 @@ def _with_f(p: Problem, f: object) -> Problem:
 
 def _numpy_finite(X: torch.Tensor, V: torch.Tensor | None) -> bool:
     """Like :func:`_finite`, for ``X`` (and ``V``) laid out as an entry's ``(B, n)`` in its CPU
-    float32/float64 dtype (:attr:`Entry.by_numpy`): one numpy dot product of their memory.
-
-    A torch reduction and its conversion to a Python number cost ~6 µs of a repeated tiny-model
-    HVP here (two views, a product, a read-back) and ~10–20 µs at batch 4096; ``np.vdot`` reads
-    the same memory for 2.5–5 µs at both sizes, and (unlike ``np.dot``) raises no floating-point
-    warnings on the way. ``x · x`` is a sum of squares: NaN or +inf whenever ``x`` holds a NaN or
-    an infinity, never cancelling; ``x · v`` is NaN or ±inf whenever either does (``inf · 0`` is
-    NaN, ``inf − inf`` is NaN). A product that only overflows sends a finite input down the full
-    path, which checks element by element. Inputs numpy cannot view as they are (not
-    contiguous, a subclass) go to :func:`_finite`."""
+    float32/float64 dtype (:attr:`Entry.by_numpy`): one numpy dot product of their memory
+    (:func:`hessviz._gemm.finite_product`; a torch reduction and its conversion to a Python
+    number cost ~6 µs of a repeated tiny-model HVP here, ~10–20 µs at batch 4096). Inputs
+    numpy cannot view as they are (not contiguous, a subclass) go to :func:`_finite`."""
     if not (
         type(X) is torch.Tensor
         and X.is_contiguous()
@@ -200,7 +212,7 @@ def _numpy_finite(X: torch.Tensor, V: torch.Tensor | None) -> bool:
         v = x if V is None else array(V)
     except (RuntimeError, TypeError):  # memory numpy cannot view: the tensor way
         return _finite(X, V)
-    return math.isfinite(np.vdot(x, v))
+    return finite_product(x, v)
 
 
 def _directions_like(v: object, x: torch.Tensor) -> bool:

@@ -15,6 +15,12 @@ import math
 import torch
 from torch import nn
 
+# the hooks torch.nn.modules.module.register_module_forward_hook and
+# register_module_forward_pre_hook register for every module: dicts torch fills in place, which
+# no public function reads (tests/test_layers.py proves these are the ones it fills)
+from torch.nn.modules.module import _global_forward_hooks as _GLOBAL_HOOKS
+from torch.nn.modules.module import _global_forward_pre_hooks as _GLOBAL_PRE_HOOKS
+
 from .. import ops
 
 
@@ -272,10 +278,18 @@ def _modules(model: nn.Module) -> list[nn.Module]:
     return [model]
 
 
+def global_forward_hooks() -> bool:
+    """Whether a forward hook for every module is registered: it may change any layer's
+    output, and the layer-wise kernels compute the layers' maps themselves."""
+    return bool(_GLOBAL_HOOKS or _GLOBAL_PRE_HOOKS)
+
+
 def parse(f: object) -> list:
     """The layers of ``f`` as engine layers; raises :class:`Unsupported` with the reason."""
     if not isinstance(f, nn.Module):
         raise Unsupported("f is not an nn.Module (a plain function has no layers to exploit)")
+    if global_forward_hooks():
+        raise Unsupported("a forward hook is registered for every module (global hooks)")
     layers = [_wrap(m) for m in _modules(f)]
     for lay in layers:
         if lay.module._forward_hooks or lay.module._forward_pre_hooks:
