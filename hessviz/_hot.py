@@ -9,11 +9,17 @@ only checks what the key cannot see, then runs the kernel directly:
 
 - ``x`` (and ``v``) are finite real tensors;
 - the model's module tree is the same modules, in the same modes (``training``, dropout ``p``),
-  without forward hooks;
+  with the same ``forward`` (none set on an instance, or the same one), without forward hooks
+  (on a module, or registered for every module);
 - for a hand-written ``forward`` that was lowered to a chain of layers, ``f`` still equals that
   chain on the first sample (as on the first call); a graph's output must still equal ``f(x)``
   on every sample (as on every call), and the tensors it was captured with must still be
   ``f``'s parameters and buffers.
+
+A kernel with a ``repeat`` method (the numpy plans' runner,
+:meth:`hessviz.structured.chain_numpy.NumpyRunner.repeat`) serves such a call itself: it proves
+``x`` finite on the memory it reads and records no autograd history, so autograd's mode is not
+switched.
 
 The kernels read the parameters at every call, so trained or edited weights are used as they
 are. Anything unexpected — a kernel error after a weight was replaced by one of another shape or
@@ -71,20 +77,32 @@ def _tree(f: nn.Module, storages: bool) -> list:
     they either fail on them (the full path then explains) or compute the new model's numbers,
     except for one change that leaves every product valid — a last layer with another number
     of outputs — which the kernels check themselves (the template's ``out_shape``). Forward
-    hooks registered for every module count as a hook on each."""
+    hooks registered for every module count as a hook on each; a ``forward`` set on a module
+    instance (``m.forward = …``, which ``m(x)`` then calls) is part of the tree."""
     tree, modules = [global_forward_hooks()], [f]
     for m in modules:  # f.modules() breadth first, without its memo set: this runs every call
         if m is None:  # a child registered as None
             continue
         d = m.__dict__  # what Module.__init__ sets lives here: no attribute lookups
         # ids, not the modules: an entry must not keep f alive (the kernels hold the leaves)
-        tree += (id(m), type(m), d["training"], d.get("p"), not d["_forward_hooks"],
-                 not d["_forward_pre_hooks"])  # fmt: skip
+        forward = d.get("forward")  # set on the instance: usually not
+        tree += (id(m), type(m), d["training"], d.get("p"), forward and _weak(forward),
+                 not d["_forward_hooks"], not d["_forward_pre_hooks"])  # fmt: skip
         if storages:
             tensors = (*d["_parameters"].values(), *d["_buffers"].values())
             tree.append(tuple(None if t is None else t.data_ptr() for t in tensors))
         modules += d["_modules"].values()  # the loop reaches what is appended
     return tree
+
+
+def _weak(obj: object) -> object:
+    """A stand-in for ``obj`` in a tree that does not keep it alive (a ``forward`` set on an
+    instance may hold the model): a weak reference, equal to another while both reach the same
+    live object; ``obj`` itself where it takes none (a builtin, which holds no model)."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return obj
 
 
 @dataclass

@@ -320,6 +320,49 @@ def test_plans_do_not_keep_the_model_alive(make):
     assert ref() is None, "a cached plan keeps the model (and its parameters) in memory"
 
 
+@pytest.mark.parametrize("op", ["hessian", "diagonal", "laplacian", "hvp"])
+def test_a_forward_set_on_an_instance_later_is_honoured(op):
+    """``m.forward = …`` makes ``m(x)`` call the new function (a Python function, a builtin, a
+    method bound to the model), whatever ``type(m)`` says: repeated calls must follow it, and
+    the plan must not keep the model alive through it."""
+    import types
+
+    model, X = _mlp(), torch.randn(4, 3, dtype=D)
+    V = torch.randn(4, 3, dtype=D)
+
+    def check():
+        torch.testing.assert_close(_call(model, X, op, V), _reference(model, X, op, V))
+
+    check()
+    model[1].forward = lambda z: 2 * torch.tanh(z)  # a Python function
+    check()
+    check()  # and from its own plan
+    model[3].forward = torch.sin  # a builtin (no weak reference to it exists)
+    check()
+    del model[1].forward, model[3].forward  # the class's forward again
+    check()
+    model.forward = types.MethodType(lambda self, z: self[4](self[0](z).sin()), model)
+    check()
+    check()
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None, "a plan keeps the model alive through its forward"
+
+
+def test_the_layer_wise_engine_refuses_a_forward_set_on_an_instance():
+    from hessviz.structured.layers import Unsupported, parse
+
+    model = _mlp()
+    model[1].forward = torch.sin
+    with pytest.raises(Unsupported, match="forward replaced"):
+        parse(model)
+    model = _mlp()
+    model.forward = lambda z: z
+    with pytest.raises(Unsupported, match="forward replaced"):
+        parse(model)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(5, 3), (3, 40), (1, 1), (40, 20)])
 def test_the_repeated_calls_finiteness_product_finds_every_bad_entry(dtype, shape):

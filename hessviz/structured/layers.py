@@ -271,6 +271,8 @@ _KNOWN_BASES = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchN
 
 
 def _modules(model: nn.Module) -> list[nn.Module]:
+    if "forward" in model.__dict__:  # model.forward = …: its type no longer says what it does
+        raise Unsupported(f"{type(model).__name__} has its forward replaced on the instance")
     if isinstance(model, nn.Sequential):
         if type(model).forward is not nn.Sequential.forward:
             raise Unsupported(f"{type(model).__name__} overrides Sequential.forward")
