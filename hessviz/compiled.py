@@ -353,6 +353,10 @@ class _AheadOfTime:
     layout: tuple | None = None  # _layout they must have, checked here (None: run_library
     # checks them itself: AOTInductor's input checks, the numpy kernels' NumpyRunner.layers())
     proves_finite: bool = False  # run_library returns None for inputs that are not finite
+    #: _layout of the tensors the library was compiled with: where the library checks them
+    #: itself (layout None), the first call it refuses (or that fails) makes ``layout`` this,
+    #: so the refusal's line on stderr is printed once, not at every call
+    built: tuple | None = None
 
     @property
     def problem(self):
@@ -387,6 +391,8 @@ class _AheadOfTime:
                 return None
             return self.run_library(args + tensors)  # None: an input was not finite
         except Exception:  # noqa: BLE001 - the plain path decides again and explains
+            if self.layout is None:  # from now on, checked here before the library runs
+                self.layout = self.built
             return None
         finally:
             if quiet:
@@ -462,7 +468,8 @@ def _ahead_of_time(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
     loader = getattr(library, "loader", None)
     outputs = loader.run if hasattr(loader, "run") else lambda args: library(*args)
     checked = _checks_its_inputs(outputs, [*chunk, *tensors])
-    layout = None if checked and X.is_cpu else _layout(chain.tensors(ch))
+    built = _layout(chain.tensors(ch))
+    layout = None if checked and X.is_cpu else built
     inputs = 1 + len(V)
 
     def run(args: list) -> torch.Tensor | None:
@@ -481,7 +488,9 @@ def _ahead_of_time(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
             parts.append(R)
         return torch.cat(parts)[: p.B]
 
-    return _AheadOfTime(entry, run, ch, _settings(ch.activations), True, layout, proves_finite=True)
+    return _AheadOfTime(
+        entry, run, ch, _settings(ch.activations), True, layout, proves_finite=True, built=built
+    )
 
 
 #: AOTInductor's switch for its libraries' own input checks (dtype, sizes, strides, device type)
@@ -500,7 +509,8 @@ def _checks_its_inputs(outputs: Callable, args: list) -> bool:
     re-laid out, which must raise; if it does not (another PyTorch), False: the caller checks
     the layouts in Python instead. The device index is not among the checks (CUDA: Python).
     A later call refused so (a weight stored back transposed) prints the library's one-line
-    reason on stderr and takes the plain path."""
+    reason on stderr and takes the plain path; later calls check the layouts in Python
+    (:attr:`_AheadOfTime.built`), so that line is printed once."""
     saved = os.environ.get(_CHECK_INPUTS)
     os.environ[_CHECK_INPUTS] = "1"
     try:

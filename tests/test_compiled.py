@@ -94,7 +94,7 @@ def test_results_are_fresh_tensors_and_trained_weights_are_read(compiled_mlp):
             lin.weight.div_(1.5)
 
 
-def test_a_relaid_weight_a_changed_setting_and_a_bad_input_take_the_plain_path():
+def test_a_relaid_weight_a_changed_setting_and_a_bad_input_take_the_plain_path(capfd):
     net = nn.Sequential(nn.Linear(2, 6), nn.Softplus(beta=2.0), nn.Linear(6, 6), nn.Tanh(),
                         nn.Linear(6, 1)).to(D)  # fmt: skip
     X = torch.randn(5, 2, dtype=D, generator=torch.Generator().manual_seed(2))
@@ -110,7 +110,11 @@ def test_a_relaid_weight_a_changed_setting_and_a_bad_input_take_the_plain_path()
     try:  # same storage, same shape, transposed strides: the library would misread it
         net[2].weight = nn.Parameter(W.detach().T)
         assert net[2].weight.data_ptr() == W.data_ptr()
-        torch.testing.assert_close(c.hessian(X), plain())
+        capfd.readouterr()
+        for _ in range(3):
+            torch.testing.assert_close(c.hessian(X), plain())
+        # the library's refusal is printed once at most: then the layouts are checked first
+        assert capfd.readouterr().err.count("unmatched") <= 1
     finally:
         net[2].weight = W
     net[1].beta = 3.0  # compiled in as a constant: the plain path takes over

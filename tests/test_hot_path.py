@@ -330,20 +330,20 @@ def test_a_forward_set_on_an_instance_later_is_honoured(op):
     model, X = _mlp(), torch.randn(4, 3, dtype=D)
     V = torch.randn(4, 3, dtype=D)
 
-    def check():
-        torch.testing.assert_close(_call(model, X, op, V), _reference(model, X, op, V))
+    def check(f):
+        torch.testing.assert_close(_call(f, X, op, V), _reference(f, X, op, V))
 
-    check()
+    check(model)
     model[1].forward = lambda z: 2 * torch.tanh(z)  # a Python function
-    check()
-    check()  # and from its own plan
+    check(model)
+    check(model)  # and from its own plan
     model[3].forward = torch.sin  # a builtin (no weak reference to it exists)
-    check()
+    check(model)
     del model[1].forward, model[3].forward  # the class's forward again
-    check()
+    check(model)
     model.forward = types.MethodType(lambda self, z: self[4](self[0](z).sin()), model)
-    check()
-    check()
+    check(model)
+    check(model)
     ref = weakref.ref(model)
     del model
     gc.collect()
