@@ -16,6 +16,16 @@ Jupyter server extension, Binder) put it in place of Voila's — Voila has no se
 pytree specs hold LeafSpecs: every ``hv.compile`` printed a warning about code that is not the
 user's (nor ours). :func:`quiet_leafspec_warning` silences exactly that warning around
 :func:`hessviz.compile`'s compiles, on the torch versions in :data:`TORCH_LEAFSPEC_VERSIONS`.
+
+**anywidget's two seconds** (anywidget 0.9–0.11 at least): a widget model whose front-end
+module has not loaded two seconds after the model was made (a busy page: eight visitors' pages
+in one browser on two cores, a slow laptop loading plotly.js) rejects its ``ready`` promise
+("[anywidget] Failed to initialize model."), and every later message from the kernel waits on
+that promise: its view still appears, drawn from the state it had, and then never changes — a
+plot under a status line that describes another figure. anywidget has no setting for it.
+:class:`hessviz.widgets.figure_widget.PlotPanel` puts a fresh plot in place of one whose page
+has drawn it before but not the figure the kernel sent it a few seconds ago
+(:func:`anywidget_drops_updates` says where that can happen).
 """
 
 from __future__ import annotations
@@ -48,6 +58,18 @@ def quiet_leafspec_warning():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)
         yield
+
+
+#: anywidget versions known to drop a late model's updates (``tests/test_shims.py`` checks the
+#: installed one's front end still does)
+ANYWIDGET_LATE_MODEL_VERSIONS = ("0.9.", "0.10.", "0.11.")
+
+
+def anywidget_drops_updates() -> bool:
+    """Whether the installed anywidget is one of :data:`ANYWIDGET_LATE_MODEL_VERSIONS`."""
+    import anywidget
+
+    return anywidget.__version__.startswith(ANYWIDGET_LATE_MODEL_VERSIONS)
 
 
 def voila_1458_applies() -> bool:

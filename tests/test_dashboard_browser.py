@@ -417,6 +417,50 @@ globalThis.__hessvizPlotlyCode = new (class extends Map {
 """
 
 
+# Every widget module (anywidget's ESM, a small JavaScript blob) loads late: the page is busy for
+# 2.1 s just before each import, so each model is still loading when anywidget's two seconds
+# end — until the test sets __hessvizModulesOnTime.
+_LATE_MODULES = """
+(() => {
+  const create = URL.createObjectURL;
+  URL.createObjectURL = function (blob) {
+    const module = blob instanceof Blob && blob.type === "text/javascript" && blob.size < 100000;
+    if (module && !globalThis.__hessvizModulesOnTime) {
+      globalThis.__hessvizLateModules = (globalThis.__hessvizLateModules ?? 0) + 1;
+      const until = performance.now() + 2100;
+      while (performance.now() < until) {}
+    }
+    return create.call(URL, blob);
+  };
+})();
+"""
+
+
+def test_plots_whose_module_loaded_late_still_update(chromium, dashboard):
+    """A page too busy to load the plots' module within anywidget's two seconds (eight visitors
+    on two cores, a slow laptop), played deterministically: anywidget then drops every later
+    update to those models, and their plots would keep their first figure under a status line
+    about another (``hessviz._shims``). The kernel notices that a page drew a plot but not its
+    new figure and puts a fresh plot in its place, which the page draws."""
+    url, _ = dashboard
+    page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+    page_errors = []
+    page.on("pageerror", lambda err: page_errors.append(str(err)))
+    page.add_init_script(_LATE_MODULES)
+    page.goto(f"{url}?{INITIAL}", wait_until="domcontentloaded")
+    wait_for_engine_values(page, INITIAL, "the first view")  # drawn from the initial state
+    late = page.evaluate("() => globalThis.__hessvizLateModules")
+    assert late >= 7, late  # every plot's model (and plotly's) loaded late
+    page.evaluate("() => { globalThis.__hessvizModulesOnTime = true; }")
+    page.select_option(".hv-activation select", "sigmoid")
+    query = INITIAL.replace("act=tanh", "act=sigmoid")
+    wait_for_engine_values(page, query, "a change on a page whose plots loaded late")
+    assert page.locator(".hv-figure").count() == 7  # the replaced plots are gone from the page
+    # anywidget's own rejections (the models it gave up on), nothing else
+    assert all("Failed to initialize model" in e for e in page_errors), page_errors
+    page.close()
+
+
 @pytest.mark.parametrize("server", ["dashboard", "plain_voila"])
 def test_updates_that_arrive_while_plotly_loads_are_not_lost(chromium, server, request):
     """A slow device, played deterministically: plotly's code stays "loading" until the test

@@ -119,3 +119,27 @@ def test_torch_still_warns_about_leafspec_when_its_own_specs_are_copied():
             copy.deepcopy(spec)
             warnings.warn("another FutureWarning", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in quiet] == ["another FutureWarning"]
+
+
+def test_anywidget_still_drops_the_updates_of_a_model_not_ready_in_two_seconds():
+    """The installed anywidget's front end (the JupyterLab/Voila bundle and the classic
+    notebook's) still rejects a model's ``ready`` promise two seconds after the model was made,
+    the promise every later kernel message waits on (``_handle_comm_msg``); the version guard
+    covers it. Fails once anywidget stops doing so: then delete ``PlotPanel``'s replacement."""
+    import re
+    from pathlib import Path
+
+    import anywidget
+
+    assert _shims.anywidget_drops_updates(), anywidget.__version__
+    root = Path(anywidget.__file__).parent
+    bundles = [p for p in root.rglob("*.js") if "Failed to initialize model" in p.read_text()]
+    assert {p.parent.name for p in bundles} >= {"static", "nbextension"}, bundles
+    late = re.compile(
+        r"AbortSignal\.timeout\((2000|2e3)\)[^;]{0,120}reject\(new Error\(\"\[anywidget\] Failed"
+        r" to initialize model\.\"\)"
+    )
+    for bundle in bundles:
+        text = bundle.read_text()
+        assert late.search(text), f"{bundle}: the two-second rejection is gone"
+        assert "_handle_comm_msg" in text and re.search(r"await\s+runtime\b|\.ready\b", text)

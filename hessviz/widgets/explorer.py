@@ -291,7 +291,7 @@ class HessianExplorer(WithStaticCopy):
         # ~30 widget views fewer to build before the first heatmap (~0.2 s here).
         self._grid = grid = widgets.Box([self._panels.sections["hessian"]])
         grid.add_class("hv-panels")
-        self.panels["hessian"].plot.on_drawn(self._show_every_panel)
+        self.panels["hessian"].on_drawn(self._show_every_panel)
         main = widgets.VBox([self.status, self.message, self.notes, grid])
         main.add_class("hv-main")
         body = widgets.HBox([self._controls.column, main], layout=wide)

@@ -1,7 +1,7 @@
 // The front end of hessviz.widgets.figure_widget.PlotWidget: the figure is the model's state
 // (`spec` = {data, layout}, `config`), drawn with plotly.js's public `Plotly.react`.
 //
-// Public APIs only: anywidget's `render({model, el})` and `model.get`/`model.on`, plotly.js's
+// Public APIs only: anywidget's `render({model, el})` and `model.get`/`model.on`/`model.send`, plotly.js's
 // `Plotly.react`, `Plotly.Plots.resize` and `Plotly.purge`, the browser's `ResizeObserver`.
 // plotly.js (its 1.5 MB cartesian bundle, or plotly.py's full 4.8 MB) is loaded once per page,
 // whatever the number of plots: from the URL the PlotlyJS widget names (a server that serves
@@ -73,7 +73,7 @@ function loadPlotly(model) {
   return LOADS.get(key);
 }
 
-const STATE = ["change:spec", "change:config"];
+const STATE = ["change:spec", "change:config"]; // (`revision` changes with `spec`)
 
 // First draws take turns, page-wide: one plot per task, the plots on screen first, so the browser
 // paints the first heatmap (and answers clicks) before it draws the plots further down, instead
@@ -131,18 +131,28 @@ export default {
     // Draws are chained, so they reach plotly in order and never overlap; plotly gets copies
     // (it writes into the objects it is given).
     let drawing = Promise.resolve();
+    let drewBefore = false;
     const draw = () => {
       STATS.draws.asked += 1;
+      let revision = -1; // the figure's revision this draw shows (read with the figure)
       drawing = drawing.catch(() => undefined).then(() => {
         if (disposed) return undefined;
         const spec = structuredClone(model.get("spec") ?? {});
+        revision = model.get("revision") ?? 0;
         const config = { responsive: true, displaylogo: false, ...model.get("config") };
         const layout = { autosize: true, ...(spec.layout ?? {}) };
         drawnWidth = div.offsetWidth;
         return Plotly.react(div, spec.data ?? [], layout, config);
       });
       drawing.then(
-        () => (STATS.draws.done += 1),
+        () => {
+          STATS.draws.done += 1;
+          if (disposed || revision < 0) return;
+          // PlotWidget in the kernel: which figure a page shows (PlotPanel's check that updates
+          // arrive) and, on a view's first draw, its on_drawn callbacks
+          model.send({ event: "drawn", revision, first: !drewBefore });
+          drewBefore = true;
+        },
         (error) => {
           STATS.draws.failed += 1;
           console.error("[hessviz] plotly.js could not draw:", error);
@@ -155,8 +165,7 @@ export default {
       queued = true;
       firstDraw(el, async () => {
         for (const event of STATE) model.on(event, draw);
-        await draw();
-        if (!disposed) model.send({ event: "drawn" }); // PlotWidget.on_drawn in the kernel
+        await draw(); // its "drawn" message says first: true
       });
     };
     // The first draw once the plot has a width; later, the plot follows its container's width.

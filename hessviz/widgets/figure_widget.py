@@ -7,7 +7,8 @@ and ``config``, synced traitlets); its browser side (``figure_widget.js``) draws
 shows the widget later, or inside any container, draws the current state. A page draws its plots'
 first figures one at a time, those on screen first, each once it is laid out at its width (one
 layout by plotly.js instead of two), so the first plot is on screen before the others are drawn;
-after its first draw a plot tells the kernel (:meth:`PlotWidget.on_drawn`).
+after each draw a plot tells the kernel which figure it drew (its ``revision``; a view's first
+draw also calls :meth:`PlotWidget.on_drawn`'s callbacks).
 
 plotly.js reaches a page once, whatever the number of plots: every plot points to this kernel's
 one :class:`PlotlyJS` widget, which names a URL where the server serves it (``hessviz.serve`` and
@@ -18,11 +19,14 @@ where ``./dev`` or ``binder/postBuild`` installed it, else plotly.py's full one 
 with a message rather than drawn blank. Works wherever anywidget does: Voila, JupyterLab,
 Notebook 7, Binder.
 
-:class:`PlotPanel` is one explorer panel: a PlotWidget in a box with a stable CSS class.
+:class:`PlotPanel` is one explorer panel: a PlotWidget in a box with a stable CSS class, replaced
+by a fresh one where a page drew it before but stopped taking its updates (anywidget gives up on
+a model whose module loaded late: :mod:`hessviz._shims`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -36,7 +40,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import traitlets
 
-from .. import _plotly_bundle
+from .. import _plotly_bundle, _shims
 from ..serve import PLOTLY_JS_ENV, plotly_js_file, plotly_js_version
 
 #: The plotly.js file pages get (the cartesian bundle if installed, else plotly.py's full one).
@@ -141,6 +145,8 @@ class PlotWidget(anywidget.AnyWidget):
     Attributes:
         spec: the figure as plain JSON (synced); set :attr:`figure` rather than this.
         config: plotly.js's options (synced).
+        revision: counts the figures set (synced with ``spec``, in the same message).
+        drawn: the latest revision a page said it drew (-1: none yet).
 
     Example:
         >>> plot = PlotWidget({"data": [{"type": "heatmap", "z": [[1, 2], [3, 4]]}]})
@@ -156,6 +162,7 @@ class PlotWidget(anywidget.AnyWidget):
     _esm = Path(__file__).with_name("figure_widget.js")
     spec = traitlets.Dict().tag(sync=True)
     config = traitlets.Dict().tag(sync=True)
+    revision = traitlets.Int(0).tag(sync=True)
     _plotly = traitlets.Instance(PlotlyJS).tag(sync=True, **widgets.widget_serialization)
     _plotly_key = traitlets.Unicode().tag(sync=True)
 
@@ -177,6 +184,8 @@ class PlotWidget(anywidget.AnyWidget):
     ) -> None:
         super().__init__(**kw)
         self._figure: go.Figure | Mapping = {"data": [], "layout": {}}
+        self.drawn = -1
+        self.on_msg(self._on_drawn_message)
         if config is not None:
             self.config = {**DEFAULT_CONFIG, **config}
         if figure is not None:
@@ -192,7 +201,10 @@ class PlotWidget(anywidget.AnyWidget):
         spec = figure_json(figure)
         check_trace_types(spec)
         self._figure = figure
-        self.spec = spec  # an equal spec sends nothing (traitlets compares)
+        if spec != self.spec:  # an equal spec sends nothing, and needs no new revision
+            with self.hold_sync():  # one message: a page reads both together
+                self.spec = spec
+                self.revision += 1
 
     def to_plotly_json(self) -> dict:
         """The figure on display as a dict, like ``go.Figure.to_plotly_json``."""
@@ -203,14 +215,32 @@ class PlotWidget(anywidget.AnyWidget):
         view; never where no page shows it, e.g. in tests or an executed HTML export)."""
 
         def handle(_widget, content, _buffers) -> None:
-            if isinstance(content, Mapping) and content.get("event") == "drawn":
+            if _drawn_revision(content) is not None and content.get("first"):
                 callback()
 
         self.on_msg(handle)
 
+    def _on_drawn_message(self, _widget, content, _buffers) -> None:
+        revision = _drawn_revision(content)
+        if revision is not None:
+            self.drawn = max(self.drawn, revision)
+
+
+def _drawn_revision(content: object) -> int | None:
+    """The revision a page's ``{"event": "drawn", "revision": …}`` message reports, else None."""
+    if not (isinstance(content, Mapping) and content.get("event") == "drawn"):
+        return None
+    revision = content.get("revision")
+    return revision if isinstance(revision, int) and not isinstance(revision, bool) else None
+
 
 class PlotPanel:
     """One explorer panel: a :class:`PlotWidget` in a box with the CSS class ``hv-fig-<name>``.
+
+    Where anywidget drops a late model's updates (:func:`hessviz._shims.anywidget_drops_updates`:
+    a page too busy to load the plot's module within two seconds), a plot that a page has drawn
+    before but that has not drawn the figure :meth:`show` sent :data:`REDRAW_DEADLINE_S` seconds
+    ago is replaced by a fresh one showing it (the page makes a new model for it).
 
     Attributes:
         name: the panel's name (``"hessian"``, ``"layers"``, …).
@@ -218,16 +248,27 @@ class PlotPanel:
         plot: the :class:`PlotWidget` (CSS class ``hv-figure``).
         spec: the figure spec it shows (as given to :meth:`show`).
         rendered_key: what the caller said the spec shows (lets it skip identical redraws).
+        replaced: how many plots were put in place of one whose page stopped updating it.
     """
+
+    #: seconds a page may take to draw a figure :meth:`show` sent, once it has drawn this plot
+    REDRAW_DEADLINE_S = 5.0
 
     def __init__(self, name: str, config: Mapping | None = None) -> None:
         self.name = name
-        self.plot = PlotWidget(config=config)
-        self.plot.add_class("hv-figure")
+        self.plot = self._new_plot(None, config)
         self.box = widgets.VBox([self.plot], layout=widgets.Layout(width="100%"))
         self.box.add_class(f"hv-fig-{name}")
         self.spec: dict = {"data": [], "layout": {}}
         self.rendered_key: object = None
+        self.replaced = 0
+        self._on_drawn: list[Callable[[], object]] = []
+
+    @staticmethod
+    def _new_plot(figure, config: Mapping | None) -> PlotWidget:
+        plot = PlotWidget(figure, config=config)
+        plot.add_class("hv-figure")
+        return plot
 
     @property
     def figure(self) -> go.Figure:
@@ -239,6 +280,40 @@ class PlotPanel:
         self.plot.figure = figure_spec
         self.spec = figure_spec
         self.rendered_key = key
+        self._expect_drawn()
+
+    def on_drawn(self, callback: Callable[[], object]) -> None:
+        """:meth:`PlotWidget.on_drawn` of this panel's plot, and of any plot put in its place."""
+        self._on_drawn.append(callback)
+        self.plot.on_drawn(callback)
 
     def sync(self) -> None:
         """Nothing to do: the widget's state is the figure (kept for the old FigurePanel API)."""
+
+    def _expect_drawn(self) -> None:
+        """Check in :data:`REDRAW_DEADLINE_S` that a page drew the figure just sent, where a page
+        drew this plot before and the kernel runs an event loop (it does under Voila and
+        Jupyter: the control that changed arrived through it)."""
+        plot = self.plot
+        if plot.drawn < 0 or plot.drawn >= plot.revision or not _shims.anywidget_drops_updates():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop: no page either
+            return
+        loop.call_later(self.REDRAW_DEADLINE_S, self._check_drawn, plot, plot.revision)
+
+    def _check_drawn(self, plot: PlotWidget, revision: int) -> None:
+        if plot is self.plot and plot.revision == revision and plot.drawn < revision:
+            self.replace_plot()
+
+    def replace_plot(self) -> None:
+        """Put a fresh :class:`PlotWidget` showing the current figure in place of :attr:`plot`
+        (which is closed): a page makes a new model for it, and draws it."""
+        old = self.plot
+        self.plot = self._new_plot(self.spec, old.config)
+        for callback in self._on_drawn:
+            self.plot.on_drawn(callback)
+        self.box.children = (self.plot,)
+        self.replaced += 1
+        old.close()
