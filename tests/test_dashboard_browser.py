@@ -455,6 +455,7 @@ def test_plots_whose_module_loaded_late_still_update(chromium, dashboard):
     page.select_option(".hv-activation select", "sigmoid")
     query = INITIAL.replace("act=tanh", "act=sigmoid")
     wait_for_engine_values(page, query, "a change on a page whose plots loaded late")
+    screenshot(page, "late-modules")
     assert page.locator(".hv-figure").count() == 7  # the replaced plots are gone from the page
     # anywidget's own rejections (the models it gave up on), nothing else
     assert all("Failed to initialize model" in e for e in page_errors), page_errors
