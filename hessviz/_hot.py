@@ -86,7 +86,8 @@ def _tree(f: nn.Module, storages: bool) -> list:
         d = m.__dict__  # what Module.__init__ sets lives here: no attribute lookups
         # ids, not the modules: an entry must not keep f alive (the kernels hold the leaves)
         forward = d.get("forward")  # set on the instance: usually not
-        tree += (id(m), type(m), d["training"], d.get("p"), forward and _weak(forward),
+        forward = None if forward is None else _weak(forward)
+        tree += (id(m), type(m), d["training"], d.get("p"), forward,
                  not d["_forward_hooks"], not d["_forward_pre_hooks"])  # fmt: skip
         if storages:
             tensors = (*d["_parameters"].values(), *d["_buffers"].values())

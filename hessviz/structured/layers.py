@@ -17,7 +17,7 @@ from torch import nn
 
 # the hooks torch.nn.modules.module.register_module_forward_hook and
 # register_module_forward_pre_hook register for every module: dicts torch fills in place, which
-# no public function reads (tests/test_layers.py proves these are the ones it fills)
+# no public function reads (tests/test_numpy_repeat.py proves these are the ones it fills)
 from torch.nn.modules.module import _global_forward_hooks as _GLOBAL_HOOKS
 from torch.nn.modules.module import _global_forward_pre_hooks as _GLOBAL_PRE_HOOKS
 

@@ -1,8 +1,9 @@
 // The front end of hessviz.widgets.figure_widget.PlotWidget: the figure is the model's state
 // (`spec` = {data, layout}, `config`), drawn with plotly.js's public `Plotly.react`.
 //
-// Public APIs only: anywidget's `render({model, el})` and `model.get`/`model.on`/`model.send`, plotly.js's
-// `Plotly.react`, `Plotly.Plots.resize` and `Plotly.purge`, the browser's `ResizeObserver`.
+// Public APIs only: anywidget's `render({model, el})` and `model.get`/`model.on`/`model.send`,
+// plotly.js's `Plotly.react`, `Plotly.Plots.resize` and `Plotly.purge`, the browser's
+// `ResizeObserver`.
 // plotly.js (its 1.5 MB cartesian bundle, or plotly.py's full 4.8 MB) is loaded once per page,
 // whatever the number of plots: from the URL the PlotlyJS widget names (a server that serves
 // it), else from the code that widget carries (sent once through the kernel). Every draw reads
