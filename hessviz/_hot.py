@@ -85,9 +85,8 @@ def _tree(f: nn.Module, storages: bool) -> list:
             continue
         d = m.__dict__  # what Module.__init__ sets lives here: no attribute lookups
         # ids, not the modules: an entry must not keep f alive (the kernels hold the leaves)
-        forward = d.get("forward")  # set on the instance: usually not
-        forward = None if forward is None else _weak(forward)
-        tree += (id(m), type(m), d["training"], d.get("p"), forward,
+        # a forward set on the instance (usually none): a weak stand-in, always truthy
+        tree += (id(m), type(m), d["training"], d.get("p"), "forward" in d and _weak(d["forward"]),
                  not d["_forward_hooks"], not d["_forward_pre_hooks"])  # fmt: skip
         if storages:
             tensors = (*d["_parameters"].values(), *d["_buffers"].values())
@@ -99,7 +98,8 @@ def _tree(f: nn.Module, storages: bool) -> list:
 def _weak(obj: object) -> object:
     """A stand-in for ``obj`` in a tree that does not keep it alive (a ``forward`` set on an
     instance may hold the model): a weak reference, equal to another while both reach the same
-    live object; ``obj`` itself where it takes none (a builtin, which holds no model)."""
+    live object; ``obj`` itself where it takes none (a builtin, which holds no model). Either
+    is truthy (a weak reference always; a builtin function or method too)."""
     try:
         return weakref.ref(obj)
     except TypeError:
