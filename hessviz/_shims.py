@@ -63,6 +63,8 @@ def quiet_leafspec_warning():
 #: anywidget versions known to drop a late model's updates (``tests/test_shims.py`` checks the
 #: installed one's front end still does)
 ANYWIDGET_LATE_MODEL_VERSIONS = ("0.9.", "0.10.", "0.11.")
+#: the page error anywidget raises when it gives up on a model
+ANYWIDGET_REJECTION = "[anywidget] Failed to initialize model."
 
 
 def anywidget_drops_updates() -> bool:

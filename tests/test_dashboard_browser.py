@@ -32,7 +32,7 @@ import torch
 from playwright.sync_api import sync_playwright
 
 import hessviz as hv
-from hessviz import serve
+from hessviz import _shims, serve
 from hessviz._plotly_bundle import trace_types
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -458,7 +458,7 @@ def test_plots_whose_module_loaded_late_still_update(chromium, dashboard):
     screenshot(page, "late-modules")
     assert page.locator(".hv-figure").count() == 7  # the replaced plots are gone from the page
     # anywidget's own rejections (the models it gave up on), nothing else
-    assert all("Failed to initialize model" in e for e in page_errors), page_errors
+    assert all(_shims.ANYWIDGET_REJECTION in e for e in page_errors), page_errors
     page.close()
 
 
