@@ -48,6 +48,10 @@ MIN_WORK = 1 << 16
 #: one matrix's ``M·K·N`` from which a product is timed by the large probe (a batch of products
 #: counts one of them: numpy runs a batch as a loop of single products)
 LARGE = 1 << 22
+#: rows below which :func:`matmul` leaves a product to numpy whatever the verdict: MKL ran
+#: float64 ``(M, 784) @ (784, 256)ᵀ`` at M = 4-16 1.2-4.7× slower than OpenBLAS here (at M = 64
+#: 1.4× faster); such thin products are a small batch's first layer
+THIN = 16
 #: how much faster numpy's product must be on the timing probe to be taken
 MARGIN = 1.05
 #: ``HESSVIZ_GEMM``'s values
@@ -57,6 +61,8 @@ ENV = "HESSVIZ_GEMM"
 #: the torch dtypes numpy computes in too (its float32 and float64): the only ones hessviz hands
 #: to numpy (products here, ``tanh`` in :func:`hessviz.ops.tanh_into`, the numpy chain kernel)
 NUMPY_DTYPES = frozenset({torch.float32, torch.float64})
+#: numpy's float dtypes → torch's
+_TORCH_DTYPES = {np.dtype(np.float64): torch.float64, np.dtype(np.float32): torch.float32}
 #: the tensor types whose memory ``numpy()`` views (a parameter is one)
 PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
 
@@ -95,6 +101,34 @@ def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tenso
     return torch.addmm(bias, a, b, out=out)
 
 
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b`` of 2-D numpy arrays of one float dtype (``(M, K) @ (K, N) → (M, N)``), into
+    ``out`` when given (row-major); returns it. What the numpy kernels
+    (:mod:`hessviz.structured.chain_numpy`) call for their products: torch's BLAS runs it, on
+    views of the same memory, where :func:`numpy_is_faster` says torch's is the faster one for
+    its class and it has at least :data:`THIN` rows and :data:`MIN_WORK` multiply-adds; numpy's
+    otherwise. Measured here (one thread, float64): MKL ran ``(2112, 128) @ (128, 128)ᵀ`` — a
+    Laplacian's stacked rows — 1.5× faster than OpenBLAS, but ``(4, 784) @ (784, 256)ᵀ`` 4.7×
+    slower (57 µs against 270)."""
+    M, K = a.shape
+    N = b.shape[1]
+    if (
+        M >= THIN
+        and M * K * N >= MIN_WORK
+        and not numpy_is_faster(
+            _TORCH_DTYPES[a.dtype],
+            torch.get_num_threads(),
+            "N" if b.strides[1] == b.itemsize else "T",
+            M * K * N >= LARGE,
+        )
+    ):
+        if out is None:
+            out = np.empty((M, N), a.dtype)
+        torch.mm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+        return out
+    return np.matmul(a, b, out=out)
+
+
 def _numpy_takes(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None, ndim: int) -> bool:
     """Whether ``a @ b`` (``ndim``: 2, or 3 for a batch of products) may go to numpy, into
     ``out`` (see the module's list)."""
@@ -107,15 +141,16 @@ def _numpy_takes(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None, ndi
     if torch.compiler.is_compiling():  # traced: torch's ops only
         return False
     dtype = a.dtype
+    if dtype not in NUMPY_DTYPES or not numpy_is_ever_faster(dtype, torch.get_num_threads()):
+        return False  # where torch's products are the faster ones, nothing else counts
     shape = (*a.shape[:-1], b.shape[-1])
     if (
         type(a) not in PLAIN  # a tensor subclass (fake, wrapped, distributed…): torch's op
         or type(b) not in PLAIN
         or (out is not None and type(out) not in PLAIN)
-        or a.device.type != "cpu"
-        or dtype not in NUMPY_DTYPES
+        or not a.is_cpu
         or b.dtype != dtype
-        or b.device.type != "cpu"
+        or not b.is_cpu
         or a.shape[-1] != b.shape[-2]
         or a.shape[:-2] != b.shape[:-2]
         or not (_blas_layout(a) and _blas_layout(b))
@@ -123,7 +158,7 @@ def _numpy_takes(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None, ndi
         return False
     if out is not None and not (
         out.dtype == dtype
-        and out.device.type == "cpu"
+        and out.is_cpu
         and out.shape == shape
         and out.stride(-1) == 1
         and out.stride(-2) >= shape[-1]
@@ -219,6 +254,18 @@ def numpy_is_faster(dtype: torch.dtype, threads: int, layout: str, large: bool =
                 run()
             best[name] = min(best[name], time.perf_counter() - start)
     return best["torch"] >= MARGIN * best["numpy"]
+
+
+def numpy_is_ever_faster(dtype: torch.dtype, threads: int) -> bool:
+    """Whether :func:`numpy_is_faster` says so for any layout and size class of ``dtype``
+    products at ``threads`` (its cached verdicts, ~0.2 µs each): where it does not (MKL ahead
+    on every probe), :func:`mm` and its kin skip their other checks (~5 µs a product)."""
+    return (
+        numpy_is_faster(dtype, threads, "N", True)
+        or numpy_is_faster(dtype, threads, "T", True)
+        or numpy_is_faster(dtype, threads, "N", False)
+        or numpy_is_faster(dtype, threads, "T", False)
+    )
 
 
 @functools.cache

@@ -238,8 +238,66 @@ def test_a_product_is_timed_by_the_probe_of_its_size(shape, large, monkeypatch):
     b = torch.randn(*lead, K, N, dtype=torch.float64, generator=gen)
     with _spy() as spy:
         got = _gemm.bmm(a, b) if lead else _gemm.mm(a, b)
-    assert asked == [large] and spy.call_count == int(large)
+    # (first the classes :func:`numpy_is_ever_faster` asks, large ones first, until a yes)
+    assert asked[-1] is large and spy.call_count == int(large)
     torch.testing.assert_close(got, a @ b, rtol=1e-12, atol=1e-10)
+
+
+def test_products_skip_their_checks_where_torch_wins_every_class(monkeypatch):
+    """Where no class goes to numpy, a product asks the verdicts and nothing about its
+    operands' layout (~5 µs a product on the torch kernels' path)."""
+    monkeypatch.setattr(_gemm, "numpy_is_faster", lambda *args: False)
+    a, b = _operands(64, 64, 64, torch.float64)
+    with (
+        mock.patch.object(_gemm, "_blas_layout", wraps=_gemm._blas_layout) as layout,
+        _spy() as spy,
+    ):
+        got = _gemm.mm(a, b)
+    assert layout.call_count == 0 and spy.call_count == 0
+    _close(got, a, b)
+    monkeypatch.setattr(_gemm, "numpy_is_faster", lambda dtype, threads, lay, large: large)
+    with mock.patch.object(_gemm, "_blas_layout", wraps=_gemm._blas_layout) as layout:
+        _gemm.mm(a, b)
+    assert layout.call_count == 2  # a class goes to numpy: the operands are checked
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("right", ["N", "T"])
+def test_the_numpy_kernels_products_go_where_the_verdict_and_their_rows_say(
+    dtype, right, monkeypatch
+):
+    """:func:`hessviz._gemm.matmul` (the numpy kernels' products, on arrays): torch's BLAS
+    where the verdict for the product's class says torch and it has at least THIN rows and
+    MIN_WORK multiply-adds; numpy's otherwise; the same product either way, into ``out``."""
+    asked = []
+
+    def verdict(dt, threads, layout, large):
+        asked.append((dt, layout, large))
+        return numpy_wins
+
+    monkeypatch.setattr(_gemm, "numpy_is_faster", verdict)
+    thin = _gemm.THIN
+    K, N = 64, 128
+    assert thin * K * N >= _gemm.MIN_WORK
+    for M, numpy_wins, torch_runs in [
+        (thin, False, True),
+        (thin - 1, False, False),  # thin: numpy whatever the verdict
+        (thin, True, False),
+        (4096, False, True),
+    ]:
+        a, b = _operands(M, K, N, dtype, right=right)
+        out = np.full((M, N), np.nan, dtype=a.numpy().dtype)
+        asked.clear()
+        with mock.patch.object(_gemm.torch, "mm", wraps=torch.mm) as mm:
+            got = _gemm.matmul(a.numpy(), b.numpy(), out=out)
+        assert got is out and mm.call_count == int(torch_runs), (M, numpy_wins)
+        if M >= thin:
+            assert asked == [(dtype, right, M * K * N >= _gemm.LARGE)]
+        _close(torch.from_numpy(out), a, b)
+    small = _operands(thin, 8, 8, dtype, right=right)  # below MIN_WORK: numpy, no verdict asked
+    asked.clear()
+    _close(torch.from_numpy(_gemm.matmul(small[0].numpy(), small[1].numpy())), *small)
+    assert asked == []
 
 
 class _Clock:

@@ -10,6 +10,8 @@ do not depend on this machine's timings.
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from torch import nn
@@ -223,3 +225,32 @@ def test_the_plan_runs_the_same_numbers_as_the_pytorch_chain_kernel(op, sizes, b
         torch.testing.assert_close(got, closed, rtol=1e-12, atol=1e-12)
     if op == "hessian":  # symmetric exactly, as PyTorch's kernel's mirrored panels are
         assert torch.equal(got, got.mT)
+
+
+@pytest.mark.parametrize("verdict", [False, True], ids=["torch-blas", "numpy-blas"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", [*OPS, "hvp"])
+def test_plans_with_products_on_either_blas_equal_autograd(
+    numpy_wins, kind, dtype, verdict, monkeypatch
+):
+    """The plans' products wide enough for :func:`hessviz._gemm.matmul` to consult the BLAS
+    verdict (at least THIN rows and MIN_WORK multiply-adds: the reverse sweep's, the
+    Laplacian's stack, the Jacobians') run on torch's BLAS where it says torch (False) and on
+    numpy's otherwise (True): the same numbers either way."""
+    monkeypatch.setattr(_gemm, "numpy_is_faster", lambda *args: verdict)
+    net = hv.mlp([24, 64, 48, 5], "tanh", seed=7, dtype=dtype)
+    X, V = _data(24, B=3, dtype=dtype, seed=3), _data(24, B=3, dtype=dtype, seed=4)
+
+    def call(x, method="auto"):
+        if kind == "hvp":
+            return hv.hvp(net, x, V, batched=True, method=method)
+        return _call(kind, net, x, method=method)
+
+    call(X)
+    assert isinstance(_kernel(net, X, kind), chain_numpy.NumpyRunner)
+    X2 = X.flip(0) * 1.5  # other points than the proof's
+    with mock.patch.object(_gemm.torch, "mm", wraps=torch.mm) as mm:
+        got = call(X2)
+    assert (mm.call_count > 0) is not verdict, mm.call_count
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(got, call(X2, method="func"), **tol)
