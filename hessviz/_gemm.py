@@ -52,6 +52,11 @@ LARGE = 1 << 22
 #: float64 ``(M, 784) @ (784, 256)ᵀ`` at M = 4-16 1.2-4.7× slower than OpenBLAS here (at M = 64
 #: 1.4× faster); such thin products are a small batch's first layer
 THIN = 16
+#: ``M·K·N`` from which :func:`matmul` hands a numpy kernel's product to torch where the verdict
+#: says so: below it, torch's call (three views and a dispatch, ~6 µs) costs more than MKL's
+#: lead gains — ``(384, 16) @ (16, 16)`` took 8 µs in numpy and 14 in torch, ``(64, 64) @
+#: (64, 128)ᵀ`` 38 and 32
+HANDOFF = 1 << 19
 #: how much faster numpy's product must be on the timing probe to be taken
 MARGIN = 1.05
 #: ``HESSVIZ_GEMM``'s values
@@ -106,7 +111,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     ``out`` when given (row-major); returns it. What the numpy kernels
     (:mod:`hessviz.structured.chain_numpy`) call for their products: torch's BLAS runs it, on
     views of the same memory, where :func:`numpy_is_faster` says torch's is the faster one for
-    its class and it has at least :data:`THIN` rows and :data:`MIN_WORK` multiply-adds; numpy's
+    its class and it has at least :data:`THIN` rows and :data:`HANDOFF` multiply-adds; numpy's
     otherwise. Measured here (one thread, float64): MKL ran ``(2112, 128) @ (128, 128)ᵀ`` — a
     Laplacian's stacked rows — 1.5× faster than OpenBLAS, but ``(4, 784) @ (784, 256)ᵀ`` 4.7×
     slower (57 µs against 270)."""
@@ -114,7 +119,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     N = b.shape[1]
     if (
         M >= THIN
-        and M * K * N >= MIN_WORK
+        and M * K * N >= HANDOFF
         and not numpy_is_faster(
             _TORCH_DTYPES[a.dtype],
             torch.get_num_threads(),

@@ -268,7 +268,7 @@ def test_the_numpy_kernels_products_go_where_the_verdict_and_their_rows_say(
 ):
     """:func:`hessviz._gemm.matmul` (the numpy kernels' products, on arrays): torch's BLAS
     where the verdict for the product's class says torch and it has at least THIN rows and
-    MIN_WORK multiply-adds; numpy's otherwise; the same product either way, into ``out``."""
+    HANDOFF multiply-adds; numpy's otherwise; the same product either way, into ``out``."""
     asked = []
 
     def verdict(dt, threads, layout, large):
@@ -277,8 +277,8 @@ def test_the_numpy_kernels_products_go_where_the_verdict_and_their_rows_say(
 
     monkeypatch.setattr(_gemm, "numpy_is_faster", verdict)
     thin = _gemm.THIN
-    K, N = 64, 128
-    assert thin * K * N >= _gemm.MIN_WORK
+    K, N = 256, 128
+    assert thin * K * N >= _gemm.HANDOFF
     for M, numpy_wins, torch_runs in [
         (thin, False, True),
         (thin - 1, False, False),  # thin: numpy whatever the verdict
@@ -294,7 +294,8 @@ def test_the_numpy_kernels_products_go_where_the_verdict_and_their_rows_say(
         if M >= thin:
             assert asked == [(dtype, right, M * K * N >= _gemm.LARGE)]
         _close(torch.from_numpy(out), a, b)
-    small = _operands(thin, 8, 8, dtype, right=right)  # below MIN_WORK: numpy, no verdict asked
+    small = _operands(thin, 64, 64, dtype, right=right)  # below HANDOFF: numpy, no verdict asked
+    assert thin * 64 * 64 < _gemm.HANDOFF
     asked.clear()
     _close(torch.from_numpy(_gemm.matmul(small[0].numpy(), small[1].numpy())), *small)
     assert asked == []

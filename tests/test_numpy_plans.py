@@ -234,12 +234,12 @@ def test_plans_with_products_on_either_blas_equal_autograd(
     numpy_wins, kind, dtype, verdict, monkeypatch
 ):
     """The plans' products wide enough for :func:`hessviz._gemm.matmul` to consult the BLAS
-    verdict (at least THIN rows and MIN_WORK multiply-adds: the reverse sweep's, the
+    verdict (at least THIN rows and HANDOFF multiply-adds: the reverse sweep's, the
     Laplacian's stack, the Jacobians') run on torch's BLAS where it says torch (False) and on
     numpy's otherwise (True): the same numbers either way."""
     monkeypatch.setattr(_gemm, "numpy_is_faster", lambda *args: verdict)
-    net = hv.mlp([24, 64, 48, 5], "tanh", seed=7, dtype=dtype)
-    X, V = _data(24, B=3, dtype=dtype, seed=3), _data(24, B=3, dtype=dtype, seed=4)
+    net = hv.mlp([24, 128, 128, 5], "tanh", seed=7, dtype=dtype)
+    X, V = _data(24, B=48, dtype=dtype, seed=3), _data(24, B=48, dtype=dtype, seed=4)
 
     def call(x, method="auto"):
         if kind == "hvp":
