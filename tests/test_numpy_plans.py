@@ -227,6 +227,31 @@ def test_the_plan_runs_the_same_numbers_as_the_pytorch_chain_kernel(op, sizes, b
         assert torch.equal(got, got.mT)
 
 
+@pytest.mark.parametrize("pairs", [True, False], ids=["pairs", "scaled-rows"])
+@pytest.mark.parametrize("sizes", [[2, 16, 16, 3], [1, 3, 1], [5, 8, 6, 1], [4, 6, 5, 7, 6, 2]])
+def test_the_hessian_plan_equals_the_pytorch_kernel_in_either_form(sizes, pairs, monkeypatch):
+    """:class:`~hessviz.structured.chain_numpy.HessianPlan` forms its terms from products of
+    Jacobian row pairs or from scaled rows (:func:`~.chain_numpy.pair_products_pay`): each form,
+    forced on the same chains, equals PyTorch's chain kernel to round-off and is exactly
+    symmetric; the rule picks the pairs for the tiny model and scaled rows for one output of
+    five inputs."""
+    assert chain_numpy.pair_products_pay(2, 3) and not chain_numpy.pair_products_pay(5, 1)
+    monkeypatch.setattr(chain_numpy, "pair_products_pay", lambda n, m: pairs)
+    net = hv.mlp(sizes, "sin", seed=3)
+    X = _data(sizes[0], B=7, seed=5)
+    p, _ = prepare("test", net, X, batched=True, outputs=None)
+    ch = kernels._chain(structured.parse(net), p, "hessian")
+    sel = tuple(range(sizes[-1]))[::-1]  # the outputs in another order than the model's
+    plan = chain_numpy.HessianPlan(ch, X.shape[0], X.dtype, sel)
+    assert plan.pairs is pairs
+    with torch.no_grad():
+        expected = chain.hessian(ch, X, sel)
+    for _ in range(2):  # a second call on the plan's kept buffers
+        got = plan(X)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        assert torch.equal(got, got.mT)
+
+
 @pytest.mark.parametrize("verdict", [False, True], ids=["torch-blas", "numpy-blas"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("kind", [*OPS, "hvp"])

@@ -322,20 +322,76 @@ class DiagonalPlan(_NumpyPlan):
             yield k, G
 
 
+def pair_products_pay(n: int, m: int) -> bool:
+    """Whether :class:`HessianPlan` forms each term from products of Jacobian row pairs
+    (``n(n + 1)/2`` per sample and unit, shared by the ``m`` outputs) rather than from the
+    scaled rows ``G_l ⊙ c_l`` (``m·n`` per sample and unit): where ``n + 1 <= 4m``.
+
+    Measured (float64, one core, both forms whole): 1.1-2.4× faster from ``n = 2`` to 16 within
+    the rule (``hv.mlp([2, 16, 16, 3])`` at batch 64: 34 against 83 µs a call's terms), level at
+    ``n = 32, m = 10``; beyond it the pairs lose, 0.4× at ``n = 10, m = 1``."""
+    return n + 1 <= 4 * m
+
+
 class HessianPlan(DiagonalPlan):
     """The full Hessian of :func:`hessviz.structured.chain.hessian` in numpy, ``(B, m, n, n)``:
-    :class:`DiagonalPlan`'s sweeps, each layer's term ``(G_l ⊙ c_l) G_lᵀ`` one batched product
-    over samples and outputs (every product whole: these plans serve small chains, where the
-    PyTorch kernel's symmetric panels buy nothing), made exactly symmetric at the end."""
+    :class:`DiagonalPlan`'s sweeps, then each layer's term ``Σ_k c_{l,ik} g_k g_kᵀ`` (``g_k``:
+    column ``k`` of ``G_l``) in one of two forms (:func:`pair_products_pay`), every product
+    whole (these plans serve small chains, where the PyTorch kernel's symmetric panels buy
+    nothing):
+
+    - **pairs**: the products ``g_jk g_lk`` of the upper pairs ``j <= l`` (``(B, p, K)``,
+      ``p = n(n + 1)/2``; ``(K_1, p)`` for the first layer, the same for every sample), then
+      one product ``c_l (B, m, K) @ (B, K, p)`` — the outputs share the pairs; ``H`` is the
+      ``(B, m, p)`` sum read back into both triangles (exactly symmetric: each pair is one
+      number);
+    - **scaled rows**: ``(G_l ⊙ c_l) G_lᵀ``, one batched product over samples and outputs, made
+      exactly symmetric at the end.
+    """
 
     def _buffers(self, B: int, n: int, m: int, K: int) -> None:
         super()._buffers(B, n, m, K)
-        self.scaled_rows = np.empty(B * m * n * K, self.np_dtype)  # G_l ⊙ c_l, (B, m, n, K)
+        e = self.np_dtype
+        self.pairs = pair_products_pay(n, m)
+        if not self.pairs:
+            self.scaled_rows = np.empty(B * m * n * K, e)  # G_l ⊙ c_l, (B, m, n, K)
+            return
+        j, k = np.triu_indices(n)
+        p = len(j)
+        self.upper = (j, k)
+        # the rows j·n + k and k·n + j of the flattened (n, n) matrix both read pair (j, k)
+        both = np.empty((n, n), np.intp)
+        both[j, k] = both[k, j] = np.arange(p)
+        self.both = both.ravel()
+        # pairs (j, j..n-1) of row j are one block: one product per row, no index copies
+        self.row_starts = np.cumsum([0] + [n - i for i in range(n)]).tolist()
+        self.products = np.empty(B * p * K, e)  # g_j ⊙ g_k per pair, (B, p, K)
+        self.sum = np.empty((B, m, p), e)
+        self.term_p = np.empty((B, m, p), e)
 
     def _run(self, x: np.ndarray, layers: list) -> np.ndarray:
-        B, n = x.shape
-        m, widths = len(self.sel), self.widths
         self._sweep(x, layers)
+        return (self._by_pairs if self.pairs else self._by_scaled_rows)(x.shape, layers)
+
+    def _by_pairs(self, shape: tuple, layers: list) -> np.ndarray:
+        (B, n), m = shape, len(self.sel)
+        W1 = layers[0][0]  # (K_1, n): G_1 = W_1ᵀ, its pairs the same for every sample
+        j, k = self.upper
+        p = len(j)
+        T = self.sum
+        _gemm.matmul(self.c[0].reshape(B * m, -1), W1[:, j] * W1[:, k], out=T.reshape(B * m, p))
+        starts = self.row_starts
+        for layer, G in self._jacobians(layers):  # G: (B, n, K_l)
+            P = _blocks(self.products, B, p, self.widths[layer])
+            for i in range(n):  # row i's pairs (i, i..n-1)
+                np.multiply(G[:, i : i + 1], G[:, i:], out=P[:, starts[i] : starts[i + 1]])
+            T += np.matmul(self.c[layer], P.transpose(0, 2, 1), out=self.term_p)
+        H = np.empty((B, m, n * n), self.np_dtype)
+        np.take(T, self.both, axis=2, out=H)
+        return H.reshape(B, m, n, n)
+
+    def _by_scaled_rows(self, shape: tuple, layers: list) -> np.ndarray:
+        (B, n), m, widths = shape, len(self.sel), self.widths
         W1 = layers[0][0]  # (K_1, n)
         Gc = _blocks(self.scaled_rows, B, m, widths[0], n)
         np.multiply(self.c[0][..., None], W1, out=Gc)  # (c ⊙ W_1) with rows K_1
