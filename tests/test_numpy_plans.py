@@ -227,6 +227,22 @@ def test_the_plan_runs_the_same_numbers_as_the_pytorch_chain_kernel(op, sizes, b
         assert torch.equal(got, got.mT)
 
 
+def test_a_plan_whose_buffers_are_refused_keeps_the_pytorch_kernel(numpy_wins, op, monkeypatch):
+    """A numpy plan holds buffers for the whole batch; where the system refuses them
+    (``MemoryError``), the call still returns the exact result and PyTorch's kernel, which runs
+    cache-sized chunks, serves this and later calls."""
+
+    def refuse(self, *shape):
+        raise MemoryError("no room for the plan's buffers")
+
+    monkeypatch.setattr(OPS[op][1], "_buffers", refuse)
+    net = hv.mlp([3, 8, 2], "tanh", seed=4)
+    X = _data(3)
+    for x in (X, X.flip(0) * 1.5):
+        torch.testing.assert_close(_call(op, net, x), _reference(net, x, op))
+    assert type(_kernel(net, X, op)) is not chain_numpy.NumpyRunner
+
+
 @pytest.mark.parametrize("pairs", [True, False], ids=["pairs", "scaled-rows"])
 @pytest.mark.parametrize("sizes", [[2, 16, 16, 3], [1, 3, 1], [5, 8, 6, 1], [4, 6, 5, 7, 6, 2]])
 def test_the_hessian_plan_equals_the_pytorch_kernel_in_either_form(sizes, pairs, monkeypatch):

@@ -590,7 +590,10 @@ def proved(runner, X: torch.Tensor, V: torch.Tensor | None, sel: tuple, expected
     # the HVP plan wherever numpy's BLAS is faster; the other plans run the whole batch in one
     # piece (PyTorch's kernels run cache-sized chunks), so only a race decides for them
     blas = runner.op == "hvp" and _numpy_blas_is_faster(X.dtype)
-    plan = PLANS[runner.op](runner.chain, X.shape[0], X.dtype, sel)
+    try:  # buffers for the whole batch (allocated lazily; a strict system may refuse them)
+        plan = PLANS[runner.op](runner.chain, X.shape[0], X.dtype, sel)
+    except MemoryError:  # PyTorch's kernel, which runs cache-sized chunks, stays
+        return runner
     threads = None if blas else torch.get_num_threads()  # a race's verdict holds at this count
     fast = NumpyRunner(runner.chain, runner.op, plan=plan, threads=threads)
     X = X.contiguous()
