@@ -185,8 +185,7 @@ class Plan(_NumpyPlan):
             if k > 1:
                 P[1] *= s1  # g_{k-1} = s1 ⊙ d
             Q = P
-        W1 = layers[0][0]
-        n = W1.shape[1]
+        W1, n = layers[0][0], self.n
         if m * B * W1.size < _gemm.HANDOFF:  # small: m products straight into (B, m, n)
             R = np.empty((B, m, n), Q.dtype)
             np.matmul(Q[0], W1, out=R.transpose(1, 0, 2))  # (2.6 µs at n = 2, width 16)
@@ -371,10 +370,10 @@ class HessianPlan(DiagonalPlan):
 
     def _run(self, x: np.ndarray, layers: list) -> np.ndarray:
         self._sweep(x, layers)
-        return (self._by_pairs if self.pairs else self._by_scaled_rows)(x.shape, layers)
+        return (self._by_pairs if self.pairs else self._by_scaled_rows)(layers)
 
-    def _by_pairs(self, shape: tuple, layers: list) -> np.ndarray:
-        (B, n), m = shape, len(self.sel)
+    def _by_pairs(self, layers: list) -> np.ndarray:
+        B, n, m = self.B, self.n, len(self.sel)
         W1 = layers[0][0]  # (K_1, n): G_1 = W_1ᵀ, its pairs the same for every sample
         j, k = self.upper
         p = len(j)
@@ -391,8 +390,8 @@ class HessianPlan(DiagonalPlan):
         np.take(T, self.both, axis=2, out=H, mode="clip")
         return H.reshape(B, m, n, n)
 
-    def _by_scaled_rows(self, shape: tuple, layers: list) -> np.ndarray:
-        (B, n), m, widths = shape, len(self.sel), self.widths
+    def _by_scaled_rows(self, layers: list) -> np.ndarray:
+        B, n, m, widths = self.B, self.n, len(self.sel), self.widths
         W1 = layers[0][0]  # (K_1, n)
         Gc = _blocks(self.scaled_rows, B, m, widths[0], n)
         np.multiply(self.c[0][..., None], W1, out=Gc)  # (c ⊙ W_1) with rows K_1
