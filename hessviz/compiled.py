@@ -251,7 +251,24 @@ def _first_line(err: Exception) -> str:
 
 def _just_in_time(entry: _hot.Entry, op: str, x, v) -> _hot.Entry:
     """The entry with its kernel through ``torch.compile``, compiled at its first call."""
+    _refuse_narrowing_laplacian(entry, op)
     return replace(entry, kernel=_JustInTime(entry.kernel))
+
+
+def _refuse_narrowing_laplacian(entry: _hot.Entry, op: str) -> None:
+    """Raise (the reason :func:`_fastest` reports) for a chain Laplacian whose first layer is
+    narrower than the input: the plain kernel carries its ``K_1`` rows
+    (:func:`~hessviz.structured.kernels.laplacian_stem`, kept between calls), a compiled one
+    the ``n`` rows of ``W_1ᵀ`` — slower, after seconds of compiling (n = 784, width 256:
+    1.5× the plain kernel's time)."""
+    kernel = entry.kernel
+    if op == "laplacian" and isinstance(kernel, ChainRunner):
+        K1, n = kernel.chain.linears[0].weight.shape
+        if K1 < n:
+            raise TypeError(
+                f"the first layer narrows ({n} inputs, {K1} units): the plain kernel carries "
+                f"{K1} rows, a compiled one {n}"
+            )
 
 
 class _JustInTime:
@@ -445,6 +462,7 @@ def _in_numba(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
 def _ahead_of_time(entry: _hot.Entry, op: str, x, v) -> _AheadOfTime:
     if not isinstance(entry.kernel, ChainRunner):
         raise TypeError("not a chain of Linear layers and activations")
+    _refuse_narrowing_laplacian(entry, op)
     ch = entry.kernel.chain
     if any(True for m in ch.activations for _ in (*m.parameters(), *m.buffers())):
         raise TypeError("an activation holds tensors")

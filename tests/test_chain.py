@@ -97,17 +97,74 @@ def test_auto_runs_the_chain_kernels_and_narrowing_stems_keep_their_own():
 def test_diagonal_of_a_narrowing_chain_goes_where_it_costs_less(sizes, in_x):
     """A first layer narrower than the input: the diagonal carries Jacobians in ``x`` (the chain
     kernel) when that costs fewer multiply-adds than ``z_1`` and mapping back, and is exact
-    either way; the full Hessian and the Laplacian stay in ``z_1``."""
+    either way; the full Hessian stays in ``z_1``, the Laplacian always takes the chain (its
+    ``K_1`` rows: ``test_a_narrowing_chain_laplacian_carries_first_layer_rows``)."""
     model = hv.mlp(sizes, "tanh", seed=len(sizes))
     X = torch.randn(3, sizes[0], dtype=D, generator=torch.Generator().manual_seed(2))
     assert (_chain_of(model, X, "diagonal")[1] is not None) is in_x
-    assert _chain_of(model, X, "hessian")[1] is None and _chain_of(model, X, "laplacian")[1] is None
+    assert _chain_of(model, X, "hessian")[1] is None
+    assert _chain_of(model, X, "laplacian")[1] is not None
     torch.testing.assert_close(
         hv.hessian_diagonal(model, X, batched=True),
         hv.hessian_diagonal(model, X, batched=True, method="func"),
         rtol=1e-10,
         atol=1e-12,
     )
+
+
+@pytest.mark.parametrize(
+    "sizes, act",
+    [([40, 20, 20, 20, 3], "tanh"), ([12, 3, 4, 2], "softplus"), ([60, 8, 30, 30, 1], "sin"),
+     ([9, 4, 1], "sigmoid")],
+    ids=["equal-widths", "narrow-then-wider", "bottleneck", "one-hidden"],
+)  # fmt: skip
+def test_a_narrowing_chain_laplacian_carries_first_layer_rows(sizes, act, monkeypatch):
+    """``K_1 < n``: the chain Laplacian runs on the ``K_1`` rows of the first layer's QR factor
+    (``RᵀR = W_1 W_1ᵀ``, :func:`~hessviz.structured.kernels.laplacian_stem`) instead of the
+    ``n`` rows of ``W_1ᵀ``; the same Laplacian as with those rows and as torch.func, whole and in
+    chunks, for all outputs and a selection."""
+    model = hv.mlp(sizes, act, seed=sum(sizes))
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(7, sizes[0], dtype=D, generator=gen)
+    p, ch = _chain_of(model, X, "laplacian")
+    stem = kernels.laplacian_stem(ch, X)
+    R, norms = stem
+    W1 = model[0].weight.detach()
+    K1 = W1.shape[0]
+    assert R.shape == (K1, K1) and torch.equal(R, R.triu())
+    torch.testing.assert_close(
+        R.T @ R, W1 @ W1.T, rtol=0, atol=1e-13 * float((W1 @ W1.T).abs().max())
+    )
+    torch.testing.assert_close(norms, (W1 * W1).sum(1), rtol=1e-14, atol=0)
+    seen = []
+    original = chain.laplacian
+    monkeypatch.setattr(
+        chain,
+        "laplacian",
+        lambda *a, stem=None, **kw: seen.append(stem) or original(*a, stem=stem, **kw),
+    )
+    for sel in (p.sel, p.sel[-1:]):
+        expected = hv.laplacian(model, X, batched=True, method="func")[:, list(sel)]
+        with torch.no_grad():
+            by_rows = chain.run("laplacian", ch, X, sel, stem=stem)
+            by_columns = chain.run("laplacian", ch, X, sel)  # W_1ᵀ's n rows
+            in_chunks = chain.run("laplacian", ch, X, sel, stem=stem, step=3)
+        for got in (by_rows, in_chunks):
+            torch.testing.assert_close(got, by_columns, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    seen.clear()
+    torch.testing.assert_close(
+        hv.laplacian(model, X, batched=True), hv.laplacian(model, X, batched=True, method="func")
+    )
+    assert seen and all(t is not None and t[0].shape == (K1, K1) for t in seen), "auto took W_1ᵀ"
+
+
+def test_a_first_layer_as_wide_as_the_input_keeps_its_own_rows():
+    """``K_1 >= n``: ``W_1ᵀ`` (``n`` rows) is already the thinner; no factor is made."""
+    for sizes in ([6, 6, 3, 1], [4, 9, 2]):
+        model = hv.mlp(sizes, "tanh", seed=1)
+        X = torch.randn(2, sizes[0], dtype=D)
+        assert kernels.laplacian_stem(_chain_of(model, X, "laplacian")[1], X) is None
 
 
 @pytest.mark.parametrize("op", ["hessian", "diagonal", "laplacian", "hvp"])
@@ -138,7 +195,7 @@ def test_a_plan_sizes_its_chunks_once_per_request(monkeypatch):
     model = hv.mlp([3, 8, 8, 2], "tanh", seed=5)
     X = torch.randn(11, 3, dtype=D, generator=torch.Generator().manual_seed(3))
     asked = []
-    monkeypatch.setattr(chain, "chunk_size", lambda op, ch, X, m: asked.append(op) or 4)
+    monkeypatch.setattr(chain, "chunk_size", lambda op, ch, X, m, r=None: asked.append(op) or 4)
     first = hv.laplacian(model, X, batched=True)
     before = len(asked)
     for _ in range(3):

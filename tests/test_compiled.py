@@ -307,6 +307,20 @@ def test_a_compiled_kernel_slower_than_or_level_with_the_plain_one_is_not_kept(
     torch.testing.assert_close(c.laplacian(X), hv.laplacian(net, X, batched=True, method="func"))
 
 
+def test_a_narrowing_first_layer_keeps_the_plain_laplacian_and_nothing_compiles(monkeypatch):
+    """``K_1 < n``: the plain chain Laplacian carries the first layer's ``K_1`` rows; a compiled
+    one would carry ``n``. Neither form is compiled (no seconds spent on a kernel that loses),
+    and the handle says why."""
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled"))
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: pytest.fail("exported"))
+    net = hv.mlp([9, 4, 5, 2], "tanh", seed=3)
+    X = torch.randn(3, 9, dtype=D, generator=torch.Generator().manual_seed(6))
+    c = hv.compile(net, X, batched=True, ops=("laplacian",))
+    why = "the first layer narrows (9 inputs, 4 units): the plain kernel carries 4 rows"
+    assert c.kernels["laplacian"].startswith("eager: ") and c.kernels["laplacian"].count(why) == 2
+    torch.testing.assert_close(c.laplacian(X), hv.laplacian(net, X, batched=True, method="func"))
+
+
 def test_ahead_of_time_failing_falls_back_to_torch_compile(monkeypatch):
     def fails(*args):
         raise RuntimeError("no AOTInductor here")
@@ -395,13 +409,24 @@ def test_the_numpy_kernel_is_refused_where_it_does_not_apply(case):
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="torch.compile needs a C++ compiler")
 def test_a_just_in_time_kernel_is_not_compiled_again_on_later_calls():
-    """The layer-wise kernel (100 inputs into width 64: Jacobians carried in the hidden space)
-    under torch.compile: later calls at the same shape compile no new frame. A storage-address
-    comparison in the traced code was a guard on those addresses: every call with new buffers
-    compiled again (2 s a call at a PINN point) until Dynamo's recompile limit."""
+    """The layer-wise kernel (100 inputs into width 64, a normalised stem: Jacobians carried in
+    the hidden space) under torch.compile: later calls at the same shape compile no new frame.
+    A storage-address comparison in the traced code was a guard on those addresses: every call
+    with new buffers compiled again (2 s a call at a PINN point) until Dynamo's recompile
+    limit."""
     from torch._dynamo.utils import counters
 
-    net = hv.mlp([100, 64, 64, 64, 1], "tanh", seed=0)
+    torch.manual_seed(0)
+    norm = nn.BatchNorm1d(64)
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.5, 2)
+    net = (
+        nn.Sequential(
+            nn.Linear(100, 64), norm, nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
+        )
+        .to(D)
+        .eval()
+    )  # (not a chain of Linear layers and activations: the general kernels)
     X = torch.randn(16, 100, dtype=D, generator=torch.Generator().manual_seed(2))
     c = hv.compile(net, X, batched=True, ops=("laplacian",), ahead_of_time=False)
     assert c.kernels == {"laplacian": "compiled"}

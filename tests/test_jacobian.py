@@ -88,9 +88,20 @@ class _Residual(nn.Module):  # a hand-written forward (the graph engine) around 
         return self.out(torch.tanh(self.mid(h)) + h)
 
 
+def _general_kernels_only(monkeypatch) -> None:
+    """No chain kernel for any model: the MLPs here (a narrowing first layer, Laplacians) run the
+    general kernels, with their factored Jacobians, as every model that is not a chain does."""
+    from hessviz.structured import kernels
+
+    monkeypatch.setattr(kernels, "_chain", lambda *args: None)
+
+
 @pytest.mark.parametrize("make", [_deep, _twice, _linear_linear, _one_hidden, _Residual])
 @pytest.mark.parametrize("calls", [1, 3])
-def test_laplacians_through_factored_jacobians_equal_torch_func(make, calls):
+@pytest.mark.parametrize("route", ["auto", "general"])
+def test_laplacians_through_factored_jacobians_equal_torch_func(make, calls, route, monkeypatch):
+    if route == "general":
+        _general_kernels_only(monkeypatch)
     torch.manual_seed(0)
     net = make().to(D)
     X = torch.randn(5, 20, dtype=D)
@@ -112,6 +123,7 @@ def test_the_laplacian_forms_a_factored_jacobian_only_for_a_next_layer(make, for
     the kernels' ``scaled_weight``); the hessian forms it at once."""
     from hessviz.structured import kernels
 
+    _general_kernels_only(monkeypatch)
     torch.manual_seed(1)
     net = make().to(D)
     X = torch.randn(3, 20, dtype=D)

@@ -103,7 +103,7 @@ def test_the_map_is_kept_while_nothing_changes_and_rebuilt_after():
     X = torch.randn(3, 12, dtype=D)
     hv.laplacian(model, X, batched=True, method="structured")
     kept = kernels._STEM_MAPS[model[0]]
-    assert kept.M is not None  # the Laplacian asked for the Gram
+    assert kept.R is not None  # the (chain) Laplacian asked for the first layer's rows
     hv.laplacian(model, X, batched=True, method="structured")
     assert kernels._STEM_MAPS[model[0]] is kept
     model[0].weight.data.mul_(2.0)
@@ -113,8 +113,8 @@ def test_the_map_is_kept_while_nothing_changes_and_rebuilt_after():
 
 
 def test_kernels_never_write_the_kept_map():
-    """The kept ``A_T`` and Gram are read by every later call: after the three ops they still
-    equal the first layer's weight and its Gram."""
+    """The kept ``A_T``, Gram and factor are read by every later call: after the three ops they
+    still equal the first layer's weight, its Gram and a factor of it."""
     model = _narrowing().double()
     X = torch.randn(3, 12, dtype=D)
     for op in OPS:
@@ -124,6 +124,9 @@ def test_kernels_never_write_the_kept_map():
     W = model[0].weight.detach()
     torch.testing.assert_close(kept.A_T, W.T, rtol=0, atol=0)
     torch.testing.assert_close(kept.gram(), W @ W.T)
+    R, norms = kept.factor()
+    torch.testing.assert_close(R.T @ R, W @ W.T)
+    torch.testing.assert_close(norms, (W * W).sum(1))
 
 
 def test_a_map_larger_than_the_budget_allows_is_not_kept():

@@ -98,11 +98,14 @@ def test_general_kernels_keep_their_jacobians_and_stay_exact(op, name):
         torch.testing.assert_close(got, CALLS[op](model, X, V, method="func"))
         results.append((got, got.clone()))
     entry = _hot.find(model, _hot.request_key(op, "auto", X, True, None))
-    if op != "hvp":  # (an MLP's HVPs go to the chain kernel; HVPs carry no Jacobians)
+    if op in ("hvp", "laplacian") and name != "conv":
+        # an MLP's HVPs (no Jacobians) and Laplacians (a narrowing first layer's K_1 rows) go to
+        # the chain kernel
+        assert isinstance(entry.kernel, kernels.ChainRunner)
+    else:
         assert isinstance(entry.kernel, kernels.Runner)
-        assert entry.kernel.workspace._bufs
-    elif name == "conv":
-        assert isinstance(entry.kernel, kernels.Runner)
+        if op != "hvp":
+            assert entry.kernel.workspace._bufs
     for got, kept in results:  # no result lives in a kept buffer
         torch.testing.assert_close(got, kept, rtol=0, atol=0)
 

@@ -17,8 +17,10 @@ More exploits: (1) the affine *stem* before the first activation is the same for
 when it narrows the input (``K_1 < n``, e.g. ``Linear(784, 256)``), Jacobians are carried in the
 ``K_1``-dimensional space, where the first activation's term is a plain diagonal, and mapped back
 once, :math:`H = A^\top H_{z_1} A`, when the cost model says that pays; the Laplacian needs only
-column norms there, through :math:`A A^\top` (``K_1 × K_1``); the stem's map and that Gram are
-kept between calls while the stem's tensors still equal the copies they came from. (2) HVPs
+column norms there, through :math:`A A^\top` (``K_1 × K_1``) — for a chain, through the ``K_1``
+rows of :math:`R` with :math:`R^\top R = A A^\top` carried by the forward Laplacian in place of
+the ``n`` rows of :math:`A^\top`; the stem's map, that Gram and that factor are kept between calls
+while the stem's tensors still equal the copies they came from. (2) HVPs
 need no Jacobian at all: one forward tangent, one reverse sweep with the curvature injected per
 layer. (3) The affine *tail* after the last activation is sample-independent: ``∂y_i/∂a_L`` is
 computed once (for a final ``Linear`` it is a row of its weight), and no Jacobian or tangent is

@@ -26,6 +26,7 @@ a plan's own, kept between its calls, or fresh ones); results are always new ten
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -233,7 +234,14 @@ def diagonal(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = F
 ROW_BY_ROW = 32
 
 
-def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = FRESH, out=None):
+def laplacian(
+    ch: Chain,
+    X: torch.Tensor,
+    sel: tuple[int, ...],
+    ws: Workspace = FRESH,
+    out=None,
+    stem: tuple[torch.Tensor, torch.Tensor] | None = None,
+):
     """``(B, m)``, by the forward Laplacian: each layer's value ``a``, Jacobian ``J = ∂a/∂x``
     and Laplacian ``Δa`` travel together, stacked as ``(n + 2, B, K)``, so one GEMM per layer
     maps all three (``n + 2`` rows per sample whatever ``m``; the outputs' Laplacians are
@@ -245,40 +253,53 @@ def laplacian(ch: Chain, X: torch.Tensor, sel: tuple[int, ...], ws: Workspace = 
     is ordered (row kind, sample), not (sample, row kind) — the GEMM does not care which — so
     that ``z``, each ``J_j`` and ``Δz`` are contiguous ``(B, K)`` blocks: elementwise work on
     them runs as one loop, not ``B`` loops of ``K`` (1.1-1.25× faster calls at PINN d ≤ 10).
+
+    ``stem``: ``(rows, norms)``, ``rows`` ``(r, K_1)`` with ``rowsᵀ rows = W_1 W_1ᵀ``, carried
+    in place of the ``n`` rows of ``W_1ᵀ``, and ``norms = Σ_j W_1[:, j]²`` ``(K_1,)`` (None:
+    ``W_1ᵀ`` and its norms, made here). Every term above is a sum over the rows of products of
+    two rows, ``Σ_j (J_z)_j (J_z)_jᵀ = A W_1 W_1ᵀ Aᵀ`` for the linear map ``A`` from ``z_1`` on,
+    so any such rows give the same Laplacian: a first layer narrower than its input
+    (``K_1 < n``) carries ``r = K_1`` rows instead of ``n``
+    (:func:`hessviz.structured.kernels.laplacian_stem`).
     """
     B, n = X.shape
     hidden = ch.linears[: len(ch.derivs)]
     width = _width(ch)
-    stacks = [_flat(ws, ("stack", i), (n + 2) * B * width, X) for i in (0, 1)]
     W1 = hidden[0].weight  # (K_1, n)
     K = W1.shape[0]
-    Y = stacks[0]((n + 2, B, K))
+    r = n if stem is None else stem[0].shape[0]
+    stacks = [_flat(ws, ("stack", i), (r + 2) * B * width, X) for i in (0, 1)]
+    Y = stacks[0]((r + 2, B, K))
     z = _affine_into(hidden[0], X, Y[0])
     a, s1, s2 = _derivs(ch, 0, z, z, ws)
-    lap = torch.mul(s2, torch.linalg.vecdot(W1, W1), out=Y[n + 1])  # Σ_j W1[:, j]²
+    norms = torch.linalg.vecdot(W1, W1) if stem is None else stem[1]  # Σ_j W1[:, j]²
+    lap = torch.mul(s2, norms, out=Y[r + 1])
     if len(hidden) > 1:
-        # W1ᵀ copied contiguous first: broadcast against a transposed view, the product runs
-        # element by element (n = 64, width 128, 16 samples: 158 against ~40 µs here)
-        W1_T = ws("W1_T", n, K, like=X).copy_(W1.T)
-        torch.mul(s1[None], W1_T[:, None, :], out=Y[1 : n + 1])
+        if stem is None:
+            # W1ᵀ copied contiguous first: broadcast against a transposed view, the product
+            # runs element by element (n = 64, width 128, 16 samples: 158 against ~40 µs here)
+            rows = ws("W1_T", n, K, like=X).copy_(W1.T)
+        else:
+            rows = stem[0]
+        torch.mul(s1[None], rows[:, None, :], out=Y[1 : r + 1])
         if a is not z:
             z.copy_(a)
-    squares = _flat(ws, "squares", n * B * width, X)
+    squares = _flat(ws, "squares", r * B * width, X)
     norms = _flat(ws, "norms", B * width, X)
     for k in range(1, len(hidden)):
         lin = hidden[k]
         K, K_in = lin.weight.shape
-        Z = stacks[k % 2](((n + 2) * B, K))
-        Y = _gemm.mm(Y.view((n + 2) * B, K_in), lin.weight.T, out=Z).view(n + 2, B, K)
-        z, J, lap = Y[0], Y[1 : n + 1], Y[n + 1]
+        Z = stacks[k % 2](((r + 2) * B, K))
+        Y = _gemm.mm(Y.view((r + 2) * B, K_in), lin.weight.T, out=Z).view(r + 2, B, K)
+        z, J, lap = Y[0], Y[1 : r + 1], Y[r + 1]
         if lin.bias is not None:
             z.add_(lin.bias)
-        if n <= ROW_BY_ROW:  # a PINN's few input directions: (B, K) products in place
+        if r <= ROW_BY_ROW:  # a PINN's few input directions: (B, K) products in place
             w = torch.mul(J[0], J[0], out=norms((B, K)))  # (B, K): Σ_j (J_z)_j²
-            for j in range(1, n):
+            for j in range(1, r):
                 w.addcmul_(J[j], J[j])
         else:
-            sq = torch.mul(J, J, out=squares((n, B, K)))
+            sq = torch.mul(J, J, out=squares((r, B, K)))
             w = torch.sum(sq, dim=0, out=norms((B, K)))
         a, s1, s2 = _derivs(ch, k, z, z, ws)
         lap.mul_(s1).addcmul_(s2, w)
@@ -415,11 +436,12 @@ def _flat(ws: Workspace, role: str, size: int, like: torch.Tensor) -> Callable:
 CHUNK_BYTES = 3 << 19
 
 
-def chunk_size(op: str, ch: Chain, X: torch.Tensor, m: int) -> int:
-    """Samples per chunk for kernel ``op`` on ``X`` (``(B, n)``) with ``m`` selected outputs.
+def chunk_size(op: str, ch: Chain, X: torch.Tensor, m: int, r: int | None = None) -> int:
+    """Samples per chunk for kernel ``op`` on ``X`` (``(B, n)``) with ``m`` selected outputs
+    (``r``: the Laplacian's first-layer rows, :func:`laplacian`'s ``stem``; default ``n``).
 
     On the CPU the batch runs in chunks whose largest per-layer tensors (per sample: the
-    Laplacian's ``n + 2`` stacked rows, the diagonal's and Hessian's ``n``-row Jacobian, the
+    Laplacian's ``r + 2`` stacked rows, the diagonal's and Hessian's ``n``-row Jacobian, the
     HVP's ``~3m + 5`` rows, times the widest layer) take about :data:`CHUNK_BYTES`, so each
     layer's GEMM reads and writes cache-resident data. Measured here (one core): MKL's float64
     ``(M, 64) @ (64, 64)`` runs at 39 GFLOP/s up to M = 4096 and at 21-25 beyond 12 k rows, and
@@ -431,28 +453,38 @@ def chunk_size(op: str, ch: Chain, X: torch.Tensor, m: int) -> int:
     if not X.is_cpu:
         return B
     width = _width(ch)
-    rows = {"laplacian": n + 2, "hessian": n, "diagonal": n, "hvp": 3 * m + 5}[op]
+    r = n if r is None else r
+    rows = {"laplacian": r + 2, "hessian": n, "diagonal": n, "hvp": 3 * m + 5}[op]
     budget = CHUNK_BYTES if X.element_size() >= 8 else 4 * CHUNK_BYTES
     chunks = -(-B * rows * width * X.element_size() // budget)
     return -(-B // max(chunks, 1))
 
 
 def run(
-    op: str, ch: Chain, X: torch.Tensor, *args, ws: Workspace = FRESH, step: int | None = None
+    op: str,
+    ch: Chain,
+    X: torch.Tensor,
+    *args,
+    ws: Workspace = FRESH,
+    step: int | None = None,
+    stem: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Kernel ``op`` (``hessian``, ``diagonal``, ``laplacian``, ``hvp``; ``args``: ``sel`` or
     ``V, sel``) on chunks of ``step`` samples (default: :func:`chunk_size`'s), one chunk when
-    the batch fits; the results gathered in one new tensor."""
+    the batch fits; the results gathered in one new tensor. ``stem``: the Laplacian's
+    first-layer rows and norms (:func:`laplacian`), None for every other op."""
     kernel = globals()[op]
+    if stem is not None:
+        kernel = functools.partial(kernel, stem=stem)
     *V, sel = args
     B = X.shape[0]
     if step is None:
-        step = chunk_size(op, ch, X, len(sel))
+        step = chunk_size(op, ch, X, len(sel), None if stem is None else stem[0].shape[0])
     if step >= B:
         return kernel(ch, X, *args, ws=ws)
     n, m = X.shape[1], len(sel)
     out = empty(B, m, *(n,) * RESULT_AXES[op], like=X)
     for start in range(0, B, step):  # each chunk's kernel writes its rows of the result
-        rows = slice(start, start + step)
-        kernel(ch, X[rows], *(v[rows] for v in V), sel, ws=ws, out=out[rows])
+        part = slice(start, start + step)
+        kernel(ch, X[part], *(v[part] for v in V), sel, ws=ws, out=out[part])
     return out

@@ -586,6 +586,10 @@ def proved(runner, X: torch.Tensor, V: torch.Tensor | None, sel: tuple, expected
         or not supports(runner.chain, X)
     ):
         return runner
+    if runner.op == "laplacian" and runner.chain.linears[0].weight.shape[0] < X.shape[1]:
+        # a first layer narrower than the input: PyTorch's kernel carries its K_1 rows
+        # (kernels.laplacian_stem), the plan W_1ᵀ's n rows
+        return runner
     # the HVP plan wherever numpy's BLAS is faster; the other plans run the whole batch in one
     # piece (PyTorch's kernels run cache-sized chunks), so only a race decides for them
     blas = runner.op == "hvp" and _numpy_blas_is_faster(X.dtype)
