@@ -7,6 +7,9 @@ torch.func on the same model, and ``auto`` must run them for these models.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 from cases import batched_call
@@ -157,6 +160,33 @@ def test_a_narrowing_chain_laplacian_carries_first_layer_rows(sizes, act, monkey
         hv.laplacian(model, X, batched=True), hv.laplacian(model, X, batched=True, method="func")
     )
     assert seen and all(t is not None and t[0].shape == (K1, K1) for t in seen), "auto took W_1ᵀ"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(33, 4, 7), (128, 8, 128), (40, 1, 1)])
+def test_the_laplacians_sum_of_squares_equals_torch_in_either_library(dtype, shape, monkeypatch):
+    """``Σ_j J_j²`` over the rows of a ``(r, B, K)`` stack (the forward Laplacian's rows above
+    :data:`~hessviz.structured.chain.ROW_BY_ROW`): numpy's ``einsum`` with one or two torch
+    threads, torch's square-and-sum with more; both equal the float64 sum, propagate NaN and
+    infinities, and write into ``out``."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    J = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    J[0, 0, 0] = math.nan
+    J[-1, -1, -1] = math.inf
+    expected = (J * J).sum(0)
+    J = J.to(dtype)
+    used = []
+    real = np.einsum
+    monkeypatch.setattr(np, "einsum", lambda *a, **k: used.append(a[0]) or real(*a, **k))
+    scratch = torch.empty(math.prod(shape), dtype=dtype)
+    for threads, numpy_used in ((1, True), (4, False)):
+        monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
+        used.clear()
+        out = torch.full(shape[1:], -1.0, dtype=dtype)
+        got = chain._sum_of_squares(J, out, lambda s: scratch[: math.prod(s)].view(s))
+        assert got is out and bool(used) is numpy_used
+        tol = 1e-13 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(got.double(), expected, rtol=tol, atol=0, equal_nan=True)
 
 
 def test_a_first_layer_as_wide_as_the_input_keeps_its_own_rows():

@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .. import _gemm
@@ -299,8 +300,7 @@ def laplacian(
             for j in range(1, r):
                 w.addcmul_(J[j], J[j])
         else:
-            sq = torch.mul(J, J, out=squares((r, B, K)))
-            w = torch.sum(sq, dim=0, out=norms((B, K)))
+            w = _sum_of_squares(J, norms((B, K)), squares)
         a, s1, s2 = _derivs(ch, k, z, z, ws)
         lap.mul_(s1).addcmul_(s2, w)
         if k < len(hidden) - 1:  # the last layer's value and Jacobian are never read
@@ -308,6 +308,29 @@ def laplacian(
             if a is not z:
                 z.copy_(a)
     return _gemm.mm(lap, _output_rows(ch, sel).T, out=out)
+
+
+def _sum_of_squares(J: torch.Tensor, out: torch.Tensor, scratch: Callable) -> torch.Tensor:
+    """``Σ_j J_j²`` over the first axis of ``J`` ``(r, B, K)``, written into ``out`` ``(B, K)``;
+    returns ``out``. numpy's ``einsum`` reads ``J`` once, no temporary, for plain CPU float
+    tensors outside tracing with at most two torch threads (one core here, float64:
+    80 against 136 µs at ``(128, 8, 128)``, 0.88 against 2.1 ms at ``(64, 256, 64)``; float32
+    1.25–2.7×); else squares into ``scratch((r, B, K))`` and a sum. Rows are summed in
+    another order than torch's: the results differ by rounding only."""
+    if (
+        not torch.compiler.is_compiling()
+        and type(J) is torch.Tensor
+        and type(out) is torch.Tensor
+        and J.is_cpu
+        and J.dtype in _gemm.NUMPY_DTYPES
+        and out.dtype == J.dtype
+        and not (J.requires_grad or out.requires_grad)
+        and torch.get_num_threads() <= 2
+    ):
+        a = J.numpy()
+        np.einsum("jbk,jbk->bk", a, a, out=out.numpy())
+        return out
+    return torch.sum(torch.mul(J, J, out=scratch(J.shape)), dim=0, out=out)
 
 
 def laplacian_traced(ch: Chain, X: torch.Tensor, sel: tuple[int, ...]):
