@@ -259,8 +259,8 @@ def _refuse_narrowing_laplacian(entry: _hot.Entry, op: str) -> None:
     """Raise (the reason :func:`_fastest` reports) for a chain Laplacian whose first layer is
     narrower than the input: the plain kernel carries its ``K_1`` rows
     (:func:`~hessviz.structured.kernels.laplacian_stem`, kept between calls), a compiled one
-    the ``n`` rows of ``W_1ᵀ`` — slower, after seconds of compiling (n = 784, width 256:
-    1.5× the plain kernel's time)."""
+    the ``n`` rows of ``W_1ᵀ`` — slower, after seconds of compiling (n = 784, width 256, batch
+    2: 1.6× the plain kernel's time ahead of time, 2.3× through ``torch.compile``)."""
     kernel = entry.kernel
     if op == "laplacian" and isinstance(kernel, ChainRunner):
         K1, n = kernel.chain.linears[0].weight.shape
