@@ -262,13 +262,12 @@ def _refuse_narrowing_laplacian(entry: _hot.Entry, op: str) -> None:
     the ``n`` rows of ``W_1ᵀ`` — slower, after seconds of compiling (n = 784, width 256, batch
     2: 1.6× the plain kernel's time ahead of time, 2.3× through ``torch.compile``)."""
     kernel = entry.kernel
-    if op == "laplacian" and isinstance(kernel, ChainRunner):
+    if op == "laplacian" and isinstance(kernel, ChainRunner) and chain.narrows(kernel.chain):
         K1, n = kernel.chain.linears[0].weight.shape
-        if K1 < n:
-            raise TypeError(
-                f"the first layer narrows ({n} inputs, {K1} units): the plain kernel carries "
-                f"{K1} rows, a compiled one {n}"
-            )
+        raise TypeError(
+            f"the first layer narrows ({n} inputs, {K1} units): the plain kernel carries "
+            f"{K1} rows, a compiled one {n}"
+        )
 
 
 class _JustInTime:

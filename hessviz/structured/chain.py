@@ -78,6 +78,13 @@ def weight_and_bias(lin) -> tuple:
     return lin.weight, lin.bias
 
 
+def narrows(ch: Chain) -> bool:
+    """The first layer is narrower than the input (``K_1 < n``): the Laplacian then carries
+    ``K_1`` rows (:func:`laplacian`'s ``stem``) instead of ``n``."""
+    K1, n = ch.linears[0].weight.shape
+    return K1 < n
+
+
 def _width(ch: Chain) -> int:
     """The widest hidden layer's size (what per-layer buffers are sized for)."""
     return max(lin.weight.shape[0] for lin in ch.linears[: len(ch.derivs)])
@@ -273,8 +280,8 @@ def laplacian(
     Y = stacks[0]((r + 2, B, K))
     z = _affine_into(hidden[0], X, Y[0])
     a, s1, s2 = _derivs(ch, 0, z, z, ws)
-    norms = torch.linalg.vecdot(W1, W1) if stem is None else stem[1]  # Σ_j W1[:, j]²
-    lap = torch.mul(s2, norms, out=Y[r + 1])
+    first = torch.linalg.vecdot(W1, W1) if stem is None else stem[1]  # Σ_j W1[:, j]²
+    lap = torch.mul(s2, first, out=Y[r + 1])
     if len(hidden) > 1:
         if stem is None:
             # W1ᵀ copied contiguous first: broadcast against a transposed view, the product

@@ -44,7 +44,7 @@ import torch
 from .. import _gemm, ops
 from .._gemm import NUMPY_DTYPES, array
 from .._selfcheck import agrees
-from .chain import Chain, tensors
+from .chain import Chain, narrows, tensors
 from .kernels import ChainRunner
 from .layers import derivatives_into
 
@@ -586,7 +586,7 @@ def proved(runner, X: torch.Tensor, V: torch.Tensor | None, sel: tuple, expected
         or not supports(runner.chain, X)
     ):
         return runner
-    if runner.op == "laplacian" and runner.chain.linears[0].weight.shape[0] < X.shape[1]:
+    if runner.op == "laplacian" and narrows(runner.chain):
         # a first layer narrower than the input: PyTorch's kernel carries its K_1 rows
         # (kernels.laplacian_stem), the plan W_1ᵀ's n rows
         return runner

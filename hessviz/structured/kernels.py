@@ -441,10 +441,9 @@ def laplacian_stem(ch: chain.Chain, X: torch.Tensor) -> tuple | None:
     rows), reused while the layer's tensors stay as they were (compared at every call, as for
     the general kernels' ``PᵀP``); None (``W_1ᵀ``'s ``n`` rows) for any other first layer, or
     where the map is too large to keep."""
-    first = ch.linears[0]
-    if first.weight.shape[0] >= X.shape[1]:
+    if not chain.narrows(ch):
         return None
-    stem = _stem_map([Linear(first)], X.shape[1:], X)
+    stem = _stem_map([Linear(ch.linears[0])], X.shape[1:], X)
     return stem.factor() if stem.tensors else None
 
 
