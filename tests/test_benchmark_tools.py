@@ -1,5 +1,7 @@
 """The benchmark's tools: the GEMM-share yardstick (``benchmarks/gemm_share.py``) sees every
-matrix product a call issues, with its shape, and replays exactly those; ``peers.pin`` puts every
+matrix product a call issues, with its shape, and replays exactly those; its one-pass ceiling
+(``benchmarks/share_ceiling.py``) runs one pass between products and none after the last;
+``peers.pin`` puts every
 thread of the process on the pinned cores."""
 
 from __future__ import annotations
@@ -44,6 +46,29 @@ def test_record_sees_every_product_with_its_shape():
 def test_replay_runs_exactly_the_recorded_products():
     gemms = [gemm_share.Gemm(1, 7, 4, 3, torch.float64), gemm_share.Gemm(3, 2, 5, 6, torch.float32)]
     assert gemm_share.record(gemm_share.replay(gemms)) == gemms
+
+
+def test_the_ceiling_passes_once_over_each_products_smaller_operand_but_the_last():
+    import share_ceiling
+
+    gemms = [
+        gemm_share.Gemm(1, 7, 4, 3, torch.float64),  # output (7, 3) is the smaller
+        gemm_share.Gemm(3, 2, 5, 6, torch.float32),  # left factor (3, 2, 5)
+        gemm_share.Gemm(1, 9, 9, 9, torch.float64),  # the last: nothing after it
+    ]
+    assert share_ceiling.pass_sizes(gemms) == [21, 30]
+    seen = []
+
+    class Spy(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append((func.overloadpacket, args[0].numel(), args[0].dtype))
+            return func(*args, **(kwargs or {}))
+
+    run = share_ceiling.passes(gemms)
+    with Spy():
+        run()
+    aten = torch.ops.aten
+    assert seen == [(aten.mul_, 21, torch.float64), (aten.mul_, 30, torch.float32)]
 
 
 def test_xla_replay_computes_every_recorded_product():

@@ -1,0 +1,146 @@
+"""How high the grid's GEMM share can go without fusing elementwise work into the GEMMs.
+
+Run ``.venv/bin/python benchmarks/share_ceiling.py`` (under a minute). Writes
+``<out>/share_ceiling.md``.
+
+The grid's *GEMM share* (``gemm_share.py``) is ``t(replay) / t(call)``: the call's own matrix
+products, replayed alone on contiguous operands, against the whole call. Between two products
+of a network's derivative there is always elementwise work (``σ'``, ``σ''``, the products
+with adjoints: two products with nothing between them would be one product), and a BLAS call
+cannot do it — the data leaves the GEMM, is read and written again, and enters the next one.
+This script times the least such work: **one in-place pass** (``x *= c``, one read and one
+write of each element, no other operand) over the smaller of each product's left factor and
+its output, for every product but the call's last, on fresh contiguous tensors. Then::
+
+    ceiling = t(replay) / (t(replay) + t(passes))
+
+is what the share would be if the call did nothing but its products and one such pass between
+them — no Python, no dispatch, no second pass for ``σ''``, no sums of squares. A target above
+the ceiling needs the elementwise work done inside the GEMMs (epilogue fusion: a GEMM kernel
+that applies ``σ'`` while its output tile is still in cache), which no BLAS call offers.
+
+Calls, replays and passes are timed interleaved (``timing.interleaved``), one thread, on the
+grid's large points (``run.GRID``, the models ``./dev bench`` times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+TASKS = ("hessian", "diagonal", "laplacian", "hvp")
+
+
+def pass_sizes(gemms) -> list[int]:
+    """Elements of the one pass after each product of ``gemms`` but the last: the smaller of
+    its left factor ``(batch, M, K)`` and its output ``(batch, M, N)``."""
+    return [p.batch * p.M * min(p.K, p.N) for p in gemms[:-1]]
+
+
+def passes(gemms) -> Callable[[], None]:
+    """A callable running one in-place scalar multiply over each of :func:`pass_sizes`'s
+    element counts, on fresh contiguous tensors of the products' dtypes (built here, once)."""
+    import torch
+
+    work = [torch.rand(size, dtype=p.dtype) for size, p in zip(pass_sizes(gemms), gemms)]
+
+    def run() -> None:
+        for t in work:
+            t.mul_(1.0)
+
+    return run
+
+
+def measure(task: str, cfg) -> dict:
+    import gemm_share
+    import run
+    import timing
+
+    import hessviz as hv
+
+    model, X, V = run.build_problem(cfg, "cpu")
+    f = getattr(hv, run.HV_FUNCTIONS[task])
+    args = (model, X, V) if task == "hvp" else (model, X)
+
+    def call():
+        return f(*args, batched=True)
+
+    call()
+    gemms = gemm_share.record(call)
+    replay, elementwise = gemm_share.replay(gemms), passes(gemms)
+
+    def bound() -> None:
+        replay()
+        elementwise()
+
+    fns = {"call": call, "replay": replay, "bound": bound}
+    sync = lambda: None  # noqa: E731 - CPU only
+    est = {k: timing.warm_up(g, sync, slow_s=0.5)[0] for k, g in fns.items()}
+    t = timing.interleaved(fns, est, sync, rounds=9, min_sample_s=0.03, budget_s=8)
+    return {
+        "task": task,
+        "point": cfg.label,
+        "products": len(gemms),
+        "call_ms": t["call"].median_s * 1e3,
+        "replay_ms": t["replay"].median_s * 1e3,
+        "bound_ms": t["bound"].median_s * 1e3,
+        "share": timing.speedup(t["replay"], t["call"]),
+        "ceiling": timing.speedup(t["replay"], t["bound"]),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    a = ap.parse_args(argv)
+    import run
+    import sidebyside
+    import timing
+    import torch
+
+    torch.set_num_threads(1)
+    start, load = time.time(), sidebyside.loadavg()
+    rows = []
+    for cfg in (c for c in run.GRID if c.n >= run.GEMM_SHARE_MIN_N):
+        for task in a.tasks.split(","):
+            rows.append(measure(task, cfg))
+            r = rows[-1]
+            print(f"{task:10s} {r['point']:28s} share {r['share']:.0%} ceiling {r['ceiling']:.0%}")
+    lines = [
+        "# GEMM share and its one-pass ceiling (`benchmarks/share_ceiling.py`)",
+        "",
+        f"Machine: {timing.machine()}, shared with other users (load average "
+        f"{load} at the start, {sidebyside.loadavg()} at the end); torch {torch.__version__}, "
+        f"one thread; hessviz at {sidebyside.code_version()}; {time.strftime('%Y-%m-%d %H:%M %Z')}"
+        f", {time.time() - start:.0f} s. Command: `.venv/bin/python benchmarks/share_ceiling.py`.",
+        "",
+        "*share*: the call's products replayed alone against the call (the grid's GEMM share). "
+        "*ceiling*: the replay against the replay plus one in-place pass over each product's "
+        "smaller operand (the least elementwise work between two products; see the module's "
+        "docstring). Medians of interleaved rounds; ratios are medians of per-round ratios.",
+        "",
+        "| task | point | products | call ms | replay ms | replay + passes ms | share | ceiling |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['task']} | {r['point']} | {r['products']} | {r['call_ms']:.3g} | "
+        f"{r['replay_ms']:.3g} | {r['bound_ms']:.3g} | {r['share']:.0%} | {r['ceiling']:.0%} |"
+        for r in rows
+    ]
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "share_ceiling.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
