@@ -12,6 +12,19 @@ contiguous operands for exactly those products and returns a callable that runs 
 A product torch would run on strided views, or one broadcast over a stride-0 batch, is replayed
 contiguous: the share also counts what memory order costs.
 
+:func:`bound` adds the least elementwise work any code that calls a BLAS must do: between two
+products of a network's derivative there is always some (``σ'``, ``σ''``, products with
+adjoints — two products with nothing between them would be one product), and a BLAS call
+cannot do it. ``bound`` runs the replay and then **one in-place pass** (``x *= c``: one read,
+one write, no other operand) over the smaller of each product's left factor and its output,
+for every product but the last (:func:`pass_sizes`). Then::
+
+    ceiling = t(replay) / t(bound)
+
+is the share of a call doing nothing but its products and one such pass between them — no
+Python, no dispatch, no second pass. Past it, the elementwise work has to run inside the GEMM
+while its output tile is in cache (epilogue fusion), which no BLAS call offers.
+
 :func:`replay_numpy` runs them through ``np.matmul`` (numpy's BLAS, which hessviz uses where it
 is faster: :mod:`hessviz._gemm`). :func:`replay_xla` runs the same products through XLA
 (``jnp.matmul`` under one ``jit``, on the same core): where XLA's rate on them is above torch's,
@@ -102,6 +115,27 @@ def replay(gemms: list[Gemm]) -> Callable[[], None]:
     def run() -> None:
         for product, A, B, out in work:
             product(A, B, out=out)
+
+    return run
+
+
+def pass_sizes(gemms: list[Gemm]) -> list[int]:
+    """Elements of the one pass after each product of ``gemms`` but the last: the smaller of
+    its left factor ``(batch, M, K)`` and its output ``(batch, M, N)``."""
+    return [p.batch * p.M * min(p.K, p.N) for p in gemms[:-1]]
+
+
+def bound(gemms: list[Gemm]) -> Callable[[], None]:
+    """A callable running :func:`replay` of ``gemms`` and then one in-place scalar multiply over
+    each of :func:`pass_sizes`'s element counts, on fresh contiguous tensors of the products'
+    dtypes (all built here, once)."""
+    products = replay(gemms)
+    work = [torch.rand(size, dtype=p.dtype) for size, p in zip(pass_sizes(gemms), gemms)]
+
+    def run() -> None:
+        products()
+        for t in work:
+            t.mul_(1.0)
 
     return run
 

@@ -293,12 +293,22 @@ def time_grid_point(task, cfg, args, jdev, jax_reason, sync) -> tuple[list[dict]
 
 
 GEMM_SHARE_MIN_N = 64
-GEMM_COLUMNS = ("gemm_gflop", "gemm_share", "hv_gflops", "mm_gflops", "np_gflops", "xla_gflops")
+GEMM_COLUMNS = (
+    "gemm_gflop",
+    "gemm_share",
+    "gemm_ceiling",
+    "hv_gflops",
+    "mm_gflops",
+    "np_gflops",
+    "xla_gflops",
+)
 
 
 def gemm_share_of(fn, args, sync, jdev=None) -> dict:
     """The GEMM share of one call (``gemm_share.py``): its matrix products replayed alone on
     contiguous operands, timed interleaved with the call; ``gemm_share`` = t(replay) / t(call),
+    ``gemm_ceiling`` = t(replay) / t(bound) (the replay with one pass between products:
+    :func:`gemm_share.bound`),
     ``hv_gflops`` and ``mm_gflops`` the GEMM FLOPs over the call's and the replay's time,
     ``np_gflops`` the same products' rate in ``np.matmul``, and with JAX device ``jdev``,
     ``xla_gflops`` their rate under XLA.
@@ -310,7 +320,12 @@ def gemm_share_of(fn, args, sync, jdev=None) -> dict:
     gemms = gemm_share.record(fn)
     if not gemms:
         return {}
-    fns = {"call": fn, "replay": gemm_share.replay(gemms), "numpy": gemm_share.replay_numpy(gemms)}
+    fns = {
+        "call": fn,
+        "replay": gemm_share.replay(gemms),
+        "bound": gemm_share.bound(gemms),
+        "numpy": gemm_share.replay_numpy(gemms),
+    }
     if jdev is not None:
         fns["xla"] = gemm_share.replay_xla(gemms, jdev)
     estimates = {k: timing.warm_up(f, sync, slow_s=0.5)[0] for k, f in fns.items()}
@@ -321,6 +336,7 @@ def gemm_share_of(fn, args, sync, jdev=None) -> dict:
     return {
         "gemm_gflop": flops / 1e9,
         "gemm_share": timing.speedup(t["replay"], t["call"]),
+        "gemm_ceiling": timing.speedup(t["replay"], t["bound"]),
         "hv_gflops": flops / t["call"].median_s / 1e9,
         "mm_gflops": flops / t["replay"].median_s / 1e9,
         "np_gflops": flops / t["numpy"].median_s / 1e9,

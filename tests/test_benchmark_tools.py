@@ -1,6 +1,6 @@
 """The benchmark's tools: the GEMM-share yardstick (``benchmarks/gemm_share.py``) sees every
-matrix product a call issues, with its shape, and replays exactly those; its one-pass ceiling
-(``benchmarks/share_ceiling.py``) runs one pass between products and none after the last;
+matrix product a call issues, with its shape, and replays exactly those; its bound for the
+one-pass ceiling runs them with one pass between products and none after the last;
 ``peers.pin`` puts every
 thread of the process on the pinned cores."""
 
@@ -48,27 +48,26 @@ def test_replay_runs_exactly_the_recorded_products():
     assert gemm_share.record(gemm_share.replay(gemms)) == gemms
 
 
-def test_the_ceiling_passes_once_over_each_products_smaller_operand_but_the_last():
-    import share_ceiling
-
+def test_the_bound_replays_then_passes_once_over_each_products_smaller_operand_but_the_last():
     gemms = [
         gemm_share.Gemm(1, 7, 4, 3, torch.float64),  # output (7, 3) is the smaller
         gemm_share.Gemm(3, 2, 5, 6, torch.float32),  # left factor (3, 2, 5)
         gemm_share.Gemm(1, 9, 9, 9, torch.float64),  # the last: nothing after it
     ]
-    assert share_ceiling.pass_sizes(gemms) == [21, 30]
+    assert gemm_share.pass_sizes(gemms) == [21, 30]
     seen = []
 
     class Spy(torch.utils._python_dispatch.TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append((func.overloadpacket, args[0].numel(), args[0].dtype))
+            if func.overloadpacket is torch.ops.aten.mul_:
+                seen.append((args[0].numel(), args[0].dtype))
             return func(*args, **(kwargs or {}))
 
-    run = share_ceiling.passes(gemms)
+    run = gemm_share.bound(gemms)
+    assert gemm_share.record(run) == gemms  # the products, exactly
     with Spy():
         run()
-    aten = torch.ops.aten
-    assert seen == [(aten.mul_, 21, torch.float64), (aten.mul_, 30, torch.float32)]
+    assert seen == [(21, torch.float64), (30, torch.float32)]
 
 
 def test_xla_replay_computes_every_recorded_product():
