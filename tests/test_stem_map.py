@@ -103,7 +103,7 @@ def test_the_map_is_kept_while_nothing_changes_and_rebuilt_after():
     X = torch.randn(3, 12, dtype=D)
     hv.laplacian(model, X, batched=True, method="structured")
     kept = kernels._STEM_MAPS[model[0]]
-    assert kept.R is not None  # the (chain) Laplacian asked for the first layer's rows
+    assert kept.factored is not None  # the (chain) Laplacian asked for the first layer's rows
     hv.laplacian(model, X, batched=True, method="structured")
     assert kernels._STEM_MAPS[model[0]] is kept
     model[0].weight.data.mul_(2.0)

@@ -80,7 +80,7 @@ class _StemMap:
     tensors: list  # copies of the stem's parameters and buffers, as A_T was computed from
     A_T: torch.Tensor
     M: torch.Tensor | None = None
-    R: tuple | None = None
+    factored: tuple | None = None  # factor()'s (R, norms), made on first use
 
     def gram(self) -> torch.Tensor:
         if self.M is None:
@@ -93,10 +93,10 @@ class _StemMap:
         Gram) — and ``norms = Σ_j (A_T)_{jk}²`` ``(K_1,)``. The chain Laplacian carries the
         ``K_1`` rows of ``R`` in place of the ``n`` rows of ``A_T``
         (:func:`hessviz.structured.chain.laplacian`'s ``stem``)."""
-        if self.R is None:
+        if self.factored is None:
             R = torch.linalg.qr(self.A_T, mode="r").R.contiguous()
-            self.R = (R, torch.linalg.vecdot(self.A_T, self.A_T, dim=0))
-        return self.R
+            self.factored = (R, torch.linalg.vecdot(self.A_T, self.A_T, dim=0))
+        return self.factored
 
 
 #: first stem module → its :class:`_StemMap` (forgotten with the module). At n = 784 with a
