@@ -32,9 +32,8 @@ TASKS = ("hessian", "diagonal", "laplacian", "hvp")
 
 
 def measure(task: str, cfg) -> dict:
-    import gemm_share
+    """The grid's GEMM columns (:func:`run.gemm_share_of`, 9 rounds) for ``task`` at ``cfg``."""
     import run
-    import timing
 
     import hessviz as hv
 
@@ -46,21 +45,12 @@ def measure(task: str, cfg) -> dict:
         return f(*args, batched=True)
 
     call()
-    gemms = gemm_share.record(call)
-    fns = {"call": call, "replay": gemm_share.replay(gemms), "bound": gemm_share.bound(gemms)}
-    sync = lambda: None  # noqa: E731 - CPU only
-    est = {k: timing.warm_up(g, sync, slow_s=0.5)[0] for k, g in fns.items()}
-    t = timing.interleaved(fns, est, sync, rounds=9, min_sample_s=0.03, budget_s=8)
-    return {
-        "task": task,
-        "point": cfg.label,
-        "products": len(gemms),
-        "call_ms": t["call"].median_s * 1e3,
-        "replay_ms": t["replay"].median_s * 1e3,
-        "bound_ms": t["bound"].median_s * 1e3,
-        "share": timing.speedup(t["replay"], t["call"]),
-        "ceiling": timing.speedup(t["replay"], t["bound"]),
-    }
+    gemm = run.gemm_share_of(call, argparse.Namespace(device="cpu", rounds=9, budget=8), _nothing)
+    return {"task": task, "point": cfg.label, **gemm}
+
+
+def _nothing() -> None:
+    """The CPU's sync: nothing to wait for."""
 
 
 def main(argv=None) -> int:
@@ -80,7 +70,8 @@ def main(argv=None) -> int:
         for task in a.tasks.split(","):
             rows.append(measure(task, cfg))
             r = rows[-1]
-            print(f"{task:10s} {r['point']:28s} share {r['share']:.0%} ceiling {r['ceiling']:.0%}")
+            share, ceiling = r["gemm_share"], r["gemm_ceiling"]
+            print(f"{task:10s} {r['point']:28s} share {share:.0%} ceiling {ceiling:.0%}")
     lines = [
         "# GEMM share and its one-pass ceiling (`benchmarks/share_ceiling.py`)",
         "",
@@ -92,14 +83,15 @@ def main(argv=None) -> int:
         "*share*: the call's products replayed alone against the call (the grid's GEMM share). "
         "*ceiling*: the replay against the replay plus one in-place pass over each product's "
         "smaller operand (the least elementwise work between two products; see the module's "
-        "docstring). Medians of interleaved rounds; ratios are medians of per-round ratios.",
+        "docstring). Rates: the GEMM FLOPs over the call's and the replay's median time. Medians "
+        "of interleaved rounds; ratios are medians of per-round ratios.",
         "",
-        "| task | point | products | call ms | replay ms | replay + passes ms | share | ceiling |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| task | point | GEMM GFLOP | hessviz GFLOP/s | torch mm GFLOP/s | share | ceiling |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r['task']} | {r['point']} | {r['products']} | {r['call_ms']:.3g} | "
-        f"{r['replay_ms']:.3g} | {r['bound_ms']:.3g} | {r['share']:.0%} | {r['ceiling']:.0%} |"
+        f"| {r['task']} | {r['point']} | {r['gemm_gflop']:.3f} | {r['hv_gflops']:.1f} | "
+        f"{r['mm_gflops']:.1f} | {r['gemm_share']:.0%} | {r['gemm_ceiling']:.0%} |"
         for r in rows
     ]
     a.out.mkdir(parents=True, exist_ok=True)
